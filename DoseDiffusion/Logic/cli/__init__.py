@@ -1,0 +1,1 @@
+"""The ``dosediffusion`` command line."""

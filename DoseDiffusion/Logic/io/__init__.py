@@ -1,0 +1,1 @@
+"""Readers and writers: DICOM RT, NRRD/NIfTI with a JSON sidecar, GDP-HMM npz."""

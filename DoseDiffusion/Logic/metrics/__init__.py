@@ -1,0 +1,1 @@
+"""Metrics on dose distributions: DVH, dose metrics, scorecards, evaluation against a reference."""

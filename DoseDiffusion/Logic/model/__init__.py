@@ -1,0 +1,1 @@
+"""The Any2Any diffusion transformer, its codecs, objective, sampler and pipeline."""

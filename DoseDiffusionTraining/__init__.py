@@ -1,0 +1,1 @@
+"""Headless training, evaluation and data generation for DoseDiffusion (``dosediffusion-train``)."""
