@@ -1,0 +1,57 @@
+"""Grid geometry: index <-> patient mapping, SimpleITK round trip, resampling."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dosediffusion.errors import GeometryError
+from dosediffusion.geometry import Grid, resample
+
+HFP = (-1, 0, 0, 0, -1, 0, 0, 0, 1)  # head first prone: x and y index axes point to -x, -y
+
+
+def test_index_to_physical_matches_simpleitk_for_rotated_grid():
+    grid = Grid((5, 6, 7), (1.5, 2.0, 3.0), (10.0, -20.0, 30.0), HFP)
+    image = grid.to_image(np.zeros(grid.shape, np.float32))
+    for zyx in [(0, 0, 0), (4, 5, 6), (2, 1, 3)]:
+        expected = image.TransformIndexToPhysicalPoint(tuple(int(v) for v in zyx[::-1]))
+        np.testing.assert_allclose(grid.index_to_physical(np.array(zyx)), expected)
+        np.testing.assert_allclose(grid.physical_to_index(np.array(expected)), zyx, atol=1e-9)
+
+
+def test_from_image_reads_shape_in_zyx_order():
+    image = sitk.Image([7, 6, 5], sitk.sitkFloat32)  # x, y, z sizes
+    image.SetSpacing((1.0, 2.0, 3.0))
+    grid = Grid.from_image(image)
+    assert grid.shape == (5, 6, 7)
+    assert grid.voxel_volume_cc == pytest.approx(0.006)
+
+
+def test_bad_grids_are_refused():
+    with pytest.raises(GeometryError, match="spacing"):
+        Grid((2, 2, 2), (1, 0, 1), (0, 0, 0))
+    with pytest.raises(GeometryError, match="orthonormal"):
+        Grid((2, 2, 2), (1, 1, 1), (0, 0, 0), (1, 1, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(GeometryError, match="does not match"):
+        Grid((2, 2, 2), (1, 1, 1), (0, 0, 0)).to_image(np.zeros((2, 2, 3)))
+
+
+def test_resample_linear_reproduces_a_linear_ramp():
+    source = Grid((10, 12, 14), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    x = source.index_to_physical(np.indices(source.shape).reshape(3, -1).T)[:, 0].reshape(source.shape)
+    target = Grid((6, 7, 8), (3.0, 3.0, 3.0), (1.0, 1.0, 1.0))
+    out = resample(x, source, target)
+    tx = target.index_to_physical(np.indices(target.shape).reshape(3, -1).T)[:, 0].reshape(target.shape)
+    np.testing.assert_allclose(out, tx, atol=1e-4)
+
+
+def test_resample_mask_keeps_volume_and_outside_is_default():
+    source = Grid((20, 20, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    mask = np.zeros(source.shape, bool)
+    mask[5:15, 5:15, 5:15] = True
+    target = Grid((40, 40, 40), (0.5, 0.5, 0.5), (-0.25, -0.25, -0.25))
+    out = resample(mask, source, target)
+    assert out.dtype == bool
+    assert out.sum() * 0.125 == pytest.approx(1000.0, rel=0.05)
+    far = Grid((2, 2, 2), (1.0, 1.0, 1.0), (100.0, 100.0, 100.0))
+    assert not resample(mask, source, far).any()
