@@ -1,0 +1,209 @@
+"""From a Case to the model's inputs, and the predicted dose back to the CT grid.
+
+``prepare(case, config)`` and ``restore(dose_channel, case, inputs)`` are the one pair used by
+training, prediction and evaluation alike.
+
+Field of view: a ``crop_shape`` (z, y, x) box at ``spacing_mm`` (or the CT's own spacing) centred
+on the plan isocenter (the first beam's; the PTV centroid without beams), in the CT's orientation.
+Depth must be 1 + 4k (the Wan VAE's frame rule) and height and width multiples of 16 (latents
+even for (1, 2, 2) patches). Where the patient is smaller than the box, CT is padded with air
+(−1000 HU) and every other channel with its background. With the CT's spacing the box sits on the
+CT's voxel lattice, so crop and paste-back are exact copies; with another spacing both resample
+(linear for CT and dose, fractions thresholded at 0.5 for masks).
+
+Channels, each float32 (D, H, W) in [−1, 1] (background −1):
+
+- ``ct``: HU clipped to ``hu_clip`` and mapped linearly;
+- ``ptv``: each PTV voxel holds its prescription divided by the highest (70/63/56 → 1.0/0.9/0.8;
+  the higher level wins where PTVs overlap), then mapped from [0, 1];
+- ``oar``: the union of all OARs (0/1). A label encoding would impose an arbitrary order on organs
+  in a single channel; the union tells the model where sparing matters, and which organ it is
+  comes from the anatomy in the CT. (The challenge's baseline uses a label encoding.)
+- ``body``: the body mask;
+- ``beam_plate``: :func:`~dosediffusion.conditioning.plates.beam_plate` divided by its maximum;
+- ``angle_plate``: :func:`~dosediffusion.conditioning.plates.angle_plate` (0/1);
+- ``dose``: ``2 · dose / dose_reference_gy − 1``, not clipped, so :func:`restore` inverts it
+  exactly. ``dose_reference_gy`` defaults to 1.2 × the highest prescription (the challenge clips
+  doses at 1.2 × the high prescription), so clinical doses fall inside [−1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from dosediffusion.case import Case
+from dosediffusion.conditioning.plates import angle_plate, beam_plate
+from dosediffusion.errors import InputError
+from dosediffusion.geometry import Grid, resample
+
+#: The seven modalities in their fixed slot order.
+MODALITIES: tuple[str, ...] = ("ct", "ptv", "oar", "body", "beam_plate", "angle_plate", "dose")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How a case becomes model inputs (saved with a model as ``preprocessing.json``)."""
+
+    crop_shape: tuple[int, int, int] = (97, 128, 144)
+    spacing_mm: tuple[float, float, float] | None = (2.5, 2.5, 2.0)
+    hu_clip: tuple[float, float] = (-1000.0, 1000.0)
+    dose_reference_gy: float | None = None
+    reference_factor: float = 1.2
+    arc_stride: int = 2
+    inverse_square: bool = True
+    patient_position: str = "HFS"
+    modalities: tuple[str, ...] = field(default=MODALITIES)
+
+    def __post_init__(self):
+        d, h, w = self.crop_shape
+        if d < 1 or (d - 1) % 4 or h % 16 or w % 16 or min(h, w) < 16:
+            raise InputError(f"crop shape {self.crop_shape} must be (1+4k, 16m, 16n) voxels (z, y, x)")
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown:
+            raise InputError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PrepareConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown preprocessing settings: {', '.join(sorted(unknown))}")
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **tuples})
+
+
+@dataclass
+class ModelInputs:
+    """What :func:`prepare` makes: channels on the crop grid and what :func:`restore` needs."""
+
+    channels: dict[str, np.ndarray]
+    crop_grid: Grid
+    dose_reference_gy: float
+    aligned: bool  # the crop grid lies on the CT lattice (exact copies both ways)
+    offset: tuple[int, int, int] = (0, 0, 0)  # CT index of crop voxel [0, 0, 0] when aligned
+
+
+def _centre(case: Case) -> np.ndarray:
+    if case.beams:
+        return np.asarray(case.beams[0].isocenter_mm, dtype=float)
+    ptvs = case.with_role("ptv")
+    if not ptvs:
+        raise InputError("cannot centre the field of view: the case has neither beams nor a PTV", case.case_id)
+    union = np.any([s.mask for s in ptvs], axis=0)
+    if not union.any():
+        raise InputError("cannot centre the field of view: the PTVs are empty", case.case_id)
+    return case.grid.index_to_physical(np.argwhere(union).mean(axis=0))
+
+
+def crop_grid(case: Case, config: PrepareConfig) -> tuple[Grid, bool, tuple[int, int, int]]:
+    """The field-of-view grid, whether it is on the CT lattice, and its index offset if so."""
+    shape = np.asarray(config.crop_shape)
+    centre = _centre(case)
+    if config.spacing_mm is None:
+        centre_index = np.round(case.grid.physical_to_index(centre)).astype(int)
+        offset = centre_index - (shape - 1) // 2
+        origin = case.grid.index_to_physical(offset)
+        return Grid(tuple(shape), case.grid.spacing, tuple(origin), case.grid.direction), True, tuple(int(v) for v in offset)
+    spacing = np.asarray(config.spacing_mm, dtype=float)
+    half = (shape[::-1] - 1) / 2.0 * spacing  # (x, y, z) mm from the first voxel to the centre
+    origin = centre - case.grid.matrix @ half
+    return Grid(tuple(shape), tuple(spacing), tuple(origin), case.grid.direction), False, (0, 0, 0)
+
+
+def _window(offset, crop_shape, full_shape):
+    """Matching slices of the CT array and of the crop for an aligned crop."""
+    src, dst = [], []
+    for o, n, full in zip(offset, crop_shape, full_shape):
+        lo, hi = max(o, 0), min(o + n, full)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - o, max(hi, lo) - o))
+    return tuple(src), tuple(dst)
+
+
+def to_crop(array: np.ndarray, case: Case, inputs: ModelInputs, fill: float = 0.0) -> np.ndarray:
+    """``array`` on the CT grid → the crop grid (booleans stay boolean)."""
+    if inputs.aligned:
+        out = np.full(inputs.crop_grid.shape, fill, dtype=array.dtype)
+        src, dst = _window(inputs.offset, inputs.crop_grid.shape, case.grid.shape)
+        out[dst] = array[src]
+        return out
+    return resample(array, case.grid, inputs.crop_grid, default=fill)
+
+
+def from_crop(array: np.ndarray, case: Case, inputs: ModelInputs) -> np.ndarray:
+    """``array`` on the crop grid → the CT grid, zero outside the crop."""
+    if inputs.aligned:
+        out = np.zeros(case.grid.shape, dtype=np.float32)
+        src, dst = _window(inputs.offset, inputs.crop_grid.shape, case.grid.shape)
+        out[src] = array[dst]
+        return out
+    return resample(array.astype(np.float32), inputs.crop_grid, case.grid, default=0.0)
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    """[0, 1] → [−1, 1] as float32."""
+    return (np.asarray(values, dtype=np.float32) * 2.0 - 1.0).astype(np.float32)
+
+
+def _reference_dose(case: Case, config: PrepareConfig) -> float:
+    if config.dose_reference_gy is not None:
+        return float(config.dose_reference_gy)
+    high = case.prescription.high_gy or max((s.prescription_gy or 0.0 for s in case.with_role("ptv")), default=0.0)
+    if not high:
+        raise InputError("no prescription: set one, or a dose_reference_gy in the preprocessing config", case.case_id)
+    return config.reference_factor * high
+
+
+def prepare(case: Case, config: PrepareConfig, *, include_dose: bool = True) -> ModelInputs:
+    """The model inputs of ``case``: every modality of ``config.modalities`` that the case has."""
+    grid, aligned, offset = crop_grid(case, config)
+    inputs = ModelInputs({}, grid, _reference_dose(case, config), aligned, offset)
+    wanted = set(config.modalities)
+    lo, hi = config.hu_clip
+    channels = inputs.channels
+    if "ct" in wanted:
+        ct = to_crop(np.asarray(case.ct, dtype=np.float32), case, inputs, fill=-1000.0)
+        channels["ct"] = _unit((np.clip(ct, lo, hi) - lo) / (hi - lo))
+    ptvs = [s for s in case.with_role("ptv") if s.prescription_gy]
+    ptv_crop = None
+    if ptvs:
+        high = max(s.prescription_gy for s in ptvs)
+        level = np.zeros(grid.shape, dtype=np.float32)
+        for s in ptvs:
+            level = np.maximum(level, to_crop(s.mask, case, inputs) * np.float32(s.prescription_gy / high))
+        ptv_crop = level > 0
+        if "ptv" in wanted:
+            channels["ptv"] = _unit(level)
+    oars = case.with_role("oar")
+    if oars and "oar" in wanted:
+        channels["oar"] = _unit(to_crop(np.any([s.mask for s in oars], axis=0), case, inputs))
+    if case.body is not None and "body" in wanted:
+        channels["body"] = _unit(to_crop(case.body.mask, case, inputs))
+    if case.beams and ptv_crop is not None and ptv_crop.any() and "beam_plate" in wanted:
+        plate = beam_plate(ptv_crop, grid, case.beams, arc_stride=config.arc_stride,
+                           inverse_square=config.inverse_square, patient_position=config.patient_position)
+        channels["beam_plate"] = _unit(plate / max(float(plate.max()), 1e-6))
+    if case.beams and "angle_plate" in wanted:
+        channels["angle_plate"] = _unit(angle_plate(grid, case.beams, patient_position=config.patient_position))
+    if include_dose and case.dose is not None and "dose" in wanted:
+        dose = to_crop(np.asarray(case.dose, dtype=np.float32), case, inputs)
+        channels["dose"] = (dose * np.float32(2.0 / inputs.dose_reference_gy) - 1.0).astype(np.float32)
+    return inputs
+
+
+def restore(dose_channel: np.ndarray, case: Case, inputs: ModelInputs) -> np.ndarray:
+    """A dose channel on the crop grid → dose in Gy on the CT grid, zero outside the body (and
+    outside the field of view); negative doses are set to zero."""
+    dose_channel = np.asarray(dose_channel, dtype=np.float32)
+    if dose_channel.shape != inputs.crop_grid.shape:
+        raise InputError(f"dose channel shape {dose_channel.shape} does not match the crop {inputs.crop_grid.shape}")
+    gy = (dose_channel + 1.0) * np.float32(inputs.dose_reference_gy / 2.0)
+    dose = np.clip(from_crop(gy, case, inputs), 0.0, None)
+    if case.body is not None:
+        dose[~case.body.mask] = 0.0
+    return dose
