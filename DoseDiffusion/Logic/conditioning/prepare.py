@@ -118,7 +118,7 @@ def crop_grid(case: Case, config: PrepareConfig) -> tuple[Grid, bool, tuple[int,
 def _window(offset, crop_shape, full_shape):
     """Matching slices of the CT array and of the crop for an aligned crop."""
     src, dst = [], []
-    for o, n, full in zip(offset, crop_shape, full_shape):
+    for o, n, full in zip(offset, crop_shape, full_shape, strict=True):
         lo, hi = max(o, 0), min(o + n, full)
         src.append(slice(lo, max(hi, lo)))
         dst.append(slice(lo - o, max(hi, lo) - o))
