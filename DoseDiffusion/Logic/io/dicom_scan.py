@@ -62,7 +62,30 @@ def read_dataset(path: Path, *, header_only: bool = False) -> pydicom.Dataset:
         raise DicomError(f"truncated or corrupt DICOM file ({error.__class__.__name__}: {error})", path) from None
     if "Modality" not in ds:
         raise DicomError("DICOM file without a Modality", path)
+    if not header_only and _cut_short(ds, path):
+        raise DicomError("truncated or corrupt DICOM file (it ends inside its last element)", path)
     return ds
+
+
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _cut_short(ds: pydicom.Dataset, path: Path) -> bool:
+    """True when the file ends before its last element does (pydicom reads such files silently)."""
+    tags = list(ds.keys())
+    if not tags:
+        return True
+    last = ds.get_item(tags[-1])
+    length, start = getattr(last, "length", None), getattr(last, "value_tell", None)
+    if length is None or start is None:
+        return False  # already converted: nothing recorded to check against
+    size = Path(path).stat().st_size
+    if length == _UNDEFINED:  # a sequence or encapsulated data: it must end with its delimiter
+        with open(path, "rb") as fh:
+            fh.seek(max(size - 8, 0))
+            return fh.read(8) != _SEQUENCE_DELIMITER
+    return start + length > size
 
 
 def scan(paths: str | PathLike | list) -> DicomIndex:
