@@ -9,9 +9,11 @@ user's challenge data and our DICOM plans give the same inputs:
   beams; for an arc every ``arc_stride``-th control point is a beam (the challenge takes every
   other one). The challenge traces rays through PTV-surface voxel centres, then dilates (4³) and
   erodes (3³) the drawn voxels; here the PTV is projected into the beam's-eye view at the
-  isocenter plane and every voxel whose ray falls inside that aperture (grown by ``margin_mm``,
-  half a voxel by default, the net growth of that dilation and erosion) is in the beam: the same
-  set, computed without tracing, and correct for couch rotation, which the challenge ignores.
+  isocenter plane and every voxel whose ray falls inside that aperture, grown by ``margin_mm``, is
+  in the beam: the same set computed without tracing, and correct for couch rotation, which the
+  challenge ignores. The challenge's 4³ dilation then 3³ erosion grows the drawn rays by one voxel
+  towards lower indices and none towards higher ones; the default margin, one voxel on every side,
+  is the symmetric version: in our tests both plates agree to within one voxel at every face.
 - **Angle plate**: on the axial slices ``[iso_z − 5, iso_z + 5)`` around the isocenter, a line of
   ``line_width_px`` (4) pixels from the isocenter towards each beam's source (every control point
   for arcs), value 1, drawn to the edge of the image (the challenge draws it with ``cv2.line``
@@ -91,7 +93,7 @@ def beam_plate(
         ptv: boolean target mask on ``grid`` (z, y, x): the union of all PTVs.
         beams: static beams and arcs; an arc contributes every ``arc_stride``-th control point.
         inverse_square: weight each beam's voxels by ``(SAD / depth)²`` (1 at the isocenter).
-        margin_mm: growth of the aperture at the isocenter plane (default: half the smallest voxel size).
+        margin_mm: growth of the aperture at the isocenter plane (default: the smallest voxel size).
 
     Returns:
         float32 (z, y, x): 0 outside every beam; a voxel inside n beams without weighting holds n.
@@ -103,7 +105,7 @@ def beam_plate(
         raise InputError("the beam plate needs a PTV, and the PTV mask is empty")
     origin, step = _affine(grid, device)
     pixel = min(grid.spacing) / 2.0  # beam's-eye-view sampling at the isocenter plane
-    margin = min(grid.spacing) / 2.0 if margin_mm is None else margin_mm
+    margin = min(grid.spacing) if margin_mm is None else margin_mm
     ptv_points = torch.tensor(grid.index_to_physical(np.argwhere(ptv)), dtype=torch.float64, device=device)
     plate = torch.zeros(grid.shape, dtype=torch.float32, device=device)
     for gantry, couch, iso in beam_angles(beams, arc_stride):
