@@ -137,11 +137,12 @@ def beam_plate(
         # every voxel's ray, through the same plane; out-of-aperture indices land on the zero border
         depth = _linear_field(step @ axis, float((origin - src) @ axis), grid.shape)
         scale = sad / depth.clamp_min(1.0)  # the image lies in front of the source (SAD 1 m)
-        iu = ((_linear_field(step @ u, float((origin - src) @ u), grid.shape) * scale - lo_u) / pixel).round_()
-        iv = ((_linear_field(step @ v, float((origin - src) @ v), grid.shape) * scale - lo_v) / pixel).round_()
+        per_pixel = scale / pixel
+        iu = (_linear_field(step @ u, float((origin - src) @ u), grid.shape) * per_pixel).sub_(lo_u / pixel).round_()
+        iv = (_linear_field(step @ v, float((origin - src) @ v), grid.shape) * per_pixel).sub_(lo_v / pixel).round_()
         flat = iv.clamp_(0, size_v - 1).mul_(size_u) + iu.clamp_(0, size_u - 1)
         hit = aperture.view(-1)[flat.long()]
-        plate += hit * scale.square() if inverse_square else hit
+        plate.add_(hit.mul_(scale.square()) if inverse_square else hit)
     return plate.cpu().numpy()
 
 
