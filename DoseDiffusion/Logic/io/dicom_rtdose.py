@@ -56,6 +56,6 @@ def read_rtdose(path: Path, ct_grid: Grid, frame_of_reference: str) -> tuple[np.
     summation = str(ds.get("DoseSummationType", ""))
     if summation and summation.upper() != "PLAN":
         warnings.append(f"{path.name}: RTDOSE summation type is {summation}, not PLAN")
-    if grid.direction != ct_grid.direction and not np.allclose(grid.matrix, ct_grid.matrix, atol=1e-4):
+    if not np.allclose(grid.matrix, ct_grid.matrix, atol=1e-4):
         warnings.append(f"{path.name}: dose grid orientation differs from the CT's: resampled")
     return np.clip(resample(dose, grid, ct_grid), 0.0, None).astype(np.float32), warnings
