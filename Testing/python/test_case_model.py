@@ -80,3 +80,24 @@ def test_custom_alias_table_and_malformed_table(tmp_path):
     path.write_text(json.dumps({"oar": {}}))
     with pytest.raises(InputError, match="malformed alias table"):
         AliasTable.load(path)
+
+
+def test_resampled_case_keeps_volumes_and_doses():
+    from case_builders import box_case
+
+    case = box_case()
+    fine = Grid((24, 32, 40), tuple(s / 2 for s in case.grid.spacing),
+                tuple(o - s / 4 for o, s in zip(case.grid.origin, case.grid.spacing, strict=True)))
+    moved = case.resampled(fine)
+    assert moved.grid == fine and moved.ct.shape == fine.shape
+    for name, s in case.structures.items():
+        assert moved.structures[name].volume_cc(fine) == pytest.approx(s.volume_cc(case.grid), rel=0.15), name
+        assert moved.structures[name].role == s.role
+    # fine voxel (12, 16, 20) lies a quarter coarse voxel before the dose peak at coarse (6, 8, 10)
+    # along each axis: trilinear weights 0.75/0.25 over the 8 corners of the cone 70 - 5 * distance
+    assert np.allclose(case.grid.physical_to_index(fine.index_to_physical(np.array([12, 16, 20]))), [5.75, 7.75, 9.75])
+    corners = np.array(np.meshgrid([0, 1], [0, 1], [0, 1])).reshape(3, -1).T
+    weights = np.prod(np.where(corners == 0, 0.75, 0.25), axis=1)
+    expected = np.sum(weights * (70.0 - 5.0 * np.linalg.norm(corners, axis=1)))
+    assert moved.dose[12, 16, 20] == pytest.approx(expected, abs=1e-3)
+    assert moved.beams == case.beams and moved.prescription == case.prescription
