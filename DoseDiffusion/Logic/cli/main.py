@@ -14,7 +14,7 @@ import sys
 from dosediffusion import __version__
 from dosediffusion.errors import InputError
 
-COMMANDS = ("inspect",)
+COMMANDS = ("inspect", "dvh")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,70 @@
+"""``dosediffusion dvh PATH [--dose FILE] [--json]``: standard DVH metrics per structure.
+
+JSON: ``{"case_id", "dose": "<source>", "structures": {NAME: {"role", "volume_cc", "mean_gy", "min_gy",
+"max_gy", "d98_gy", "d95_gy", "d50_gy", "d2_gy", "d0_03cc_gy"}}, "targets": {NAME: {"prescription_gy",
+"homogeneity_index", "paddick_ci"}}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from dosediffusion.cli.inspect import add_selection_arguments, selection
+from dosediffusion.errors import InputError
+from dosediffusion.geometry import resample
+from dosediffusion.io.load import load_case
+from dosediffusion.io.volume_sidecar import read_volume
+from dosediffusion.metrics.dose_metrics import case_dvhs, homogeneity_index, paddick_conformity_index, standard_metrics
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("dvh", help="DVH metrics of every structure (Gy, cc)")
+    parser.add_argument("path", help="DICOM RT folder, case JSON sidecar, or GDP-HMM .npz")
+    parser.add_argument("--dose", help="a dose volume (NRRD/NIfTI, Gy) instead of the case's own dose")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_selection_arguments(parser)
+    return parser
+
+
+def load_dose(path: str, case) -> np.ndarray:
+    """A dose volume file in Gy, resampled onto the case's CT grid."""
+    dose, grid = read_volume(path)
+    return resample(dose.astype("float32"), grid, case.grid)
+
+
+def dvh_report(case, dose) -> dict:
+    dvhs = case_dvhs(case, dose)
+    report = {"case_id": case.case_id, "structures": {}, "targets": {}}
+    for name, dvh in dvhs.items():
+        report["structures"][name] = {"role": case.structures[name].role,
+                                      **{k: round(v, 3) for k, v in standard_metrics(dvh).items()}}
+    for target in case.with_role("ptv"):
+        if target.name in dvhs and target.prescription_gy:
+            report["targets"][target.name] = {
+                "prescription_gy": target.prescription_gy,
+                "homogeneity_index": round(homogeneity_index(dvhs[target.name]), 4),
+                "paddick_ci": round(paddick_conformity_index(dose, case.grid, target, target.prescription_gy, case.body), 4),
+            }
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    case = load_case(args.path, **selection(args))
+    dose = load_dose(args.dose, case) if args.dose else case.dose
+    if dose is None:
+        raise InputError("the case has no dose; pass --dose FILE", args.path)
+    report = dvh_report(case, dose)
+    report["dose"] = args.dose or "case"
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{'structure':<20} {'role':<6} {'cc':>9} {'mean':>7} {'min':>7} {'max':>7} {'D98':>7} {'D95':>7} {'D50':>7} {'D2':>7}")
+    for name, m in report["structures"].items():
+        print(f"{name:<20} {m['role']:<6} {m['volume_cc']:>9.2f} {m['mean_gy']:>7.2f} {m['min_gy']:>7.2f} {m['max_gy']:>7.2f} "
+              f"{m['d98_gy']:>7.2f} {m['d95_gy']:>7.2f} {m['d50_gy']:>7.2f} {m['d2_gy']:>7.2f}")
+    for name, t in report["targets"].items():
+        print(f"{name}: HI {t['homogeneity_index']:.3f}, Paddick CI {t['paddick_ci']:.3f} at {t['prescription_gy']:g} Gy")
+    return 0
