@@ -1,0 +1,52 @@
+"""Evaluation metrics on doses with answers known by construction."""
+
+import numpy as np
+import pytest
+
+from dosediffusion.errors import InputError
+from dosediffusion.metrics.evaluation import gdp_hmm_mae, masked_mae, normalise_to_d97, psnr, ssim3d
+
+SHAPE = (10, 12, 14)
+
+
+def _ref():
+    z, y, x = np.indices(SHAPE)
+    ref = (x * 5.0).astype(np.float64)  # 0 .. 65 Gy along x
+    body = np.ones(SHAPE, bool)
+    body[:, :, 0] = False
+    ptv = (x >= 10) & (x <= 12)
+    return ref, body, ptv
+
+
+def test_d97_normalisation_sets_the_ptv_percentile():
+    ref, _, ptv = _ref()
+    scaled = normalise_to_d97(ref, ptv, 70.0)
+    assert np.percentile(scaled[ptv], 3) == pytest.approx(70.0, abs=1e-3)
+
+
+def test_gdp_hmm_mae_counts_where_either_dose_exceeds_5_gy_over_the_reference_count():
+    ref, body, ptv = _ref()
+    prescription = float(np.percentile(ref[ptv], 3))  # so the normalisation is the identity
+    pred = ref + 2.0
+    # ref > 5 Gy in body: x >= 2 (x = 1 is exactly 5 Gy: not above); pred > 5 Gy also at x = 1
+    numerator = 2.0 * body[:, :, 1:].sum()  # x >= 1 counted, each off by 2 Gy
+    denominator = body[:, :, 2:].sum()
+    assert gdp_hmm_mae(pred, ref, body, ptv, prescription) == pytest.approx(numerator / denominator, rel=1e-4)
+    assert gdp_hmm_mae(ref, ref, body, ptv, prescription) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_masked_mae_psnr_and_ssim():
+    ref, body, _ = _ref()
+    pred = ref.copy()
+    pred[body] += 1.0
+    assert masked_mae(pred, ref, body) == pytest.approx(1.0)
+    assert psnr(pred, ref, body) == pytest.approx(20 * np.log10(65.0 / 1.0))
+    assert psnr(ref, ref) == float("inf")
+    assert ssim3d(ref, ref) == pytest.approx(1.0)
+    noisy = ref + np.random.default_rng(0).normal(0, 5, SHAPE)
+    assert ssim3d(noisy, ref) < ssim3d(pred, ref) < 1.0
+
+
+def test_grids_must_match():
+    with pytest.raises(InputError, match="different grids"):
+        masked_mae(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), np.ones((2, 2, 2), bool))
