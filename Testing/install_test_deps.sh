@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers and tools that the test suite runs against (idempotent):
 #   - Debian: dicom3tools (dciodvfy validates our DICOM), plastimatch (writes DICOM RT sets we read)
-#   - the peers' own environments, where a script for them exists (Testing/peers/setup_peers.sh).
+#   - pymedphys (gamma peer), and the peers' own environments where a script for them exists
+#     (Testing/peers/setup_peers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -11,6 +12,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# pymedphys' gamma (compared against ours) needs numba; both are test-only and leave torch alone
+python -c "import pymedphys, numba" 2>/dev/null || pip install -q "pymedphys==0.41.0" "numba>=0.60"
 if [ -f Testing/peers/setup_peers.sh ]; then
   bash Testing/peers/setup_peers.sh
 fi
