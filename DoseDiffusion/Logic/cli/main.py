@@ -14,7 +14,7 @@ import sys
 from dosediffusion import __version__
 from dosediffusion.errors import InputError
 
-COMMANDS = ("inspect", "dvh")
+COMMANDS = ("inspect", "dvh", "score")
 
 
 def build_parser() -> argparse.ArgumentParser:

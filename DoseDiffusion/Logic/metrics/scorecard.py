@@ -1,0 +1,189 @@
+"""Clinical scorecards: templates of per-structure dose metrics scored piecewise-linearly.
+
+A template (JSON, schema ``Resources/Scorecards/scorecard.schema.json``) lists entries:
+a structure (``{"name": "SpinalCord"}``, matched to the case through the alias table's canonical
+names, or ``{"ptv_level": 1}``, the PTV with the highest prescription), a metric
+
+- ``DoseAtVolume`` (``volume`` in ``volume_unit`` % or cc) → dose,
+- ``VolumeAtDose`` (``dose`` in ``dose_unit`` Gy or %Rx) → volume in ``output_unit`` % or cc,
+- ``MeanDose``, ``MaxDose`` (D0.03cc), ``MinDose`` → dose,
+
+with doses reported in ``output_unit`` Gy or %Rx (% of that PTV's prescription, so PTV goals
+scale with the case's prescription), ``points`` [[x, score], ...] interpolated linearly and
+clamped at both ends, a ``weight`` (default 1), and an optional ``limit`` (``max``/``min``;
+``hard`` marks a constraint the plan must not break). Entries whose structure the case lacks are
+"not evaluable": listed, never scored as zero. Total = Σ weight · score over evaluable entries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from jsonschema import Draft202012Validator
+
+from dosediffusion.aliases import normalise
+from dosediffusion.case import Case, Structure
+from dosediffusion.errors import InputError
+from dosediffusion.metrics.dvh import DVH, compute_dvh
+from dosediffusion.resources import resource_path
+
+SCORECARD_DIR = "Scorecards"
+_DOSE_METRICS = {"DoseAtVolume", "MeanDose", "MaxDose", "MinDose"}
+
+
+@dataclass
+class EntryResult:
+    """One scored entry; ``value`` and ``score`` are None when the structure is missing."""
+
+    structure: str
+    metric: str
+    value: float | None
+    unit: str
+    score: float | None
+    max_score: float
+    passed: bool | None
+    hard: bool
+    note: str = ""
+
+
+@dataclass
+class ScoreReport:
+    template: str
+    entries: list[EntryResult]
+
+    @property
+    def total(self) -> float:
+        return float(sum(e.score for e in self.entries if e.score is not None))
+
+    @property
+    def max_total(self) -> float:
+        return float(sum(e.max_score for e in self.entries if e.score is not None))
+
+    @property
+    def not_evaluable(self) -> list[str]:
+        return [f"{e.structure} {e.metric}" for e in self.entries if e.score is None]
+
+    def to_dict(self) -> dict:
+        return {
+            "template": self.template,
+            "total": round(self.total, 4),
+            "max_total": round(self.max_total, 4),
+            "not_evaluable": self.not_evaluable,
+            "entries": [e.__dict__ for e in self.entries],
+        }
+
+
+def _validator() -> Draft202012Validator:
+    schema = json.loads(resource_path(SCORECARD_DIR, "scorecard.schema.json").read_text())
+    return Draft202012Validator(schema)
+
+
+def validate_template(template: dict, source: str) -> dict:
+    """``template`` if it is valid; otherwise an :class:`InputError` naming the entry and field."""
+    errors = sorted(_validator().iter_errors(template), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or "template"
+        raise InputError(f"invalid scorecard at {where}: {error.message}", source)
+    for i, entry in enumerate(template["entries"]):
+        metric = entry["metric"]
+        needs = {"DoseAtVolume": ("volume", "volume_unit"), "VolumeAtDose": ("dose", "dose_unit")}.get(metric, ())
+        for key in needs:
+            if key not in entry:
+                raise InputError(f"invalid scorecard at entries[{i}]: {metric} needs '{key}'", source)
+        unit = entry.get("output_unit", "Gy" if metric in _DOSE_METRICS else "%")
+        if (metric in _DOSE_METRICS) != (unit in ("Gy", "%Rx")):
+            raise InputError(f"invalid scorecard at entries[{i}].output_unit: {unit!r} does not fit {metric}", source)
+        xs = [p[0] for p in entry["points"]]
+        if xs != sorted(xs):
+            raise InputError(f"invalid scorecard at entries[{i}].points: x values must increase", source)
+    return template
+
+
+def load_template(name_or_path: str | Path) -> dict:
+    """A shipped template by name (file stem in ``Resources/Scorecards``) or a template file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = resource_path(SCORECARD_DIR, f"{name_or_path}.json")
+        if not path.is_file():
+            shipped = sorted(p.stem for p in resource_path(SCORECARD_DIR).glob("*.json") if p.stem != "scorecard.schema")
+            raise InputError(f"no shipped scorecard {name_or_path!r}; shipped: {', '.join(shipped)}")
+    try:
+        template = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read scorecard ({error})", path) from None
+    if isinstance(template, dict) and "ScoreTemplates" in template:
+        from dosediffusion.metrics.esapi_scorecard import from_esapi
+
+        template = from_esapi(template, path.stem)
+    return validate_template(template, str(path))
+
+
+def find_structure(case: Case, spec: dict) -> Structure | None:
+    """The case's structure for an entry's ``structure`` spec, or None."""
+    if "ptv_level" in spec:
+        ptvs = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()]
+        levels = sorted({s.prescription_gy for s in ptvs}, reverse=True)
+        if len(levels) < spec["ptv_level"]:
+            return None
+        wanted = levels[spec["ptv_level"] - 1]
+        return max((s for s in ptvs if s.prescription_gy == wanted), key=lambda s: s.mask.sum())
+    key = normalise(spec["name"])
+    for s in case.structures.values():
+        if s.mask.any() and key in (normalise(s.name), normalise(s.canonical or "")):
+            return s
+    return None
+
+
+def _metric(dvh: DVH, entry: dict, rx_gy: float | None) -> tuple[float, str]:
+    metric = entry["metric"]
+    unit = entry.get("output_unit", "Gy" if metric in _DOSE_METRICS else "%")
+    if unit == "%Rx" or entry.get("dose_unit") == "%Rx":
+        if not rx_gy:
+            raise InputError(f"entry {metric} uses %Rx but the structure has no prescription")
+    if metric == "DoseAtVolume":
+        value = (dvh.dose_at_volume_percent(entry["volume"]) if entry["volume_unit"] == "%"
+                 else dvh.dose_at_volume_cc(entry["volume"]))
+    elif metric == "VolumeAtDose":
+        dose = entry["dose"] * rx_gy / 100.0 if entry["dose_unit"] == "%Rx" else entry["dose"]
+        return (dvh.volume_at_dose_percent(dose) if unit == "%" else dvh.volume_at_dose_cc(dose)), unit
+    elif metric == "MeanDose":
+        value = dvh.mean_gy
+    elif metric == "MaxDose":
+        value = dvh.dose_at_volume_cc(0.03)
+    else:
+        value = dvh.min_gy
+    return (100.0 * value / rx_gy if unit == "%Rx" else value), unit
+
+
+def score_case(case: Case, template: dict, dose_gy: np.ndarray | None = None) -> ScoreReport:
+    """Score ``dose_gy`` (default: the case's dose) on ``case`` with a validated ``template``."""
+    dose = case.dose if dose_gy is None else dose_gy
+    if dose is None:
+        raise InputError("no dose to score: the case has none and none was given", case.case_id)
+    dvhs: dict[str, DVH] = {}
+    results = []
+    for entry in template["entries"]:
+        spec = entry["structure"]
+        label = spec.get("name") or f"PTV level {spec['ptv_level']}"
+        xs, ys = np.array([p[0] for p in entry["points"]]), np.array([p[1] for p in entry["points"]])
+        weight = float(entry.get("weight", 1.0))
+        limit = entry.get("limit", {})
+        structure = find_structure(case, spec)
+        if structure is None:
+            results.append(EntryResult(label, entry["metric"], None, "", None, weight * ys.max(), None,
+                                       bool(limit.get("hard")), "structure not in the case: not evaluable"))
+            continue
+        if structure.name not in dvhs:
+            dvhs[structure.name] = compute_dvh(dose, case.grid, structure)
+        value, unit = _metric(dvhs[structure.name], entry, structure.prescription_gy)
+        passed = None
+        if limit:
+            passed = (value <= limit["max"] if "max" in limit else True) and (value >= limit["min"] if "min" in limit else True)
+        results.append(EntryResult(structure.name, entry["metric"], round(float(value), 4), unit,
+                                   round(weight * float(np.interp(value, xs, ys)), 4), weight * float(ys.max()),
+                                   passed, bool(limit.get("hard"))))
+    return ScoreReport(template["name"], results)

@@ -1,0 +1,103 @@
+"""Scorecard templates: loading, validation messages, scoring, ESAPI layout, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dosediffusion.cli.main import main
+from dosediffusion.errors import InputError
+from dosediffusion.io.load import load_case
+from dosediffusion.metrics.scorecard import load_template, score_case
+from dosediffusion.resources import resource_path
+
+DEMO = resource_path("DemoCase")
+
+
+@pytest.fixture(scope="module")
+def flat_case():
+    """The demo phantom with 60 Gy everywhere in the body (its PTV is prescribed 60 Gy)."""
+    case = load_case(DEMO)
+    case.dose = np.where(case.body.mask, 60.0, 0.0).astype(np.float32)
+    return case
+
+
+@pytest.mark.parametrize("name", ["head_neck_sib_70_63_56", "lung_60", "prostate_78"])
+def test_shipped_templates_load_and_cite_their_sources(name):
+    template = load_template(name)
+    assert template["entries"] and all(e.get("source") for e in template["entries"])
+
+
+def test_scores_follow_the_points_and_missing_structures_are_not_evaluable(flat_case):
+    report = score_case(flat_case, load_template("head_neck_sib_70_63_56"))
+    by_key = {(e.structure, e.metric, e.unit): e for e in report.entries}
+    d95 = report.entries[0]
+    assert d95.structure == "PTV_60" and d95.value == pytest.approx(100.0, abs=0.01)
+    assert d95.score == pytest.approx(2.0) and d95.passed  # clamped at the best point, weight 2
+    cord = by_key[("SpinalCord", "MaxDose", "Gy")]
+    assert cord.value == pytest.approx(60.0, abs=0.01) and cord.score == 0.0 and cord.passed is False and cord.hard
+    esophagus = by_key[("Esophagus", "MeanDose", "Gy")]
+    assert esophagus.score == 0.0  # 60 Gy is beyond 1.15 x 34 Gy
+    assert "Brainstem MaxDose" in report.not_evaluable and "PTV level 2 DoseAtVolume" in report.not_evaluable
+    assert report.total == pytest.approx(sum(e.score for e in report.entries if e.score is not None))
+    assert report.max_total == pytest.approx(sum(e.max_score for e in report.entries if e.score is not None))
+
+
+def test_interpolation_between_points(flat_case, tmp_path):
+    template = {"name": "t", "entries": [{"structure": {"name": "Esophagus"}, "metric": "MeanDose",
+                                          "points": [[50, 1], [70, 0]], "weight": 3}]}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(template))
+    entry = score_case(flat_case, load_template(path)).entries[0]
+    assert entry.value == pytest.approx(60.0, abs=0.01) and entry.score == pytest.approx(1.5, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"structure": {"name": "X"}, "metric": "MeanDose"}, r"entries\[0\]: 'points' is a required property"),
+        ({"structure": {"name": "X"}, "metric": "Median", "points": [[0, 1], [1, 0]]}, r"entries\[0\]\.metric"),
+        ({"structure": {"name": "X"}, "metric": "DoseAtVolume", "points": [[0, 1], [1, 0]]}, "DoseAtVolume needs 'volume'"),
+        ({"structure": {"name": "X"}, "metric": "MeanDose", "points": [[5, 1], [1, 0]]}, "x values must increase"),
+        ({"structure": {"name": "X"}, "metric": "MeanDose", "output_unit": "cc", "points": [[0, 1], [1, 0]]},
+         "does not fit MeanDose"),
+    ],
+)
+def test_bad_templates_name_entry_and_field(tmp_path, entry, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"name": "bad", "entries": [entry]}))
+    with pytest.raises(InputError, match=message) as error:
+        load_template(path)
+    assert "bad.json" in str(error.value)
+
+
+def test_unknown_shipped_name_lists_the_shipped_ones():
+    with pytest.raises(InputError, match="lung_60"):
+        load_template("breast")
+
+
+def test_esapi_layout_scores_like_the_same_template_in_ours(flat_case, tmp_path):
+    esapi = {"Name": "clinic", "ScoreTemplates": [
+        {"Structure": {"StructureId": "Esophagus"}, "MetricType": "MeanDose", "InputValue": 0, "InputUnit": "Gy",
+         "OutputUnit": "cGy", "ScorePoints": [{"PointX": 7000, "Score": 0}, {"PointX": 5000, "Score": 1}]},
+        {"Structure": {"StructureId": "SpinalCord"}, "MetricType": "VolumeAtDose", "InputValue": 5500, "InputUnit": "cGy",
+         "OutputUnit": "%", "ScorePoints": [{"PointX": 0, "Score": 2}, {"PointX": 100, "Score": 0}]},
+    ]}
+    ours = {"name": "clinic", "entries": [
+        {"structure": {"name": "Esophagus"}, "metric": "MeanDose", "points": [[50, 1], [70, 0]]},
+        {"structure": {"name": "SpinalCord"}, "metric": "VolumeAtDose", "dose": 55, "dose_unit": "Gy",
+         "output_unit": "%", "points": [[0, 2], [100, 0]]},
+    ]}
+    (tmp_path / "esapi.json").write_text(json.dumps(esapi))
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    a = score_case(flat_case, load_template(tmp_path / "esapi.json"))
+    b = score_case(flat_case, load_template(tmp_path / "ours.json"))
+    assert [(e.value, e.score) for e in a.entries] == [(e.value, e.score) for e in b.entries]
+    assert a.entries[1].value == pytest.approx(100.0)  # the whole cord gets 60 Gy > 55 Gy
+
+
+def test_score_cli_json(capsys):
+    assert main(["score", str(DEMO), "--scorecard", "lung_60", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["template"] == "Lung 60 Gy in 30 fractions" and "Heart MeanDose" in report["not_evaluable"]
+    assert main(["score", str(DEMO), "--scorecard", "nonexistent"]) == 2
