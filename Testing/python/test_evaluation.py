@@ -50,3 +50,39 @@ def test_masked_mae_psnr_and_ssim():
 def test_grids_must_match():
     with pytest.raises(InputError, match="different grids"):
         masked_mae(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), np.ones((2, 2, 2), bool))
+
+
+def test_openkbp_scores_of_a_scaled_dose_are_known():
+    from dosediffusion.io.load import load_case
+    from dosediffusion.metrics.dvh import compute_dvh
+    from dosediffusion.metrics.evaluation import dvh_points, openkbp_scores
+    from dosediffusion.resources import resource_path
+
+    case = load_case(resource_path("DemoCase"))
+    ref = case.dose.astype(np.float64)
+    scores = openkbp_scores(ref * 1.02, ref, case)
+    assert scores["dose_score_gy"] == pytest.approx(0.02 * ref[case.body.mask].mean(), rel=1e-6)
+    # every DVH point scales with the dose: its difference is 2 % of the reference point
+    cord = dvh_points(compute_dvh(ref, case.grid, case.structures["SpinalCord"]), "oar")
+    assert scores["dvh_points"]["SpinalCord"]["mean"]["diff_gy"] == pytest.approx(0.02 * cord["mean"], rel=1e-6)
+    assert set(scores["dvh_points"]["PTV_60"]) == {"D99", "D95", "D1"}
+
+
+def test_evaluate_cli_on_identical_doses(tmp_path, capsys):
+    import json
+
+    from dosediffusion.cli.main import main
+    from dosediffusion.io.load import load_case
+    from dosediffusion.io.volume_sidecar import write_volume
+    from dosediffusion.resources import resource_path
+
+    demo = resource_path("DemoCase")
+    case = load_case(demo)
+    write_volume(case.dose, case.grid, tmp_path / "dose.nrrd")
+    assert main(["evaluate", "--pred", str(tmp_path / "dose.nrrd"), "--ref", str(demo / "RTDOSE.dcm"),
+                 "--case", str(demo), "--scorecard", "lung_60", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dose_score_gy"] < 0.01 and result["dvh_score_gy"] < 0.01  # RTDOSE storage precision only
+    assert result["gamma_pass_percent"] == {"3%/3mm": 100.0, "2%/2mm": 100.0}
+    assert result["scorecard"]["diff"] == pytest.approx(0.0, abs=1e-3)
+    assert result["ssim"] == pytest.approx(1.0, abs=1e-4)
