@@ -79,3 +79,17 @@ def test_empty_structure_is_refused():
     grid = Grid((4, 4, 4), (1, 1, 1), (0, 0, 0))
     with pytest.raises(InputError, match="empty"):
         compute_dvh(np.zeros(grid.shape), grid, Structure("x", np.zeros(grid.shape, bool)))
+
+
+@pytest.mark.parametrize("position", ["HFP", "FFS"])
+def test_patient_orientation_does_not_change_the_dvh(position):
+    from phantoms import make_phantom_case
+
+    hfs, _ = make_phantom_case()
+    other, _ = make_phantom_case(position=position)
+    for name in ("PTV_60", "Esophagus", "SpinalCord"):
+        a = compute_dvh(hfs.dose, hfs.grid, hfs.structures[name])
+        b = compute_dvh(other.dose, other.grid, other.structures[name])
+        assert b.volume_cc == pytest.approx(a.volume_cc, rel=1e-3), name
+        assert b.mean_gy == pytest.approx(a.mean_gy, abs=0.05), name
+        assert b.dose_at_volume_percent(95) == pytest.approx(a.dose_at_volume_percent(95), abs=0.1), name
