@@ -40,3 +40,7 @@ class AmbiguousInputError(InputError):
 
 class UnsafeFileError(InputError):
     """A file that would need code execution to load (e.g. a pickle naming a foreign global)."""
+
+
+class Cancelled(DoseDiffusionError):
+    """The user cancelled a running prediction or job; nothing was written."""

@@ -1,4 +1,7 @@
-"""``dosediffusion dvh PATH [--dose FILE] [--json]``: standard DVH metrics per structure.
+"""``dosediffusion dvh PATH [--dose FILE] [--json] [--plot FILE.png]``: standard DVH metrics per structure.
+
+``--plot`` also draws the cumulative DVHs (dose Gy, volume %); with ``--dose`` on a case that has
+its own dose, that dose is drawn dashed as the reference.
 
 JSON: ``{"case_id", "dose": "<source>", "structures": {NAME: {"role", "volume_cc", "mean_gy", "min_gy",
 "max_gy", "d98_gy", "d95_gy", "d50_gy", "d2_gy", "d0_03cc_gy"}}, "targets": {NAME: {"prescription_gy",
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +23,8 @@ from dosediffusion.geometry import resample
 from dosediffusion.io.load import load_case
 from dosediffusion.io.volume_sidecar import read_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, homogeneity_index, paddick_conformity_index, standard_metrics
+from dosediffusion.metrics.dvh import DVH
+from dosediffusion.report.plots import check_plot_path, plot_dvhs
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,8 +32,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("path", help="DICOM RT folder, case JSON sidecar, or GDP-HMM .npz")
     parser.add_argument("--dose", help="a dose volume (NRRD/NIfTI, Gy) instead of the case's own dose")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_plot_argument(parser, "also draw the cumulative DVHs into FILE; with --dose, the case's own dose dashed beside")
     add_selection_arguments(parser)
     return parser
+
+
+def add_plot_argument(parser: argparse.ArgumentParser, what: str, flag: str = "--plot") -> None:
+    """A ``--plot FILE`` option (or ``flag``) whose help is ``what`` plus the formats and the extra it needs."""
+    parser.add_argument(flag, metavar="FILE.png",
+                        help=f"{what} (.png, .svg or .pdf; needs matplotlib: pip install dosediffusion[report])")
+
+
+def wrote(path: str) -> None:
+    """Tell the user a figure was written; on stderr, so that ``--json`` output stays pure JSON."""
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def load_dose(path: str, case) -> np.ndarray:
@@ -35,8 +54,9 @@ def load_dose(path: str, case) -> np.ndarray:
     return resample(dose.astype("float32"), grid, case.grid)
 
 
-def dvh_report(case, dose) -> dict:
-    dvhs = case_dvhs(case, dose)
+def dvh_report(case, dose, dvhs: dict[str, DVH] | None = None) -> dict:
+    """The ``--json`` report of ``dose`` (Gy) on ``case``; ``dvhs`` are its DVHs when already computed."""
+    dvhs = case_dvhs(case, dose) if dvhs is None else dvhs
     report = {"case_id": case.case_id, "structures": {}, "targets": {}}
     for name, dvh in dvhs.items():
         report["structures"][name] = {"role": case.structures[name].role,
@@ -51,13 +71,26 @@ def dvh_report(case, dose) -> dict:
     return report
 
 
+def write_dvh_plot(path: str, case, dvhs: dict[str, DVH], dose_file: str | None) -> None:
+    """Plot ``dvhs``; when they are of a ``dose_file`` and the case has a dose, that one dashed beside."""
+    reference = case_dvhs(case) if dose_file and case.dose is not None else None
+    labels = (Path(dose_file).name if dose_file else "case dose", "case dose")
+    plot_dvhs(dvhs, reference, path, title=f"{case.case_id}: cumulative DVHs", labels=labels)
+    wrote(path)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
     case = load_case(args.path, **selection(args))
     dose = load_dose(args.dose, case) if args.dose else case.dose
     if dose is None:
         raise InputError("the case has no dose; pass --dose FILE", args.path)
-    report = dvh_report(case, dose)
+    dvhs = case_dvhs(case, dose)
+    report = dvh_report(case, dose, dvhs)
     report["dose"] = args.dose or "case"
+    if args.plot:
+        write_dvh_plot(args.plot, case, dvhs, args.dose)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

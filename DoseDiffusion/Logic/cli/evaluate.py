@@ -1,9 +1,11 @@
-"""``dosediffusion evaluate --pred FILE --ref FILE --case PATH [--scorecard NAME] [--json]``.
+"""``dosediffusion evaluate --pred FILE --ref FILE --case PATH [--scorecard NAME] [--json] [--plot FILE.png]
+[--scorecard-plot FILE.png]``.
 
 Compares two doses (NRRD/NIfTI volumes in Gy, or RTDOSE files) on the case's CT grid: the GDP-HMM
 MAE, the OpenKBP dose and DVH scores with every DVH point, MAE inside each structure, PSNR and 3-D
 SSIM inside the body, gamma pass rates (3 %/3 mm and 2 %/2 mm, global, 10 % low-dose cut-off) and,
-with ``--scorecard``, both doses' scorecard totals and their difference.
+with ``--scorecard``, both doses' scorecard totals and their difference. ``--plot`` draws both doses'
+cumulative DVHs (predicted solid, reference dashed); ``--scorecard-plot`` the two scorecards as a table.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dosediffusion.cli.dvh import load_dose
+from dosediffusion.cli.dvh import add_plot_argument, load_dose, wrote
 from dosediffusion.errors import InputError
 from dosediffusion.io.dicom_rtdose import read_rtdose
 from dosediffusion.io.load import load_case
+from dosediffusion.metrics.dose_metrics import case_dvhs
 from dosediffusion.metrics.evaluation import gdp_hmm_mae, masked_mae, openkbp_scores, psnr, ssim3d
 from dosediffusion.metrics.gamma import gamma_index
-from dosediffusion.metrics.scorecard import load_template, score_case
+from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
+from dosediffusion.report.plots import check_plot_path, plot_dvhs, plot_scorecard
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -30,6 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--case", required=True, help="the case (structures, grid, prescription)")
     parser.add_argument("--scorecard", help="also compare scorecard totals with this template")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_plot_argument(parser, "also draw both doses' cumulative DVHs into FILE: predicted solid, reference dashed")
+    add_plot_argument(parser, "also draw both doses' scorecards side by side as a table into FILE (needs --scorecard)",
+                      flag="--scorecard-plot")
     return parser
 
 
@@ -40,8 +47,15 @@ def _dose(path: str, case) -> np.ndarray:
     return load_dose(path, case)
 
 
-def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = None) -> dict:
-    """Every evaluation metric of ``pred`` against ``ref`` on ``case`` (Gy, %, dB)."""
+def scorecard_reports(case, template: dict, pred: np.ndarray, ref: np.ndarray) -> tuple[ScoreReport, ScoreReport]:
+    """The scorecards of ``pred`` and of ``ref`` (Gy) on ``case`` with a loaded ``template``."""
+    return score_case(case, template, pred), score_case(case, template, ref)
+
+
+def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = None,
+             reports: tuple[ScoreReport, ScoreReport] | None = None) -> dict:
+    """Every evaluation metric of ``pred`` against ``ref`` on ``case`` (Gy, %, dB); the scorecard totals
+    with a ``scorecard`` template name or file, or from already computed (pred, ref) ``reports``."""
     body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
     ptvs = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()]
     result: dict = {"case_id": case.case_id}
@@ -55,10 +69,9 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = No
         f"{dd:g}%/{dta:g}mm": gamma_index(ref, pred, case.grid.spacing, dose_percent=dd, dta_mm=dta).pass_rate_percent
         for dd, dta in ((3.0, 3.0), (2.0, 2.0))
     }
-    if scorecard:
-        template = load_template(scorecard)
-        p, r = score_case(case, template, pred), score_case(case, template, ref)
-        result["scorecard"] = {"template": template["name"], "pred": p.total, "ref": r.total, "diff": p.total - r.total}
+    if scorecard or reports:
+        p, r = reports or scorecard_reports(case, load_template(scorecard), pred, ref)
+        result["scorecard"] = {"template": p.template, "pred": p.total, "ref": r.total, "diff": p.total - r.total}
     return result
 
 
@@ -71,12 +84,37 @@ def _finite(value):
     return value
 
 
+def _check_plot_options(args: argparse.Namespace) -> None:
+    """Fail before any computation on a plot option that cannot be honoured."""
+    if args.scorecard_plot and not args.scorecard:
+        raise InputError("--scorecard-plot needs --scorecard NAME|FILE")
+    for path in (args.plot, args.scorecard_plot):
+        if path:
+            check_plot_path(path)
+
+
+def write_plots(args: argparse.Namespace, case, pred: np.ndarray, ref: np.ndarray, template: dict | None,
+                reports: tuple[ScoreReport, ScoreReport] | None) -> None:
+    """The ``--plot`` DVH figure and the ``--scorecard-plot`` table, where asked for."""
+    if args.plot:
+        title = f"{case.case_id}: predicted vs reference"
+        plot_dvhs(case_dvhs(case, pred), case_dvhs(case, ref), args.plot, title=title)
+        wrote(args.plot)
+    if args.scorecard_plot and reports:
+        plot_scorecard(reports[0], args.scorecard_plot, reports[1], template=template)
+        wrote(args.scorecard_plot)
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_plot_options(args)
+    template = load_template(args.scorecard) if args.scorecard else None
     case = load_case(args.case)
     pred, ref = _dose(args.pred, case), _dose(args.ref, case)
     if not np.any(ref > 0):
         raise InputError("the reference dose is zero everywhere", args.ref)
-    result = evaluate(pred, ref, case, args.scorecard)
+    reports = scorecard_reports(case, template, pred, ref) if template else None
+    result = evaluate(pred, ref, case, reports=reports)
+    write_plots(args, case, pred, ref, template, reports)
     if args.json:
         print(json.dumps(_finite(result), indent=2))
         return 0

@@ -1,15 +1,21 @@
-"""``dosediffusion score PATH --scorecard NAME|FILE [--dose FILE] [--json]``: a clinical scorecard."""
+"""``dosediffusion score PATH --scorecard NAME|FILE [--dose FILE] [--json] [--plot FILE.png]``: a clinical scorecard.
+
+``--plot`` also draws the scorecard as a table figure; with ``--dose`` on a case that has its own
+dose, that dose's scores stand beside as the reference, with the score differences.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from dosediffusion.cli.dvh import load_dose
+from dosediffusion.cli.dvh import add_plot_argument, load_dose, wrote
 from dosediffusion.cli.inspect import add_selection_arguments, selection
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
-from dosediffusion.metrics.scorecard import load_template, score_case
+from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
+from dosediffusion.report.plots import check_plot_path, plot_scorecard
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -20,17 +26,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "(ours or ESAPI PlanScoreCard)")
     parser.add_argument("--dose", help="a dose volume (NRRD/NIfTI, Gy) instead of the case's own dose")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_plot_argument(parser, "also draw the scorecard as a table into FILE; with --dose, the case's own dose's "
+                              "scores beside")
     add_selection_arguments(parser)
     return parser
 
 
+def write_scorecard_plot(path: str, case, template: dict, report: ScoreReport, dose_file: str | None) -> None:
+    """Plot ``report``; when it scores a ``dose_file`` and the case has a dose, that one's scores beside."""
+    reference = score_case(case, template) if dose_file and case.dose is not None else None
+    labels = (Path(dose_file).name if dose_file else "case dose", "case dose")
+    plot_scorecard(report, path, reference, template=template, labels=labels)
+    wrote(path)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
     template = load_template(args.scorecard)
     case = load_case(args.path, **selection(args))
     dose = load_dose(args.dose, case) if args.dose else case.dose
     if dose is None:
         raise InputError("the case has no dose; pass --dose FILE", args.path)
     report = score_case(case, template, dose)
+    if args.plot:
+        write_scorecard_plot(args.plot, case, template, report, args.dose)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0

@@ -1,0 +1,232 @@
+"""``DoseDiffusionPipeline``: Case → predicted dose in Gy on the CT grid, and its folder format.
+
+A pipeline folder (all local, no hub)::
+
+    model_index.json     component classes, target modality, package version
+    preprocessing.json   the PrepareConfig
+    codec/               PatchCodec (codec_config.json) or WanVAECodec (a diffusers AutoencoderKLWan)
+    model/               Any2AnyDiT (config.json + diffusion_pytorch_model.safetensors)
+    scheduler/           FlowMatchEulerDiscreteScheduler (scheduler_config.json; its shift is Wan's)
+
+Only the classes named in :data:`COMPONENTS` can be loaded: a folder cannot make the loader
+import anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from dosediffusion import __version__
+from dosediffusion.case import Case
+from dosediffusion.conditioning.prepare import PrepareConfig, prepare, restore
+from dosediffusion.errors import InputError
+from dosediffusion.model.any2any import Any2AnyDiT
+from dosediffusion.model.codecs import CODECS, PatchCodec, WanVAECodec
+from dosediffusion.model.sampling import euler_sample, initial_noise
+from dosediffusion.model.selection import Selector, resolve_selector
+
+MODEL_INDEX = "model_index.json"
+PREPROCESSING = "preprocessing.json"
+COMPONENTS = {"codec": set(CODECS), "model": {"Any2AnyDiT"}, "scheduler": {"FlowMatchEulerDiscreteScheduler"}}
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class DosePrediction:
+    """A prediction: ``dose_gy`` (z, y, x) on the case's CT grid, the candidates it was chosen from
+    (with their selection scores), and what it cost (seconds per stage, peak memory in MiB)."""
+
+    dose_gy: np.ndarray
+    candidates_gy: list[np.ndarray]
+    selected: int
+    selection_scores: list[float] | None
+    timing_s: dict[str, float]
+    peak_memory_mib: float
+    memory_kind: str
+    device: str
+    dtype: str
+    steps: int
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DoseDiffusionPipeline:
+    """Codec + Any2AnyDiT + scheduler + preprocessing: ``pipeline(case)`` predicts its dose."""
+
+    def __init__(self, codec: PatchCodec | WanVAECodec, model: Any2AnyDiT, scheduler: FlowMatchEulerDiscreteScheduler,
+                 preprocessing: PrepareConfig, target: str = "dose"):
+        if codec.latent_channels != model.config.in_channels:
+            raise InputError(f"codec gives {codec.latent_channels} latent channels, model expects {model.config.in_channels}")
+        if target not in model.config.modalities:
+            raise InputError(f"target {target!r} is not one of the model's modalities {list(model.config.modalities)}")
+        codec.check_shape(tuple(preprocessing.crop_shape))
+        self.codec, self.model, self.scheduler = codec, model.eval(), scheduler
+        self.preprocessing, self.target = preprocessing, target
+
+    # ---- folder format -------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the pipeline folder; an existing folder is replaced only once the new one is complete."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            index = {"_class_name": type(self).__name__, "_dosediffusion_version": __version__,
+                     "codec": type(self.codec).__name__, "model": type(self.model).__name__,
+                     "scheduler": type(self.scheduler).__name__, "target": self.target}
+            self.codec.save_pretrained(staging / "codec")
+            self.model.save_pretrained(staging / "model")
+            self.scheduler.save_pretrained(staging / "scheduler")
+            (staging / PREPROCESSING).write_text(json.dumps(self.preprocessing.to_dict(), indent=2))
+            (staging / MODEL_INDEX).write_text(json.dumps(index, indent=2))
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                folder.rename(old)
+                staging.rename(folder)
+                shutil.rmtree(old)
+            else:
+                staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> DoseDiffusionPipeline:
+        """Load a pipeline folder (local only)."""
+        folder = Path(folder)
+        index_path = folder / MODEL_INDEX
+        if not index_path.is_file():
+            raise InputError(f"no {MODEL_INDEX}: not a DoseDiffusion pipeline folder", folder)
+        try:
+            index = json.loads(index_path.read_text())
+            preprocessing = PrepareConfig.from_dict(json.loads((folder / PREPROCESSING).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise InputError(f"unreadable pipeline description ({error})", folder) from None
+        for part, allowed in COMPONENTS.items():
+            if index.get(part) not in allowed:
+                raise InputError(f"{part} class {index.get(part)!r} is not one of {sorted(allowed)}", index_path)
+        codec_cls = CODECS[index["codec"]]
+        codec = codec_cls.from_pretrained(folder / "codec", **({"torch_dtype": torch_dtype} if codec_cls is WanVAECodec else {}))
+        model = Any2AnyDiT.from_pretrained(folder / "model", torch_dtype=torch_dtype)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        return cls(codec, model, scheduler, preprocessing, index.get("target", "dose"))
+
+    def compile(self) -> DoseDiffusionPipeline:
+        """Compile the DiT's forward with ``torch.compile`` (first call slower, later calls faster)."""
+        self.model.compile()
+        return self
+
+    def describe(self) -> dict:
+        """Name-free facts about the model for logs, the remote worker and the Slicer module."""
+        cfg = self.model.config
+        return {"codec": type(self.codec).__name__, "modalities": list(cfg.modalities), "target": self.target,
+                "prediction_type": cfg.prediction_type, "parameters": int(sum(p.numel() for p in self.model.parameters())),
+                "crop_shape": list(self.preprocessing.crop_shape), "spacing_mm": self.preprocessing.spacing_mm,
+                "version": __version__}
+
+    # ---- prediction ----------------------------------------------------------------------------
+    def encode_conditions(self, channels: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+        """Condition channels (D, H, W) → latents (1, C, f, h, w), encoded once as one batch."""
+        names = [m for m in self.model.config.modalities if m in channels and m != self.target]
+        if not names:
+            raise InputError("the case gives the model no condition at all (no CT, structures or beams)")
+        volumes = torch.stack([torch.from_numpy(channels[m]) for m in names]).unsqueeze(1).to(device)
+        latents = self.codec.encode(volumes)
+        return {m: latents[i : i + 1] for i, m in enumerate(names)}
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        case: Case,
+        steps: int = 10,
+        seed: int = 0,
+        num_candidates: int = 1,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        selection: str | Selector | None = None,
+        scorecard: str | dict | None = None,
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> DosePrediction:
+        """Predict the dose of ``case`` (Gy, on its CT grid, zero outside the body).
+
+        Args:
+            steps: Euler steps (1–50). seed: noise seed (candidate k uses the k-th draw of it).
+            num_candidates: N for best-of-N, chosen by ``selection`` (see :mod:`.selection`).
+            device: default CUDA when available, else CPU. dtype: autocast dtype; default bfloat16 on
+                CUDA, float32 on CPU.
+            progress: called with (fraction 0–1, message). cancel: polled between steps; raises
+                :class:`~dosediffusion.errors.Cancelled`.
+        """
+        if num_candidates < 1:
+            raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
+        selector = resolve_selector(selection, case, scorecard) if num_candidates > 1 else None
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        report = progress or (lambda fraction, message: None)
+        clock = _Clock(device)
+
+        report(0.0, "preparing inputs")
+        inputs = prepare(case, self.preprocessing, include_dose=False)
+        clock.lap("prepare")
+        self.model.to(device)
+        self.codec.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            report(0.05, "encoding conditions")
+            conditions = self.encode_conditions(inputs.channels, device)
+            clock.lap("encode")
+            latent = next(iter(conditions.values())).shape[1:]
+            noise = initial_noise((num_candidates, *latent), seed, device)
+            on_step = lambda i, n: report(0.1 + 0.8 * i / n, f"step {i} of {n}")  # noqa: E731
+            x0 = euler_sample(self.model, conditions, self.target, noise, self.scheduler, steps, on_step, cancel)
+            clock.lap("sample")
+            volumes = self.codec.decode(x0).float().cpu().numpy()[:, 0]
+            clock.lap("decode")
+        report(0.95, "restoring the dose onto the CT grid")
+        candidates = [restore(v, case, inputs) for v in volumes]
+        selected, scores = selector(candidates, case) if selector else (0, None)
+        clock.lap("restore_select")
+        report(1.0, "done")
+        peak, kind = clock.peak_memory_mib()
+        return DosePrediction(candidates[selected], candidates, selected, scores, clock.laps, peak, kind, str(device),
+                              str(dtype).replace("torch.", ""), steps, seed)
+
+
+class _Clock:
+    """Seconds per stage (CUDA synchronised) and the peak memory of the run."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.laps: dict[str, float] = {}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self.laps["total"] = now - self._start
+        self._last = now
+
+    def peak_memory_mib(self) -> tuple[float, str]:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
