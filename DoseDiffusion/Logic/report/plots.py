@@ -42,7 +42,7 @@ def require_matplotlib() -> None:
         raise InputError(f"plots need matplotlib, which is not installed: {INSTALL_HINT}") from None
 
 
-def _new_figure(width_in: float, height_in: float) -> Figure:
+def new_figure(width_in: float, height_in: float) -> Figure:
     """An empty figure of ``width_in`` × ``height_in`` inches on its own Agg canvas."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,15 +108,17 @@ def _dvh_legend(axes, colours: dict[str, tuple], labels: tuple[str, str] | None)
     axes.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
 
 
-def dvh_figure(
+def draw_dvhs(
+    axes,
     dvhs_pred: Mapping[str, DVH],
     dvhs_ref: Mapping[str, DVH] | None = None,
     *,
     title: str = "Cumulative dose-volume histograms",
     labels: tuple[str, str] = ("predicted", "reference"),
     bin_width_gy: float = 0.1,
-) -> Figure:
-    """Cumulative DVHs (dose Gy, volume %) of ``dvhs_pred`` (solid) and ``dvhs_ref`` (dashed, same colours).
+) -> None:
+    """Cumulative DVHs (dose Gy, volume %) of ``dvhs_pred`` (solid) and ``dvhs_ref`` (dashed, same colours)
+    on ``axes``.
 
     Lines are drawn structure by structure in the order of ``dvhs_pred`` then the reference's own
     structures; each structure's predicted line is labelled with its name, the reference line
@@ -128,8 +130,6 @@ def dvh_figure(
         raise InputError("no DVH to plot: no structure with a dose")
     if bin_width_gy <= 0:
         raise InputError(f"DVH bin width must be positive, got {bin_width_gy} Gy")
-    figure = _new_figure(*DVH_SIZE_IN)
-    axes = figure.add_subplot()
     colours = _structure_colours(names)
     for name in names:
         if name in dvhs_pred:
@@ -140,6 +140,19 @@ def dvh_figure(
     axes.set(xlabel="Dose (Gy)", ylabel="Volume (%)", title=title, xlim=(0, max(max_gy * 1.05, 1.0)), ylim=(0, 105))
     axes.grid(True, color="#dddddd", linewidth=0.6)
     _dvh_legend(axes, colours, labels if dvhs_ref else None)
+
+
+def dvh_figure(
+    dvhs_pred: Mapping[str, DVH],
+    dvhs_ref: Mapping[str, DVH] | None = None,
+    *,
+    title: str = "Cumulative dose-volume histograms",
+    labels: tuple[str, str] = ("predicted", "reference"),
+    bin_width_gy: float = 0.1,
+) -> Figure:
+    """A figure with :func:`draw_dvhs` of the DVHs."""
+    figure = new_figure(*DVH_SIZE_IN)
+    draw_dvhs(figure.add_subplot(), dvhs_pred, dvhs_ref, title=title, labels=labels, bin_width_gy=bin_width_gy)
     return figure
 
 
@@ -245,6 +258,33 @@ def _style_table(table, rows: list[list[str]], columns: list[str]) -> None:
             cell.set_facecolor(RESULT_COLOURS.get(rows[row - 1][col], "white"))
 
 
+def draw_scorecard(
+    axes,
+    report: ScoreReport,
+    reference_report: ScoreReport | None = None,
+    *,
+    template: dict | None = None,
+    labels: tuple[str, str] = ("predicted", "reference"),
+    title: str | None = None,
+) -> None:
+    """A table of ``report`` on ``axes``: structure, metric, value (its unit: Gy, %, %Rx or cc), score /
+    max score, pass/fail (coloured) and the total; with ``reference_report`` (same template) its
+    value, score and result beside, and the score difference (report − reference). ``template``
+    (the one scored) gives the metrics short names such as ``D95%``.
+    """
+    if reference_report is not None:
+        _check_pair(report, reference_report)
+    columns = scorecard_columns(labels if reference_report is not None else None)
+    rows = scorecard_rows(report, reference_report, template)
+    axes.set_axis_off()
+    table = axes.table(cellText=rows, colLabels=columns, cellLoc="center", bbox=(0.0, 0.0, 1.0, 1.0))
+    _style_table(table, rows, columns)
+    not_evaluable = len(report.not_evaluable)
+    suffix = f"  ({not_evaluable} not evaluable: structure missing)" if not_evaluable else ""
+    default_title = f"Scorecard {report.template}: {report.total:.2f} of {report.max_total:g}{suffix}"
+    axes.set_title(title or default_title, fontsize=10)
+
+
 def scorecard_figure(
     report: ScoreReport,
     reference_report: ScoreReport | None = None,
@@ -253,24 +293,10 @@ def scorecard_figure(
     labels: tuple[str, str] = ("predicted", "reference"),
     title: str | None = None,
 ) -> Figure:
-    """A table figure of ``report``: structure, metric, value (its unit: Gy, %, %Rx or cc), score / max
-    score, pass/fail (coloured) and the total; with ``reference_report`` (same template) its value,
-    score and result beside, and the score difference (report − reference). ``template`` (the one
-    scored) gives the metrics short names such as ``D95%``.
-    """
-    if reference_report is not None:
-        _check_pair(report, reference_report)
-    columns = scorecard_columns(labels if reference_report is not None else None)
-    rows = scorecard_rows(report, reference_report, template)
-    figure = _new_figure(8.0 if reference_report is None else 13.0, 0.9 + ROW_HEIGHT_IN * (len(rows) + 1))
-    axes = figure.add_subplot()
-    axes.set_axis_off()
-    table = axes.table(cellText=rows, colLabels=columns, cellLoc="center", bbox=(0.0, 0.0, 1.0, 1.0))
-    _style_table(table, rows, columns)
-    not_evaluable = len(report.not_evaluable)
-    suffix = f"  ({not_evaluable} not evaluable: structure missing)" if not_evaluable else ""
-    default_title = f"Scorecard {report.template}: {report.total:.2f} of {report.max_total:g}{suffix}"
-    axes.set_title(title or default_title, fontsize=10)
+    """A figure with :func:`draw_scorecard` of ``report``, sized to its rows."""
+    height = 0.9 + ROW_HEIGHT_IN * (len(report.entries) + 2)
+    figure = new_figure(8.0 if reference_report is None else 13.0, height)
+    draw_scorecard(figure.add_subplot(), report, reference_report, template=template, labels=labels, title=title)
     return figure
 
 

@@ -1,0 +1,43 @@
+"""The prediction report figure and the choice of a shipped scorecard."""
+
+from __future__ import annotations
+
+import numpy as np
+from phantoms import make_phantom_case
+
+from dosediffusion.case import Prescription, Structure
+from dosediffusion.metrics.dose_metrics import case_dvhs
+from dosediffusion.metrics.scorecard import load_template, score_case
+from dosediffusion.metrics.scorecard_choice import suggest_template
+from dosediffusion.report.case_report import case_report_figure
+
+
+def test_report_shows_three_views_dvhs_and_scorecard():
+    case, _ = make_phantom_case(spacing=(5.0, 5.0, 5.0))
+    predicted = case.dose * np.float32(0.9)
+    template = load_template("lung_60")
+    figure = case_report_figure(case, predicted, case_dvhs(case, predicted), case_dvhs(case),
+                                score_case(case, template, predicted), score_case(case, template), template)
+    views = [a for a in figure.axes if a.get_images()]
+    assert [a.get_title().split(" ")[0] for a in views] == ["axial", "coronal", "sagittal"]
+    centre = tuple(int(round(v)) for v in np.argwhere(case.structures["PTV_60"].mask).mean(axis=0))
+    axial_dose = views[0].get_images()[1].get_array()
+    assert np.allclose(axial_dose.filled(0), np.where(predicted[centre[0]] >= 0.05 * predicted.max(), predicted[centre[0]], 0))
+    dvh_axes = next(a for a in figure.axes if a.get_xlabel() == "Dose (Gy)")
+    assert len(dvh_axes.get_lines()) == 2 * len(case_dvhs(case))
+    assert any(a.tables for a in figure.axes)
+
+
+def test_suggested_scorecard_follows_the_prescription():
+    case, _ = make_phantom_case(spacing=(5.0, 5.0, 5.0))
+    assert suggest_template(case) == "lung_60"
+    mask = case.structures["PTV_60"].mask
+    sib = dict(case.structures)
+    sib.pop("PTV_60")
+    for rx in (70.0, 63.0, 56.0):
+        sib[f"PTV_{rx:g}"] = Structure(f"PTV_{rx:g}", mask, "ptv", rx)
+    hn = type(case)(**{**case.__dict__, "structures": sib, "prescription": Prescription([70.0, 63.0, 56.0], 35)})
+    assert suggest_template(hn) == "head_neck_sib_70_63_56"
+    low = type(case)(**{**case.__dict__, "structures": {**case.structures, "PTV_60": Structure("PTV_60", mask, "ptv", 40.0)},
+                        "prescription": Prescription([40.0], 15)})
+    assert suggest_template(low) is None

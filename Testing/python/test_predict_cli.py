@@ -1,0 +1,79 @@
+"""``dosediffusion predict``: the files it writes, batch folders, failures, and the tiny model end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from model_builders import tiny_pipeline
+
+from dosediffusion.cli.main import main
+from dosediffusion.io.load import load_case
+from dosediffusion.io.volume_sidecar import read_volume
+from dosediffusion.metrics.dose_metrics import case_dvhs
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_pipeline(seed=5).save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def test_predict_writes_every_file(phantom_dicom, model_dir, tmp_path, capsys):
+    folder, _, _, paths = phantom_dicom
+    assert main(["predict", str(folder), "--model", str(model_dir), "--out", str(tmp_path), "--steps", "2"]) == 0
+    out = tmp_path / folder.name
+    assert sorted(p.name for p in out.iterdir()) == ["RTDOSE.dcm", "dose.nrrd", "dvh.csv", "report.png",
+                                                     "scorecard.json", "summary.json"]
+    case = load_case(folder)
+    dose, grid = read_volume(out / "dose.nrrd")
+    assert grid.same_as(case.grid) and dose.max() > 0 and (dose[~case.body.mask] == 0).all()
+
+    rtdose = pydicom.dcmread(out / "RTDOSE.dcm")
+    plan = pydicom.dcmread(paths["rtplan"], stop_before_pixels=True)
+    assert rtdose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan.SOPInstanceUID
+    assert rtdose.FrameOfReferenceUID == plan.FrameOfReferenceUID
+    stored = rtdose.pixel_array * float(rtdose.DoseGridScaling)
+    assert np.abs(stored - dose).max() <= float(rtdose.DoseGridScaling)
+
+    rows = list(csv.DictReader((out / "dvh.csv").open()))
+    assert {r["source"] for r in rows} == {"predicted", "case"}
+    ptv = [r for r in rows if r["structure"] == "PTV_60" and r["source"] == "predicted"]
+    expected_dose, expected_volume = case_dvhs(case, dose)["PTV_60"].cumulative(0.1)
+    assert len(ptv) == len(expected_dose)
+    assert np.allclose([float(r["volume_percent"]) for r in ptv], expected_volume, atol=2e-3)
+
+    score = json.loads((out / "scorecard.json").read_text())
+    assert score["predicted"]["template"].startswith("Lung 60") and "case" in score
+    summary = json.loads((out / "summary.json").read_text())
+    body = case.body.mask
+    assert summary["mae_body_gy"] == pytest.approx(np.abs(dose[body] - case.dose[body]).mean(), abs=1e-3)
+    assert summary["structures"]["PTV_60"]["max_gy"] == pytest.approx(float(dose[case.structures["PTV_60"].mask].max()), abs=0.5)
+    printed = capsys.readouterr().out
+    assert "MAE against the case's own dose" in printed and "scorecard Lung 60" in printed
+
+
+def test_batch_folder_with_a_bad_case(phantom_dicom, model_dir, tmp_path, capsys):
+    folder = phantom_dicom[0]
+    batch = tmp_path / "batch"
+    shutil.copytree(folder, batch / "good")
+    (batch / "broken").mkdir()
+    (batch / "broken" / "ct.dcm").write_bytes(b"not dicom")
+    out = tmp_path / "out"
+    code = main(["predict", str(batch), "--model", str(model_dir), "--out", str(out), "--steps", "1",
+                 "--scorecard", "none", "--no-report"])
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good"]  # nothing half-written for the broken case
+    assert not (out / "good" / "scorecard.json").exists() and not (out / "good" / "report.png").exists()
+    assert "broken" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_clear(phantom_dicom, tmp_path, capsys):
+    folder = phantom_dicom[0]
+    assert main(["predict", str(folder), "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a DoseDiffusion pipeline folder" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing"), "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
