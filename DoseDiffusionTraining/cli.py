@@ -3,6 +3,9 @@
 ``dosediffusion-train convert PATH --out OUT``: any case ``dosediffusion`` reads (DICOM RT
 folder, case sidecar, GDP-HMM npz) → a GDP-HMM-layout ``.npz`` (OUT ending in ``.npz``) or a
 NRRD + ``case.json`` folder (any other OUT).
+
+``dosediffusion-train synth --out DIR --n N --seed S``: synthetic phantoms with pyRadPlan doses
+(see :mod:`dosediffusion_training.synth.generate`; needs the engine environment).
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from dosediffusion_training.synth.generate import generate
+
+    written, failed = generate(Path(args.out), args.n, args.seed, tuple(args.spacing), tuple(args.shape),
+                               args.max_iterations)
+    print(f"wrote {written} cases to {args.out}" + (f"; {failed} failed (see failures.log)" if failed else ""))
+    return 1 if failed and not written else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dosediffusion-train", description="DoseDiffusion training and data preparation.")
     parser.add_argument("--version", action="version", version=f"dosediffusion-train {__version__}")
@@ -39,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("path", help="DICOM RT folder, case JSON sidecar or GDP-HMM .npz")
     convert.add_argument("--out", required=True, help="an .npz file, or a folder for NRRD volumes + case.json")
     convert.set_defaults(run=_convert)
+    synth = commands.add_parser("synth", help="synthetic phantoms with pyRadPlan IMRT doses (DICOM RT + compact)")
+    synth.add_argument("--out", required=True, help="output folder (resumable)")
+    synth.add_argument("--n", type=int, required=True, help="number of cases")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the first case (case i uses seed + i)")
+    synth.add_argument("--spacing", type=float, nargs=3, default=(5.0, 5.0, 5.0), metavar=("X", "Y", "Z"),
+                       help="voxel spacing in mm (default 5 5 5)")
+    synth.add_argument("--shape", type=int, nargs=3, default=(36, 56, 72), metavar=("Z", "Y", "X"),
+                       help="grid shape in voxels (default 36 56 72)")
+    synth.add_argument("--max-iterations", type=int, default=300, help="fluence optimisation iterations")
+    synth.set_defaults(run=_synth)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,1 @@
+"""Training data: the compact case format and datasets."""

@@ -1,0 +1,75 @@
+"""``dosediffusion-train synth``: random phantoms, their plans' doses from pyRadPlan, written twice.
+
+For seed ``S`` and ``N`` cases, case ``i`` is :func:`~.phantom.make_phantom` of seed ``S + i``;
+its dose comes from :func:`~.engine.compute_dose` (arcs as one beam per control point). Each case
+is written as a DICOM RT folder ``OUT/dicom/<case>/`` (CT, RTSTRUCT, RTPLAN, RTDOSE) and as
+``OUT/compact/<case>.case.npz``. The run is resumable (a case whose compact file exists is
+skipped; the compact file is written last) and a case that fails is logged to
+``OUT/failures.log`` and skipped. ``OUT/synth.json`` records the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dosediffusion import __version__
+from dosediffusion.case import Case
+from dosediffusion.errors import InputError
+from dosediffusion.io.dicom_write import write_case_dicom
+from dosediffusion_training.data.compact import SUFFIX, write_compact
+from dosediffusion_training.synth.engine import compute_dose
+from dosediffusion_training.synth.phantom import make_phantom
+
+
+def engine_beams(case: Case) -> list[tuple[float, float]]:
+    """(gantry, couch) of every beam, arcs sampled at each control point."""
+    return [(g, b.couch_deg) for b in case.beams for g in b.control_point_gantry_deg]
+
+
+def plan_case(case: Case, max_iterations: int = 300) -> tuple[Case, dict]:
+    """The case with the optimised dose of its plan (Gy, total)."""
+    structures = [(s.name, s.mask, s.role, s.prescription_gy or 0.0) for s in case.structures.values()
+                  if s.role in ("ptv", "oar", "body")]
+    dose, info = compute_dose(case.ct, case.grid.spacing, case.grid.origin, structures, case.prescription.fractions,
+                              engine_beams(case), case.beams[0].isocenter_mm, max_iterations=max_iterations)
+    case.dose = dose
+    return case, info
+
+
+def generate(out: Path, n: int, seed: int, spacing_mm: tuple[float, float, float], shape: tuple[int, int, int],
+             max_iterations: int = 300) -> tuple[int, int]:
+    """Make ``n`` cases into ``out``; returns (written, failed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"generator": "dosediffusion_training.synth", "version": __version__, "seed": seed, "n": n,
+                "spacing_mm": list(spacing_mm), "shape": list(shape), "max_iterations": max_iterations}
+    (out / "synth.json").write_text(json.dumps(settings, indent=2))
+    written = failed = 0
+    for i in tqdm(range(n), desc="synthetic cases", unit="case"):
+        case_seed = seed + i
+        name = f"synth_{case_seed:05d}"
+        compact = out / "compact" / f"{name}{SUFFIX}"
+        if compact.is_file():
+            continue
+        start = time.perf_counter()
+        try:
+            case, info = plan_case(make_phantom(case_seed, spacing_mm, shape), max_iterations)
+            dicom = out / "dicom" / name
+            shutil.rmtree(dicom, ignore_errors=True)  # a folder from an interrupted run
+            dicom.parent.mkdir(parents=True, exist_ok=True)
+            write_case_dicom(case, dicom)
+            write_compact(case, compact)
+        except (InputError, ValueError, RuntimeError) as error:
+            failed += 1
+            with (out / "failures.log").open("a") as log:
+                log.write(f"{name} (seed {case_seed}): {error}\n")
+            continue
+        written += 1
+        tqdm.write(f"{name}: {len(case.beams)} beams, Rx {case.prescription.levels_gy} Gy, "
+                   f"max {case.dose.max():.1f} Gy, {time.perf_counter() - start:.0f} s "
+                   f"(engine {info.get('seconds_total', 0):.0f} s)")
+    return written, failed
