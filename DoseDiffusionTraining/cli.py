@@ -6,6 +6,10 @@ NRRD + ``case.json`` folder (any other OUT).
 
 ``dosediffusion-train synth --out DIR --n N --seed S``: synthetic phantoms with pyRadPlan doses
 (see :mod:`dosediffusion_training.synth.generate`; needs the engine environment).
+
+``dosediffusion-train fit --config RUN.yaml --out DIR``: train as the run configuration says
+(:mod:`dosediffusion_training.training.loop`); resumes from ``DIR/checkpoints`` when present.
+Under ``accelerate launch`` it runs on every process.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ def _synth(args: argparse.Namespace) -> int:
     return 1 if failed and not written else 0
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from dosediffusion_training.training.config import RunConfig
+    from dosediffusion_training.training.loop import train
+
+    folder = train(RunConfig.from_yaml(args.config), args.out, resume=not args.no_resume)
+    print(f"wrote {folder}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dosediffusion-train", description="DoseDiffusion training and data preparation.")
     parser.add_argument("--version", action="version", version=f"dosediffusion-train {__version__}")
@@ -61,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="grid shape in voxels (default 36 56 72)")
     synth.add_argument("--max-iterations", type=int, default=300, help="fluence optimisation iterations")
     synth.set_defaults(run=_synth)
+    fit = commands.add_parser("fit", help="train a model from a run configuration (YAML)")
+    fit.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
+    fit.add_argument("--out", required=True, help="run folder: checkpoints, loss log, and the final pipeline/")
+    fit.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
+    fit.set_defaults(run=_fit)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -66,7 +66,8 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = No
     result["psnr_db"] = psnr(pred, ref, body)
     result["ssim"] = ssim3d(pred, ref, body)
     result["gamma_pass_percent"] = {
-        f"{dd:g}%/{dta:g}mm": gamma_index(ref, pred, case.grid.spacing, dose_percent=dd, dta_mm=dta).pass_rate_percent
+        f"{dd:g}%/{dta:g}mm": gamma_index(ref, pred, case.grid.spacing, dose_percent=dd, dta_mm=dta,
+                                          pass_rate_only=True).pass_rate_percent
         for dd, dta in ((3.0, 3.0), (2.0, 2.0))
     }
     if scorecard or reports:

@@ -1,0 +1,85 @@
+"""Datasets of prepared model inputs: a case → its channels on the model's crop, as tensors.
+
+Cases come from compact files (``*.case.npz``), DICOM RT folders, case sidecars or GDP-HMM npz
+(anything :func:`dosediffusion.io.load.load_case` reads). Each case is prepared once
+(:func:`dosediffusion.conditioning.prepare.prepare`) and its channels kept in memory, so later
+epochs cost nothing but the copy. A split file (JSON ``{"train": [...], "val": [...],
+"test": [...]}`` of case names) selects the cases.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dosediffusion.conditioning.prepare import PrepareConfig, prepare
+from dosediffusion.errors import InputError
+from dosediffusion.io.load import load_case
+from dosediffusion_training.data.compact import SUFFIX, read_compact
+
+
+def case_name(path: Path) -> str:
+    return path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem if path.is_file() else path.name
+
+
+def load_any(path: Path):
+    return read_compact(path) if path.name.endswith(SUFFIX) else load_case(path)
+
+
+def list_cases(folder: str | Path, split_file: str | Path | None = None, split: str | None = None) -> list[Path]:
+    """Case paths in ``folder`` (compact files, or sub-folders / files of other formats), sorted by
+    name, restricted to ``split`` of ``split_file`` when given."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("no such data folder", folder)
+    paths = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=case_name)
+    if split_file is None:
+        return paths
+    names = json.loads(Path(split_file).read_text()).get(split)
+    if names is None:
+        raise InputError(f"split {split!r} not in the split file", split_file)
+    by_name = {case_name(p): p for p in paths}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InputError(f"cases of split {split!r} missing from {folder}: {', '.join(missing[:5])}", split_file)
+    return [by_name[n] for n in names]
+
+
+def make_split(paths: Sequence[Path], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict:
+    """A random train/val/test split of case names (sorted within each part)."""
+    names = [case_name(p) for p in paths]
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_train, n_val = int(round(fractions[0] * len(names))), int(round(fractions[1] * len(names)))
+    parts = np.split(order, [n_train, n_train + n_val])
+    return {k: sorted(names[i] for i in part) for k, part in zip(("train", "val", "test"), parts, strict=True)}
+
+
+class PreparedCases(Dataset):
+    """Item ``i``: ``{modality: tensor (1, D, H, W) float32}`` of case ``paths[i]`` (dose included)."""
+
+    def __init__(self, paths: Sequence[Path], config: PrepareConfig):
+        self.paths, self.config = list(paths), config
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index not in self._cache:
+            case = load_any(self.paths[index])
+            if case.dose is None:
+                raise InputError("training case without a dose", self.paths[index])
+            channels = prepare(case, self.config).channels
+            self._cache[index] = channels
+        return {m: torch.from_numpy(c)[None] for m, c in self._cache[index].items()}
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack the modalities every item of the batch has (others are dropped for this batch)."""
+    common = [m for m in items[0] if all(m in item for item in items)]
+    return {m: torch.stack([item[m] for item in items]) for m in common}

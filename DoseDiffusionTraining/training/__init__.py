@@ -1,0 +1,1 @@
+"""Training: run configuration and the training loop (Accelerate)."""

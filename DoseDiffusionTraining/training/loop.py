@@ -1,0 +1,156 @@
+"""The training loop: flow matching on the target modality (stage B: the dose), with Accelerate.
+
+One command runs on a CPU, one GPU or many (``accelerate launch``): Accelerate wraps the model in
+DDP and handles bf16 autocast. Everything random is a function of (seed, step): the case order
+of each epoch, each process's share of the global batch, the noise and the diffusion times. So a
+run resumed from a checkpoint (model, optimizer and LR-schedule state, written every
+``checkpoint_every`` steps under ``OUT/checkpoints/``) continues exactly as if never stopped. The
+finished model is written as a pipeline folder ``OUT/pipeline`` that ``dosediffusion predict``
+loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers import FlowMatchEulerDiscreteScheduler
+from tqdm import tqdm
+
+from dosediffusion.errors import InputError
+from dosediffusion.model.any2any import Any2AnyDiT
+from dosediffusion.model.codecs import PatchCodec, WanVAECodec
+from dosediffusion.model.configs import CONFIGS
+from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, shift_sigma
+from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.model.wan_loading import any2any_from_wan
+from dosediffusion_training.data.dataset import PreparedCases, collate, list_cases
+from dosediffusion_training.training.config import RunConfig
+
+STATE = "state.json"
+
+
+def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline:
+    """A new pipeline as ``config`` describes it (random or Wan-initialised model)."""
+    codec_spec = dict(config.codec)
+    kind = codec_spec.pop("type", "patch")
+    if kind == "patch":
+        codec = PatchCodec(tuple(codec_spec.get("factors", (1, 1, 1))))
+    elif kind == "wan_vae":
+        codec = WanVAECodec.from_pretrained(codec_spec["path"])
+    else:
+        raise InputError(f"unknown codec type {kind!r}: use 'patch' or 'wan_vae'")
+    spec = dict(config.model)
+    size, wan = spec.pop("size", None), spec.pop("init_from_wan", None)
+    if wan:
+        model, report = any2any_from_wan(wan, **spec)
+        print(report.summary())
+    else:
+        if size is not None and size not in CONFIGS:
+            raise InputError(f"unknown model size {size!r}; known: {', '.join(CONFIGS)}")
+        model = Any2AnyDiT(**{**CONFIGS.get(size, {}), "in_channels": codec.latent_channels, **spec})
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=model.config.num_train_timesteps,
+                                                shift=float(config.scheduler.get("shift", 3.0)))
+    return DoseDiffusionPipeline(codec, model, scheduler, config.preprocessing, config.train.target)
+
+
+def batch_indices(step: int, n_cases: int, global_batch: int, seed: int) -> np.ndarray:
+    """Case indices of the global batch of ``step``: epochs are seeded permutations of the cases."""
+    positions = np.arange(step * global_batch, (step + 1) * global_batch)
+    epochs = positions // n_cases
+    return np.array([np.random.default_rng([seed, int(e)]).permutation(n_cases)[p % n_cases]
+                     for e, p in zip(epochs, positions, strict=True)])
+
+
+def _noise(step: int, rank: int, seed: int, x0: torch.Tensor, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise like ``x0`` and diffusion times (B,) for ``step`` on process ``rank``."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+    noise = torch.randn(x0.shape, generator=generator)
+    s = shift_sigma(torch.rand(x0.shape[0], generator=generator), shift)
+    return noise.to(x0.device), s.to(x0.device)
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    checkpoints = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
+    """Train as ``config`` says into ``out``; returns the pipeline folder."""
+    out = Path(out)
+    settings = config.train
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
+    torch.manual_seed(settings.seed)
+    pipeline = build_pipeline(config)
+    split = config.data.get("split_file")
+    dataset = PreparedCases(list_cases(config.data["folder"], split, "train" if split else None), config.preprocessing)
+    if len(dataset) == 0:
+        raise InputError("no training cases", config.data["folder"])
+    model = pipeline.model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(settings.warmup_steps, 1)))
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    pipeline.codec.to(accelerator.device)
+
+    step = 0
+    checkpoint = _latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        step = json.loads((checkpoint / STATE).read_text())["step"]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    target, shift = settings.target, float(pipeline.scheduler.config.shift)
+    prediction_type = accelerator.unwrap_model(model).config.prediction_type
+    log = []
+    bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
+    while step < settings.steps:
+        indices = batch_indices(step, len(dataset), settings.batch_size * world, settings.seed)
+        batch = collate([dataset[int(i)] for i in indices[rank * settings.batch_size : (rank + 1) * settings.batch_size]])
+        if target not in batch:
+            raise InputError(f"a training batch has no {target!r} channel")
+        with torch.no_grad():
+            latents = {m: pipeline.codec.encode(v.to(accelerator.device)) for m, v in batch.items()}
+        x0 = latents[target]
+        noise, s = _noise(step, rank, settings.seed, x0, shift)
+        latents[target] = add_noise(x0, noise, s)
+        with accelerator.autocast():
+            prediction = model(latents, s * pipeline.model.config.num_train_timesteps, [target]).sample[target]
+        loss = flow_matching_loss(prediction, x0, noise, prediction_type)
+        if not math.isfinite(loss.item()):
+            raise InputError(f"the loss became {loss.item()} at step {step}: lower the learning rate")
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        step += 1
+        log.append({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]})
+        bar.update(1)
+        if step % settings.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-settings.log_every:]]):.4f}")
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            _checkpoint(accelerator, out, step, log)
+    bar.close()
+    accelerator.wait_for_everyone()
+    pipeline.model = accelerator.unwrap_model(model).eval()
+    folder = out / "pipeline"
+    if accelerator.is_main_process:
+        pipeline.save_pretrained(folder)
+    return folder
+
+
+def _checkpoint(accelerator: Accelerator, out: Path, step: int, log: list[dict]) -> None:
+    """Save model, optimizer and schedule state at ``step``; keep the two newest checkpoints."""
+    folder = out / "checkpoints" / f"step_{step}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / STATE).write_text(json.dumps({"step": step}))
+        with (out / "loss.jsonl").open("a") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in log)
+        log.clear()
+        for old in sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))[:-2]:
+            shutil.rmtree(old)
