@@ -7,6 +7,9 @@ NRRD + ``case.json`` folder (any other OUT).
 ``dosediffusion-train synth --out DIR --n N --seed S``: synthetic phantoms with pyRadPlan doses
 (see :mod:`dosediffusion_training.synth.generate`; needs the engine environment).
 
+``dosediffusion-train split DATA --out split.json``: a seeded train/val/test split of the cases in
+DATA.
+
 ``dosediffusion-train fit --config RUN.yaml --out DIR``: train as the run configuration says
 (:mod:`dosediffusion_training.training.loop`); resumes from ``DIR/checkpoints`` when present.
 Under ``accelerate launch`` it runs on every process.
@@ -47,6 +50,17 @@ def _synth(args: argparse.Namespace) -> int:
     return 1 if failed and not written else 0
 
 
+def _split(args: argparse.Namespace) -> int:
+    import json
+
+    from dosediffusion_training.data.dataset import list_cases, make_split
+
+    split = make_split(list_cases(args.data), tuple(args.fractions), args.seed)
+    Path(args.out).write_text(json.dumps(split, indent=2))
+    print(f"{args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    return 0
+
+
 def _fit(args: argparse.Namespace) -> int:
     from dosediffusion_training.training.config import RunConfig
     from dosediffusion_training.training.loop import train
@@ -74,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="grid shape in voxels (default 36 56 72)")
     synth.add_argument("--max-iterations", type=int, default=300, help="fluence optimisation iterations")
     synth.set_defaults(run=_synth)
+    split = commands.add_parser("split", help="a seeded train/val/test split of a data folder")
+    split.add_argument("data", help="folder of cases (compact files, DICOM folders, ...)")
+    split.add_argument("--out", required=True, help="the split JSON to write")
+    split.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    split.add_argument("--seed", type=int, default=0)
+    split.set_defaults(run=_split)
     fit = commands.add_parser("fit", help="train a model from a run configuration (YAML)")
     fit.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
     fit.add_argument("--out", required=True, help="run folder: checkpoints, loss log, and the final pipeline/")

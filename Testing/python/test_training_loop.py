@@ -81,6 +81,25 @@ def test_epochs_visit_every_case_once():
     assert not np.array_equal(seen[:7], seen[7:])
 
 
+def test_shipped_run_configs_load():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "DoseDiffusionTraining" / "configs"
+    configs = sorted(folder.glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = RunConfig.from_yaml(path)
+        assert config.train.steps > 0 and config.preprocessing.crop_shape
+
+
+def test_split_command(tmp_path, data):
+    from dosediffusion_training.cli import main
+
+    assert main(["split", str(data), "--out", str(tmp_path / "s.json"), "--fractions", "0.34", "0.33", "0.33"]) == 0
+    split = json.loads((tmp_path / "s.json").read_text())
+    assert sum(len(v) for v in split.values()) == 3
+
+
 def test_splits_and_bad_configs(tmp_path, data):
     split = make_split(list_cases(data), (0.34, 0.33, 0.33), seed=1)
     assert sorted(split["train"] + split["val"] + split["test"]) == ["synth_00000", "synth_00001", "synth_00002"]
