@@ -14,7 +14,7 @@ import sys
 from dosediffusion import __version__
 from dosediffusion.errors import InputError
 
-COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict")
+COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
