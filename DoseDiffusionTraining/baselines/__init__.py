@@ -1,0 +1,1 @@
+"""Baselines that every accuracy claim is compared with."""
