@@ -57,7 +57,7 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = No
     """Every evaluation metric of ``pred`` against ``ref`` on ``case`` (Gy, %, dB); the scorecard totals
     with a ``scorecard`` template name or file, or from already computed (pred, ref) ``reports``."""
     body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
-    ptvs = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()]
+    ptvs = sorted((s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()), key=lambda s: -s.prescription_gy)
     result: dict = {"case_id": case.case_id}
     if ptvs:
         result["gdp_hmm_mae_gy"] = gdp_hmm_mae(pred, ref, body, ptvs[0].mask, ptvs[0].prescription_gy)

@@ -1,0 +1,80 @@
+"""Benchmark: accuracy of a trained pipeline (default: the bundled demo model) on held-out cases.
+
+For every case of the ``test`` split of a data folder (compact files from ``dosediffusion-train
+synth``): the GDP-HMM MAE (Gy), MAE inside the PTVs and inside the OARs (Gy), the gamma pass rate
+(3 %/3 mm, global, 10 % cut-off) and the scorecard difference (prediction − the case's own dose,
+``--scorecard``, default ``lung_60`` as the phantoms are thoracic) for the model at 1 and 10 steps and for the
+trivial distance fall-off baseline fitted on the ``train`` split. Prints the mean over cases and
+writes ``Testing/benchmarks/results/demo_accuracy.json`` with the per-case rows.
+
+Run: ``python Testing/benchmarks/demo_accuracy.py --data data/synth/compact --split data/synth/split.json
+[--model demo|DIR] [--max-cases 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dosediffusion.cli.evaluate import evaluate
+from dosediffusion.cli.predict import model_folder
+from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion_training.baselines.distance_falloff import DistanceFalloff
+from dosediffusion_training.data.dataset import list_cases, load_any
+
+COLUMNS = ("gdp_hmm_mae_gy", "ptv_mae_gy", "oar_mae_gy", "gamma_3_3_percent", "score_diff", "seconds")
+
+
+def case_row(case, pred: np.ndarray, seconds: float, template: str) -> dict:
+    """The benchmark's metrics of ``pred`` against the case's own dose."""
+    metrics = evaluate(pred, case.dose, case, scorecard=template)
+    union = {role: np.any([s.mask for s in case.with_role(role)], axis=0) for role in ("ptv", "oar")}
+    return {"case": case.case_id, "gdp_hmm_mae_gy": metrics.get("gdp_hmm_mae_gy"),
+            "ptv_mae_gy": float(np.abs(pred - case.dose)[union["ptv"]].mean()),
+            "oar_mae_gy": float(np.abs(pred - case.dose)[union["oar"]].mean()),
+            "gamma_3_3_percent": metrics["gamma_pass_percent"]["3%/3mm"],
+            "score_diff": metrics["scorecard"]["diff"] if "scorecard" in metrics else None, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--max-cases", type=int, default=20)
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--scorecard", default="lung_60")
+    args = parser.parse_args()
+    test = list_cases(args.data, args.split, "test")[: args.max_cases]
+    baseline = DistanceFalloff.fit(load_any(p) for p in list_cases(args.data, args.split, "train"))
+    pipe = DoseDiffusionPipeline.from_pretrained(model_folder(args.model))
+    rows: dict[str, list[dict]] = {f"model, {n} step{'s' if n > 1 else ''}": [] for n in args.steps}
+    rows["trivial baseline"] = []
+    for path in test:
+        case = load_any(path)
+        for n in args.steps:
+            start = time.perf_counter()
+            pred = pipe(case, steps=n, seed=0, device="cpu").dose_gy
+            rows[f"model, {n} step{'s' if n > 1 else ''}"].append(case_row(case, pred, time.perf_counter() - start, args.scorecard))
+        start = time.perf_counter()
+        pred = baseline.predict(case)
+        rows["trivial baseline"].append(case_row(case, pred, time.perf_counter() - start, args.scorecard))
+    print(f"{len(test)} held-out cases from {args.data}; model {args.model}")
+    print(f"{'method':<22}" + "".join(f"{c:>18}" for c in COLUMNS))
+    summary = {}
+    for method, items in rows.items():
+        means = {c: float(np.mean([r[c] for r in items if r[c] is not None])) for c in COLUMNS}
+        summary[method] = means
+        print(f"{method:<22}" + "".join(f"{means[c]:>18.2f}" for c in COLUMNS))
+    out = Path(__file__).parent / "results" / "demo_accuracy.json"
+    out.write_text(json.dumps({"data": args.data, "model": args.model, "cases": len(test), "mean": summary,
+                               "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
