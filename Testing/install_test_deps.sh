@@ -17,3 +17,5 @@ python -c "import pymedphys, numba" 2>/dev/null || pip install -q "pymedphys==0.
 if [ -f Testing/peers/setup_peers.sh ]; then
   bash Testing/peers/setup_peers.sh
 fi
+# pyRadPlan (the dose engine behind dosediffusion-train synth) in its own virtual environment
+bash DoseDiffusionTraining/synth/setup_engine_env.sh

@@ -1,7 +1,7 @@
 """``dosediffusion-train synth``: random phantoms, their plans' doses from pyRadPlan, written twice.
 
 For seed ``S`` and ``N`` cases, case ``i`` is :func:`~.phantom.make_phantom` of seed ``S + i``;
-its dose comes from :func:`~.engine.compute_dose` (arcs as one beam per control point). Each case
+its dose comes from :func:`~.engine.compute_dose` (arcs as beams every ~20° of their control points). Each case
 is written as a DICOM RT folder ``OUT/dicom/<case>/`` (CT, RTSTRUCT, RTPLAN, RTDOSE) and as
 ``OUT/compact/<case>.case.npz``. The run is resumable (a case whose compact file exists is
 skipped; the compact file is written last) and a case that fails is logged to
@@ -11,6 +11,7 @@ skipped; the compact file is written last) and a case that fails is logged to
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -25,10 +26,20 @@ from dosediffusion_training.data.compact import SUFFIX, write_compact
 from dosediffusion_training.synth.engine import compute_dose
 from dosediffusion_training.synth.phantom import make_phantom
 
+ARC_SAMPLING_DEG = 20.0
+
 
 def engine_beams(case: Case) -> list[tuple[float, float]]:
-    """(gantry, couch) of every beam, arcs sampled at each control point."""
-    return [(g, b.couch_deg) for b in case.beams for g in b.control_point_gantry_deg]
+    """(gantry, couch) of every beam; arcs as one beam per control point, thinned to at least
+    :data:`ARC_SAMPLING_DEG` degrees apart (the engine's time grows with the number of beams)."""
+    beams = []
+    for b in case.beams:
+        angles = b.control_point_gantry_deg
+        if b.is_arc and len(angles) > 1:
+            step = abs((angles[1] - angles[0] + 180) % 360 - 180)
+            angles = angles[:: max(1, math.ceil(ARC_SAMPLING_DEG / max(step, 1e-6) - 1e-9))]
+        beams += [(g, b.couch_deg) for g in angles]
+    return beams
 
 
 def plan_case(case: Case, max_iterations: int = 300) -> tuple[Case, dict]:

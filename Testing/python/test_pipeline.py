@@ -112,3 +112,29 @@ def test_patch_codec_is_exact_and_saves(tmp_path):
     assert torch.equal(latents[0, :, 1, 0, 0], volume[0, 0, 1, :2, :4].reshape(-1))  # space-to-depth layout
     codec.save_pretrained(tmp_path)
     assert PatchCodec.from_pretrained(tmp_path).factors == (1, 2, 4)
+
+
+def test_channels_are_checked_before_sampling(case):
+    pipe = tiny_pipeline()
+    crop = pipe.preprocessing.crop_shape
+    good = np.zeros(crop, np.float32)
+    assert pipe.sample_channels({"ct": good}, steps=1).shape == (1, *crop)
+    for channels, message in (({"dose": good}, "not conditions"), ({"mri": good}, "not conditions"),
+                              ({"ct": good[:-1]}, "crop is"), ({"ct": np.full(crop, np.nan, np.float32)}, "finite"),
+                              ({"ct": good.astype(np.int16)}, "floating")):
+        with pytest.raises(InputError, match=message):
+            pipe.sample_channels(channels, steps=1)
+
+
+def test_a_sampler_stands_in_for_the_model(case):
+    """The remote path: the same prepare/restore/select around another sampler gives the same dose."""
+    pipe = tiny_pipeline()
+    local = pipe(case, steps=2, seed=3)
+    calls = []
+
+    def sampler(channels, steps, seed, num_candidates, progress=None, cancel=None):
+        calls.append(sorted(channels))
+        return pipe.sample_channels(channels, steps, seed, num_candidates, device="cpu")
+
+    remote = pipe(case, steps=2, seed=3, sampler=sampler)
+    assert np.array_equal(remote.dose_gy, local.dose_gy) and calls and "remote" in remote.timing_s

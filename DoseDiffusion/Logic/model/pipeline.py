@@ -150,7 +150,71 @@ class DoseDiffusionPipeline:
         latents = self.codec.encode(volumes)
         return {m: latents[i : i + 1] for i, m in enumerate(names)}
 
+    def check_channels(self, channels: dict[str, np.ndarray]) -> None:
+        """Raise :class:`InputError` naming the problem unless ``channels`` are condition channels
+        this pipeline accepts: known modalities other than the target, each a finite floating
+        array of the crop's shape."""
+        allowed = set(self.model.config.modalities) - {self.target}
+        unknown = sorted(set(channels) - allowed)
+        if unknown:
+            raise InputError(f"channels {unknown} are not conditions of this model; allowed: {sorted(allowed)}")
+        crop = tuple(self.preprocessing.crop_shape)
+        for name, array in channels.items():
+            if tuple(np.shape(array)) != crop:
+                raise InputError(f"channel {name!r} has shape {tuple(np.shape(array))}, the model's crop is {crop}")
+            if not np.issubdtype(np.asarray(array).dtype, np.floating) or not np.all(np.isfinite(array)):
+                raise InputError(f"channel {name!r} must hold finite floating-point values")
+
     @torch.no_grad()
+    def sample_channels(
+        self,
+        channels: dict[str, np.ndarray],
+        steps: int = 10,
+        seed: int = 0,
+        num_candidates: int = 1,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+        clock: _Clock | None = None,
+    ) -> np.ndarray:
+        """The model's part of a prediction: condition channels (D, H, W) on the crop (as
+        :func:`~dosediffusion.conditioning.prepare.prepare` makes them) → ``num_candidates`` target
+        channels (N, D, H, W) float32 on the crop. This is what the remote worker runs.
+
+        Args:
+            steps: Euler steps (1–50). seed: noise seed (candidate k uses the k-th draw of it).
+            device: default CUDA when available, else CPU. dtype: autocast dtype; default bfloat16 on
+                CUDA, float32 on CPU.
+            progress: called with (fraction 0–1, message). cancel: polled between steps; raises
+                :class:`~dosediffusion.errors.Cancelled`.
+        """
+        if num_candidates < 1:
+            raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
+        self.check_channels(channels)
+        channels = {m: np.asarray(c, dtype=np.float32) for m, c in channels.items()}
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        report = progress or (lambda fraction, message: None)
+        clock = clock or _Clock(device)
+        self.model.to(device)
+        self.codec.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            report(0.05, "encoding conditions")
+            conditions = self.encode_conditions(channels, device)
+            clock.lap("encode")
+            latent = next(iter(conditions.values())).shape[1:]
+            noise = initial_noise((num_candidates, *latent), seed, device)
+
+            def on_step(i: int, n: int) -> None:
+                report(0.1 + 0.8 * i / n, f"step {i} of {n}")
+
+            x0 = euler_sample(self.model, conditions, self.target, noise, self.scheduler, steps, on_step, cancel)
+            clock.lap("sample")
+            volumes = self.codec.decode(x0).float().cpu().numpy()[:, 0]
+            clock.lap("decode")
+        return volumes
+
     def __call__(
         self,
         case: Case,
@@ -163,16 +227,12 @@ class DoseDiffusionPipeline:
         scorecard: str | dict | None = None,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
+        sampler: Callable[..., np.ndarray] | None = None,
     ) -> DosePrediction:
-        """Predict the dose of ``case`` (Gy, on its CT grid, zero outside the body).
-
-        Args:
-            steps: Euler steps (1–50). seed: noise seed (candidate k uses the k-th draw of it).
-            num_candidates: N for best-of-N, chosen by ``selection`` (see :mod:`.selection`).
-            device: default CUDA when available, else CPU. dtype: autocast dtype; default bfloat16 on
-                CUDA, float32 on CPU.
-            progress: called with (fraction 0–1, message). cancel: polled between steps; raises
-                :class:`~dosediffusion.errors.Cancelled`.
+        """Predict the dose of ``case`` (Gy, on its CT grid, zero outside the body): prepare, then
+        :meth:`sample_channels` (or ``sampler`` with the same signature, e.g. a remote worker's),
+        then restore each candidate onto the CT grid and choose among them by ``selection`` (see
+        :mod:`.selection`). Other arguments as :meth:`sample_channels`.
         """
         if num_candidates < 1:
             raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
@@ -181,23 +241,15 @@ class DoseDiffusionPipeline:
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         report = progress or (lambda fraction, message: None)
         clock = _Clock(device)
-
         report(0.0, "preparing inputs")
         inputs = prepare(case, self.preprocessing, include_dose=False)
         clock.lap("prepare")
-        self.model.to(device)
-        self.codec.to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            report(0.05, "encoding conditions")
-            conditions = self.encode_conditions(inputs.channels, device)
-            clock.lap("encode")
-            latent = next(iter(conditions.values())).shape[1:]
-            noise = initial_noise((num_candidates, *latent), seed, device)
-            on_step = lambda i, n: report(0.1 + 0.8 * i / n, f"step {i} of {n}")  # noqa: E731
-            x0 = euler_sample(self.model, conditions, self.target, noise, self.scheduler, steps, on_step, cancel)
-            clock.lap("sample")
-            volumes = self.codec.decode(x0).float().cpu().numpy()[:, 0]
-            clock.lap("decode")
+        if sampler is None:
+            volumes = self.sample_channels(inputs.channels, steps, seed, num_candidates, device, dtype, report, cancel,
+                                           clock)
+        else:
+            volumes = sampler(inputs.channels, steps, seed, num_candidates, progress=report, cancel=cancel)
+            clock.lap("remote")
         report(0.95, "restoring the dose onto the CT grid")
         candidates = [restore(v, case, inputs) for v in volumes]
         selected, scores = selector(candidates, case) if selector else (0, None)
