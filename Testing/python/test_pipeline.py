@@ -12,7 +12,7 @@ from phantoms import make_phantom_case
 
 from dosediffusion.errors import Cancelled, InputError
 from dosediffusion.model.codecs import PatchCodec
-from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.model.pipeline import DoseDiffusionPipeline, predict_case
 
 
 @pytest.fixture(scope="module")
@@ -136,5 +136,5 @@ def test_a_sampler_stands_in_for_the_model(case):
         calls.append(sorted(channels))
         return pipe.sample_channels(channels, steps, seed, num_candidates, device="cpu")
 
-    remote = pipe(case, steps=2, seed=3, sampler=sampler)
-    assert np.array_equal(remote.dose_gy, local.dose_gy) and calls and "remote" in remote.timing_s
+    remote = predict_case(sampler, case, pipe.preprocessing, steps=2, seed=3)
+    assert np.array_equal(remote.dose_gy, local.dose_gy) and calls and "model" in remote.timing_s

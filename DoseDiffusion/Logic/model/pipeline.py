@@ -137,8 +137,7 @@ class DoseDiffusionPipeline:
         cfg = self.model.config
         return {"codec": type(self.codec).__name__, "modalities": list(cfg.modalities), "target": self.target,
                 "prediction_type": cfg.prediction_type, "parameters": int(sum(p.numel() for p in self.model.parameters())),
-                "crop_shape": list(self.preprocessing.crop_shape), "spacing_mm": self.preprocessing.spacing_mm,
-                "version": __version__}
+                "preprocessing": self.preprocessing.to_dict(), "version": __version__}
 
     # ---- prediction ----------------------------------------------------------------------------
     def encode_conditions(self, channels: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -227,37 +226,62 @@ class DoseDiffusionPipeline:
         scorecard: str | dict | None = None,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
-        sampler: Callable[..., np.ndarray] | None = None,
     ) -> DosePrediction:
-        """Predict the dose of ``case`` (Gy, on its CT grid, zero outside the body): prepare, then
-        :meth:`sample_channels` (or ``sampler`` with the same signature, e.g. a remote worker's),
-        then restore each candidate onto the CT grid and choose among them by ``selection`` (see
-        :mod:`.selection`). Other arguments as :meth:`sample_channels`.
-        """
-        if num_candidates < 1:
-            raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
-        selector = resolve_selector(selection, case, scorecard) if num_candidates > 1 else None
+        """Predict the dose of ``case`` (Gy, on its CT grid, zero outside the body): see
+        :func:`predict_case`; other arguments as :meth:`sample_channels`."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        report = progress or (lambda fraction, message: None)
         clock = _Clock(device)
-        report(0.0, "preparing inputs")
-        inputs = prepare(case, self.preprocessing, include_dose=False)
-        clock.lap("prepare")
-        if sampler is None:
-            volumes = self.sample_channels(inputs.channels, steps, seed, num_candidates, device, dtype, report, cancel,
-                                           clock)
-        else:
-            volumes = sampler(inputs.channels, steps, seed, num_candidates, progress=report, cancel=cancel)
-            clock.lap("remote")
-        report(0.95, "restoring the dose onto the CT grid")
-        candidates = [restore(v, case, inputs) for v in volumes]
-        selected, scores = selector(candidates, case) if selector else (0, None)
-        clock.lap("restore_select")
-        report(1.0, "done")
-        peak, kind = clock.peak_memory_mib()
-        return DosePrediction(candidates[selected], candidates, selected, scores, clock.laps, peak, kind, str(device),
-                              str(dtype).replace("torch.", ""), steps, seed)
+
+        def sample(channels, steps, seed, num_candidates, progress=None, cancel=None):
+            return self.sample_channels(channels, steps, seed, num_candidates, device, dtype, progress, cancel, clock)
+
+        prediction = predict_case(sample, case, self.preprocessing, steps, seed, num_candidates, selection, scorecard,
+                                  progress, cancel, clock)
+        prediction.device, prediction.dtype = str(device), str(dtype).replace("torch.", "")
+        return prediction
+
+
+Sampler = Callable[..., np.ndarray]
+
+
+def predict_case(
+    sample: Sampler,
+    case: Case,
+    preprocessing: PrepareConfig,
+    steps: int = 10,
+    seed: int = 0,
+    num_candidates: int = 1,
+    selection: str | Selector | None = None,
+    scorecard: str | dict | None = None,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    clock: _Clock | None = None,
+) -> DosePrediction:
+    """Prepare ``case`` with ``preprocessing``, let ``sample`` (a pipeline's
+    :meth:`~DoseDiffusionPipeline.sample_channels`, or a remote worker's: called as
+    ``sample(channels, steps, seed, num_candidates, progress=, cancel=)``) make the candidate dose
+    channels, restore each onto the CT grid and choose among them by ``selection`` (see
+    :mod:`.selection`; needed only for several candidates)."""
+    if num_candidates < 1:
+        raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
+    selector = resolve_selector(selection, case, scorecard) if num_candidates > 1 else None
+    report = progress or (lambda fraction, message: None)
+    clock = clock or _Clock(torch.device("cpu"))
+    report(0.0, "preparing inputs")
+    inputs = prepare(case, preprocessing, include_dose=False)
+    clock.lap("prepare")
+    volumes = sample(inputs.channels, steps, seed, num_candidates, progress=report, cancel=cancel)
+    if "decode" not in clock.laps:  # a sampler that keeps its own time (a remote worker)
+        clock.lap("model")
+    report(0.95, "restoring the dose onto the CT grid")
+    candidates = [restore(v, case, inputs) for v in volumes]
+    selected, scores = selector(candidates, case) if selector else (0, None)
+    clock.lap("restore_select")
+    report(1.0, "done")
+    peak, kind = clock.peak_memory_mib()
+    return DosePrediction(candidates[selected], candidates, selected, scores, clock.laps, peak, kind, "cpu",
+                          "float32", steps, seed)
 
 
 class _Clock:
