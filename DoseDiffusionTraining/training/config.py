@@ -3,7 +3,8 @@
 Sections: ``data`` (folder, optional split file), ``preprocessing`` (a PrepareConfig), ``codec``
 (``{type: patch, factors: [fz, fy, fx]}`` or ``{type: wan_vae, path: DIR}``), ``model`` (an
 Any2AnyDiT config; ``size`` names one of :data:`dosediffusion.model.configs.CONFIGS` to start
-from; ``init_from_wan`` a local Wan 2.1 diffusers folder), ``scheduler`` (``shift``) and
+from; ``init_from_wan`` a local Wan 2.1 diffusers folder, ``init_from_pipeline`` a pipeline folder of an
+earlier stage), ``scheduler`` (``shift``) and
 ``train`` (steps, batch size, learning rate, warm-up, clipping, precision, checkpoints, seed).
 Unknown keys are errors.
 """
@@ -30,7 +31,9 @@ class TrainSettings:
     checkpoint_every: int = 500
     log_every: int = 10
     seed: int = 0
-    target: str = "dose"
+    target: str = "dose"  # stage B (and the pipeline's target); stage A draws the target per step
+    stage: str = "B"  # "A": Any2Any pre-training, "B": dose-only fine-tuning
+    curriculum_steps: int = 0  # stage A: steps over which the fewest kept conditions goes from all to one
 
 
 @dataclass
@@ -58,7 +61,10 @@ class RunConfig:
         bad = set(raw.get("train") or {}) - train_keys
         if bad:
             raise InputError(f"unknown train settings {sorted(bad)}; known: {sorted(train_keys)}", path)
+        train = TrainSettings(**(raw.get("train") or {}))
+        if train.stage not in ("A", "B"):
+            raise InputError(f"train.stage must be 'A' or 'B', got {train.stage!r}", path)
         return cls(data=raw["data"], preprocessing=PrepareConfig.from_dict(raw["preprocessing"]),
                    codec=raw.get("codec") or cls.__dataclass_fields__["codec"].default_factory(),
                    model=raw.get("model") or {}, scheduler=raw.get("scheduler") or {"shift": 3.0},
-                   train=TrainSettings(**(raw.get("train") or {})))
+                   train=train)

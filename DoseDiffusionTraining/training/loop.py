@@ -1,4 +1,7 @@
-"""The training loop: flow matching on the target modality (stage B: the dose), with Accelerate.
+"""The training loop: flow matching with Accelerate. Stage B trains the dose as the target with
+every other modality as a condition; stage A (Any2Any) draws, per step, the target uniformly
+from the modalities present and keeps a random number of the others as conditions, the fewest
+allowed going from all of them to one over ``curriculum_steps`` (a curriculum from easy to hard).
 
 One command runs on a CPU, one GPU or many (``accelerate launch``): Accelerate wraps the model in
 DDP and handles bf16 autocast. Everything random is a function of (seed, step): the case order
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm import tqdm
 
@@ -46,8 +49,13 @@ def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline:
     else:
         raise InputError(f"unknown codec type {kind!r}: use 'patch' or 'wan_vae'")
     spec = dict(config.model)
-    size, wan = spec.pop("size", None), spec.pop("init_from_wan", None)
-    if wan:
+    size, wan, previous = spec.pop("size", None), spec.pop("init_from_wan", None), spec.pop("init_from_pipeline", None)
+    if previous:
+        model = Any2AnyDiT.from_pretrained(Path(previous) / "model")
+        differing = {k: (model.config.get(k), v) for k, v in spec.items() if _as_list(model.config.get(k)) != _as_list(v)}
+        if differing:
+            raise InputError(f"model settings differ from the pipeline started from (has, asked): {differing}", previous)
+    elif wan:
         model, report = any2any_from_wan(wan, **spec)
         print(report.summary())
     else:
@@ -57,6 +65,10 @@ def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline:
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=model.config.num_train_timesteps,
                                                 shift=float(config.scheduler.get("shift", 3.0)))
     return DoseDiffusionPipeline(codec, model, scheduler, config.preprocessing, config.train.target)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def batch_indices(step: int, n_cases: int, global_batch: int, seed: int) -> np.ndarray:
@@ -75,6 +87,22 @@ def _noise(step: int, rank: int, seed: int, x0: torch.Tensor, shift: float) -> t
     return noise.to(x0.device), s.to(x0.device)
 
 
+def choose_roles(step: int, present: list[str], settings) -> tuple[str, list[str]]:
+    """(target, conditions) of ``step``: stage B the configured target and all other modalities;
+    stage A a uniform target and a curriculum-sized random subset of the rest (same on every process)."""
+    if settings.stage == "B":
+        return settings.target, [m for m in present if m != settings.target]
+    rng = np.random.default_rng([settings.seed, step, 7])
+    target = present[int(rng.integers(len(present)))]
+    others = [m for m in present if m != target]
+    if not others:
+        return target, []
+    progress = min(1.0, step / settings.curriculum_steps) if settings.curriculum_steps else 1.0
+    fewest = max(1, int(round(len(others) - progress * (len(others) - 1))))
+    keep = int(rng.integers(fewest, len(others) + 1))
+    return target, sorted(rng.choice(others, size=keep, replace=False).tolist(), key=others.index)
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     checkpoints = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
     return checkpoints[-1] if checkpoints else None
@@ -84,7 +112,10 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     """Train as ``config`` says into ``out``; returns the pipeline folder."""
     out = Path(out)
     settings = config.train
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
+    # modalities absent from a batch (and, in stage A, the dropped conditions) leave parameters unused
+    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[unused])
     torch.manual_seed(settings.seed)
     pipeline = build_pipeline(config)
     split = config.data.get("split_file")
@@ -103,17 +134,18 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         accelerator.load_state(str(checkpoint))
         step = json.loads((checkpoint / STATE).read_text())["step"]
     world, rank = accelerator.num_processes, accelerator.process_index
-    target, shift = settings.target, float(pipeline.scheduler.config.shift)
+    shift = float(pipeline.scheduler.config.shift)
     prediction_type = accelerator.unwrap_model(model).config.prediction_type
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
     while step < settings.steps:
         indices = batch_indices(step, len(dataset), settings.batch_size * world, settings.seed)
         batch = collate([dataset[int(i)] for i in indices[rank * settings.batch_size : (rank + 1) * settings.batch_size]])
-        if target not in batch:
-            raise InputError(f"a training batch has no {target!r} channel")
+        if settings.stage == "B" and settings.target not in batch:
+            raise InputError(f"a training batch has no {settings.target!r} channel")
+        target, conditions = choose_roles(step, list(batch), settings)
         with torch.no_grad():
-            latents = {m: pipeline.codec.encode(v.to(accelerator.device)) for m, v in batch.items()}
+            latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*conditions, target]}
         x0 = latents[target]
         noise, s = _noise(step, rank, settings.seed, x0, shift)
         latents[target] = add_noise(x0, noise, s)

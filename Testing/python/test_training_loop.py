@@ -75,6 +75,35 @@ def test_training_lowers_the_loss_and_the_pipeline_predicts(tmp_path, data):
     assert dose.shape == case.grid.shape and np.isfinite(dose).all()
 
 
+def test_stage_roles_and_curriculum():
+    from dosediffusion.conditioning.prepare import MODALITIES
+    from dosediffusion_training.training.config import TrainSettings
+    from dosediffusion_training.training.loop import choose_roles
+
+    present = list(MODALITIES)
+    assert choose_roles(5, present, TrainSettings()) == ("dose", present[:-1])
+    settings = TrainSettings(stage="A", curriculum_steps=100)
+    early = [choose_roles(step, present, settings) for step in range(0, 5)]
+    assert all(len(conditions) == 6 for _, conditions in early)  # the curriculum starts with every condition
+    late = [choose_roles(step, present, settings) for step in range(200, 600)]
+    assert {t for t, _ in late} == set(present)  # any modality becomes the target
+    assert {len(c) for _, c in late} == set(range(1, 7))
+    assert all(t not in c and set(c) <= set(present) for t, c in late)
+    assert late == [choose_roles(step, present, settings) for step in range(200, 600)]  # a function of the step
+
+
+def test_stage_a_then_b_from_its_pipeline(tmp_path, data):
+    folder = train(_config(tmp_path, data, steps=3, stage="A", curriculum_steps=2), tmp_path / "a")
+    config = _config(tmp_path, data, steps=2)
+    config.model = {"init_from_pipeline": str(folder)}
+    start = _weights(folder)
+    tuned = _weights(train(config, tmp_path / "b"))
+    assert set(tuned) == set(start) and any(not torch.equal(tuned[k], start[k]) for k in start)
+    config.model = {"init_from_pipeline": str(folder), "num_layers": 5}
+    with pytest.raises(InputError, match="num_layers"):
+        train(config, tmp_path / "c")
+
+
 def test_epochs_visit_every_case_once():
     seen = np.concatenate([batch_indices(step, 7, 2, seed=3) for step in range(7)])  # 14 = two epochs
     assert sorted(seen[:7]) == list(range(7)) and sorted(seen[7:]) == list(range(7))
