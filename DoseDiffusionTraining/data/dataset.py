@@ -1,7 +1,8 @@
 """Datasets of prepared model inputs: a case → its channels on the model's crop, as tensors.
 
 Cases come from compact files (``*.case.npz``), DICOM RT folders, case sidecars or GDP-HMM npz
-(anything :func:`dosediffusion.io.load.load_case` reads). Each case is prepared once
+(anything :func:`dosediffusion.io.load.load_case` reads); with a ``cache_dir`` every other format is
+written there as a compact file on first read and read from it afterwards. Each case is prepared once
 (:func:`dosediffusion.conditioning.prepare.prepare`) and its channels kept in memory, so later
 epochs cost nothing but the copy. A split file (JSON ``{"train": [...], "val": [...],
 "test": [...]}`` of case names) selects the cases.
@@ -20,15 +21,25 @@ from torch.utils.data import Dataset
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
-from dosediffusion_training.data.compact import SUFFIX, read_compact
+from dosediffusion_training.data.compact import SUFFIX, read_compact, write_compact
 
 
 def case_name(path: Path) -> str:
     return path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem if path.is_file() else path.name
 
 
-def load_any(path: Path):
-    return read_compact(path) if path.name.endswith(SUFFIX) else load_case(path)
+def load_any(path: Path, cache_dir: Path | None = None):
+    """The case at ``path``; non-compact cases go through the compact cache in ``cache_dir`` if given."""
+    if path.name.endswith(SUFFIX):
+        return read_compact(path)
+    if cache_dir is None:
+        return load_case(path)
+    cached = Path(cache_dir) / f"{case_name(path)}{SUFFIX}"
+    if cached.is_file():
+        return read_compact(cached)
+    case = load_case(path)
+    write_compact(case, cached)
+    return case
 
 
 def list_cases(folder: str | Path, split_file: str | Path | None = None, split: str | None = None) -> list[Path]:
@@ -62,8 +73,9 @@ def make_split(paths: Sequence[Path], fractions: tuple[float, float, float] = (0
 class PreparedCases(Dataset):
     """Item ``i``: ``{modality: tensor (1, D, H, W) float32}`` of case ``paths[i]`` (dose included)."""
 
-    def __init__(self, paths: Sequence[Path], config: PrepareConfig):
+    def __init__(self, paths: Sequence[Path], config: PrepareConfig, cache_dir: str | Path | None = None):
         self.paths, self.config = list(paths), config
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -71,7 +83,7 @@ class PreparedCases(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index not in self._cache:
-            case = load_any(self.paths[index])
+            case = load_any(self.paths[index], self.cache_dir)
             if case.dose is None:
                 raise InputError("training case without a dose", self.paths[index])
             channels = prepare(case, self.config).channels

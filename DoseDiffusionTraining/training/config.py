@@ -1,6 +1,7 @@
 """A training run's configuration, read from YAML (``DoseDiffusionTraining/configs/*.yaml``).
 
-Sections: ``data`` (folder, optional split file), ``preprocessing`` (a PrepareConfig), ``codec``
+Sections: ``data`` (folder, optional split file, optional ``cache_dir`` for the compact cache of
+DICOM / GDP-HMM cases), ``preprocessing`` (a PrepareConfig), ``codec``
 (``{type: patch, factors: [fz, fy, fx]}`` or ``{type: wan_vae, path: DIR}``), ``model`` (an
 Any2AnyDiT config; ``size`` names one of :data:`dosediffusion.model.configs.CONFIGS` to start
 from; ``init_from_wan`` a local Wan 2.1 diffusers folder, ``init_from_pipeline`` a pipeline folder of an
@@ -34,6 +35,7 @@ class TrainSettings:
     target: str = "dose"  # stage B (and the pipeline's target); stage A draws the target per step
     stage: str = "B"  # "A": Any2Any pre-training, "B": dose-only fine-tuning
     curriculum_steps: int = 0  # stage A: steps over which the fewest kept conditions goes from all to one
+    flip_lr_probability: float = 0.0  # mirror every channel of a batch left-right (geometry stays consistent)
 
 
 @dataclass

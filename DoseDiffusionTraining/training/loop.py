@@ -103,6 +103,14 @@ def choose_roles(step: int, present: list[str], settings) -> tuple[str, list[str
     return target, sorted(rng.choice(others, size=keep, replace=False).tolist(), key=others.index)
 
 
+def augment(batch: dict[str, torch.Tensor], step: int, settings) -> dict[str, torch.Tensor]:
+    """The batch mirrored left-right (along x, every channel alike) with ``flip_lr_probability``:
+    CT, masks, plates and dose stay consistent with one another."""
+    if settings.flip_lr_probability and np.random.default_rng([settings.seed, step, 11]).random() < settings.flip_lr_probability:
+        return {m: torch.flip(v, dims=[-1]) for m, v in batch.items()}
+    return batch
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     checkpoints = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
     return checkpoints[-1] if checkpoints else None
@@ -119,7 +127,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     torch.manual_seed(settings.seed)
     pipeline = build_pipeline(config)
     split = config.data.get("split_file")
-    dataset = PreparedCases(list_cases(config.data["folder"], split, "train" if split else None), config.preprocessing)
+    dataset = PreparedCases(list_cases(config.data["folder"], split, "train" if split else None), config.preprocessing,
+                            config.data.get("cache_dir"))
     if len(dataset) == 0:
         raise InputError("no training cases", config.data["folder"])
     model = pipeline.model.train()
@@ -143,6 +152,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         batch = collate([dataset[int(i)] for i in indices[rank * settings.batch_size : (rank + 1) * settings.batch_size]])
         if settings.stage == "B" and settings.target not in batch:
             raise InputError(f"a training batch has no {settings.target!r} channel")
+        batch = augment(batch, step, settings)
         target, conditions = choose_roles(step, list(batch), settings)
         with torch.no_grad():
             latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*conditions, target]}

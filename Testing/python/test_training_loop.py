@@ -140,3 +140,27 @@ def test_splits_and_bad_configs(tmp_path, data):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"data": {}, "preprocessing": {}, "train": {"lr": 1}}))
     with pytest.raises(InputError, match="unknown train settings"):
         RunConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_flip_augmentation_mirrors_every_channel_alike():
+    from dosediffusion_training.training.config import TrainSettings
+    from dosediffusion_training.training.loop import augment
+
+    batch = {"ct": torch.arange(24.0).view(1, 1, 2, 3, 4), "dose": torch.arange(24.0).view(1, 1, 2, 3, 4) * 2}
+    settings = TrainSettings(flip_lr_probability=0.5)
+    flipped = [step for step in range(40) if not torch.equal(augment(batch, step, settings)["ct"], batch["ct"])]
+    assert 8 < len(flipped) < 32
+    out = augment(batch, flipped[0], settings)
+    assert torch.equal(out["ct"], batch["ct"].flip(-1)) and torch.equal(out["dose"], 2 * out["ct"])
+    assert augment(batch, flipped[0], TrainSettings()) is batch
+
+
+def test_dicom_cases_are_cached_as_compact_files(tmp_path, phantom_dicom):
+    from dosediffusion_training.data.dataset import load_any
+
+    folder = phantom_dicom[0]
+    first = load_any(folder, tmp_path)
+    assert (tmp_path / f"{folder.name}.case.npz").is_file()
+    again = load_any(folder, tmp_path)
+    assert np.array_equal(again.structures["PTV_60"].mask, first.structures["PTV_60"].mask)
+    assert np.array_equal(again.dose, first.dose)
