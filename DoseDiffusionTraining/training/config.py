@@ -35,6 +35,8 @@ class TrainSettings:
     target: str = "dose"  # stage B (and the pipeline's target); stage A draws the target per step
     stage: str = "B"  # "A": Any2Any pre-training, "B": dose-only fine-tuning
     curriculum_steps: int = 0  # stage A: steps over which the fewest kept conditions goes from all to one
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and ship it
+    tensorboard: bool = True  # loss and learning rate under OUT/logs (when tensorboard is installed)
     flip_lr_probability: float = 0.0  # mirror every channel of a batch left-right (geometry stays consistent)
 
 

@@ -8,12 +8,14 @@ DDP and handles bf16 autocast. Everything random is a function of (seed, step): 
 of each epoch, each process's share of the global batch, the noise and the diffusion times. So a
 run resumed from a checkpoint (model, optimizer and LR-schedule state, written every
 ``checkpoint_every`` steps under ``OUT/checkpoints/``) continues exactly as if never stopped. The
-finished model is written as a pipeline folder ``OUT/pipeline`` that ``dosediffusion predict``
-loads.
+finished model (its exponential moving average when ``ema_decay`` is set) is written as a pipeline
+folder ``OUT/pipeline`` that ``dosediffusion predict`` loads; loss and learning rate go to
+TensorBoard under ``OUT/logs`` and to ``OUT/loss.jsonl``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from dosediffusion.errors import InputError
@@ -122,8 +125,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     settings = config.train
     # modalities absent from a batch (and, in stage A, the dropped conditions) leave parameters unused
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    trackers = "tensorboard" if settings.tensorboard and importlib.util.find_spec("tensorboard") else None
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=[unused])
+                              kwargs_handlers=[unused], log_with=trackers, project_dir=str(out / "logs"))
+    if trackers:
+        accelerator.init_trackers("dosediffusion")
     torch.manual_seed(settings.seed)
     pipeline = build_pipeline(config)
     split = config.data.get("split_file")
@@ -136,6 +142,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(settings.warmup_steps, 1)))
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     pipeline.codec.to(accelerator.device)
+    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=settings.ema_decay) if settings.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
 
     step = 0
     checkpoint = _latest_checkpoint(out) if resume else None
@@ -169,8 +178,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(model).parameters())
         step += 1
         log.append({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]})
+        accelerator.log({"loss": log[-1]["loss"], "lr": log[-1]["lr"]}, step=step)
         bar.update(1)
         if step % settings.log_every == 0:
             bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-settings.log_every:]]):.4f}")
@@ -178,7 +190,10 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
             _checkpoint(accelerator, out, step, log)
     bar.close()
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     pipeline.model = accelerator.unwrap_model(model).eval()
+    if ema is not None:
+        ema.copy_to(pipeline.model.parameters())
     folder = out / "pipeline"
     if accelerator.is_main_process:
         pipeline.save_pretrained(folder)

@@ -142,6 +142,19 @@ def test_splits_and_bad_configs(tmp_path, data):
         RunConfig.from_yaml(tmp_path / "bad.yaml")
 
 
+def test_ema_is_shipped_and_resumes_exactly(tmp_path, data):
+    straight = train(_config(tmp_path, data, ema_decay=0.5), tmp_path / "a")
+    config = _config(tmp_path, data, ema_decay=0.5)
+    config.train.steps = 2
+    train(config, tmp_path / "b")
+    resumed = train(_config(tmp_path, data, ema_decay=0.5), tmp_path / "b")
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = _weights(train(_config(tmp_path, data), tmp_path / "c"))
+    assert any(not torch.equal(a[k], plain[k]) for k in a)  # the EMA, not the last weights, was shipped
+    assert list((tmp_path / "a" / "logs").rglob("events.out.tfevents*"))
+
+
 def test_flip_augmentation_mirrors_every_channel_alike():
     from dosediffusion_training.training.config import TrainSettings
     from dosediffusion_training.training.loop import augment
