@@ -17,5 +17,7 @@ python -c "import pymedphys, numba" 2>/dev/null || pip install -q "pymedphys==0.
 if [ -f Testing/peers/setup_peers.sh ]; then
   bash Testing/peers/setup_peers.sh
 fi
+# slicer-core: a real MRML scene (volumes, segmentations, tables, plots) for the Slicer module's scene logic
+python -c "import slicer" 2>/dev/null || pip install -q slicer-core
 # pyRadPlan (the dose engine behind dosediffusion-train synth) in its own virtual environment
 bash DoseDiffusionTraining/synth/setup_engine_env.sh
