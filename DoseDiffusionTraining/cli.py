@@ -13,6 +13,10 @@ DATA.
 ``dosediffusion-train fit --config RUN.yaml --out DIR``: train as the run configuration says
 (:mod:`dosediffusion_training.training.loop`); resumes from ``DIR/checkpoints`` when present.
 Under ``accelerate launch`` it runs on every process.
+
+``dosediffusion-train evaluate --model DIR [--model DIR ...] --data DIR [--split-file F --split test]
+--out DIR``: per-case and aggregated metrics with paired tests
+(:mod:`dosediffusion_training.evaluation`).
 """
 
 from __future__ import annotations
@@ -70,6 +74,22 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from dosediffusion_training.data.dataset import list_cases
+    from dosediffusion_training.evaluation import evaluate_model, write_report
+
+    paths = list_cases(args.data, args.split_file, args.split if args.split_file else None)[: args.max_cases]
+    results = {Path(m).name if m != "demo" else "demo": evaluate_model(m, paths, args.steps, args.seed, args.scorecard,
+                                                                       args.device)
+               for m in args.model}
+    summary = write_report(Path(args.out), results)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    for pair, tests in summary["paired_tests"].items():
+        print(pair + ": " + "; ".join(f"{k} Δ {v['mean_difference']:.3f} (t-test p {v['t_p']}, Wilcoxon p {v['wilcoxon_p']})"
+                                      for k, v in tests.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dosediffusion-train", description="DoseDiffusion training and data preparation.")
     parser.add_argument("--version", action="version", version=f"dosediffusion-train {__version__}")
@@ -94,6 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     split.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
     split.add_argument("--seed", type=int, default=0)
     split.set_defaults(run=_split)
+    evaluate = commands.add_parser("evaluate", help="evaluate models on held-out cases (CSV, JSON, markdown)")
+    evaluate.add_argument("--model", action="append", required=True, help="pipeline folder or 'demo' (repeatable)")
+    evaluate.add_argument("--data", required=True, help="folder of cases")
+    evaluate.add_argument("--split-file", help="split JSON (see 'split')")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--out", required=True, help="folder for cases.csv, summary.json, table.md")
+    evaluate.add_argument("--steps", type=int, default=10)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--scorecard", help="template for every case (default: matched to the prescription)")
+    evaluate.add_argument("--max-cases", type=int, default=None)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(run=_evaluate)
     fit = commands.add_parser("fit", help="train a model from a run configuration (YAML)")
     fit.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
     fit.add_argument("--out", required=True, help="run folder: checkpoints, loss log, and the final pipeline/")
