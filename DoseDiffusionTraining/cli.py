@@ -11,8 +11,12 @@ NRRD + ``case.json`` folder (any other OUT).
 DATA.
 
 ``dosediffusion-train fit --config RUN.yaml --out DIR``: train as the run configuration says
-(:mod:`dosediffusion_training.training.loop`); resumes from ``DIR/checkpoints`` when present.
+(:mod:`dosediffusion_training.training.loop`; ``train.stage: C`` runs ScardNFT,
+:mod:`dosediffusion_training.training.scardnft`); resumes from ``DIR/checkpoints`` when present.
 Under ``accelerate launch`` it runs on every process.
+
+``dosediffusion-train merge-lora --pipeline DIR --adapter DIR --out DIR``: a stage C adapter
+merged into plain weights, written as a pipeline folder.
 
 ``dosediffusion-train evaluate --model DIR [--model DIR ...] --data DIR [--split-file F --split test]
 --out DIR``: per-case and aggregated metrics with paired tests
@@ -69,8 +73,18 @@ def _fit(args: argparse.Namespace) -> int:
     from dosediffusion_training.training.config import RunConfig
     from dosediffusion_training.training.loop import train
 
-    folder = train(RunConfig.from_yaml(args.config), args.out, resume=not args.no_resume)
+    config = RunConfig.from_yaml(args.config)
+    if config.train.stage == "C":
+        from dosediffusion_training.training.scardnft import train_scardnft as train
+    folder = train(config, args.out, resume=not args.no_resume)
     print(f"wrote {folder}")
+    return 0
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from dosediffusion_training.training.lora import merge_into_pipeline
+
+    print(f"wrote {merge_into_pipeline(args.pipeline, args.adapter, args.out)}")
     return 0
 
 
@@ -131,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--out", required=True, help="run folder: checkpoints, loss log, and the final pipeline/")
     fit.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     fit.set_defaults(run=_fit)
+    merge = commands.add_parser("merge-lora", help="merge a stage C adapter into a pipeline folder")
+    merge.add_argument("--pipeline", required=True, help="the pipeline folder the adapter was trained on")
+    merge.add_argument("--adapter", required=True, help="the adapter folder (a stage C run's adapter/)")
+    merge.add_argument("--out", required=True, help="the merged pipeline folder to write")
+    merge.set_defaults(run=_merge_lora)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

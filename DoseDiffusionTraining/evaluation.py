@@ -26,7 +26,7 @@ from dosediffusion.cli.predict import model_folder
 from dosediffusion.metrics.evaluation import gdp_hmm_mae, psnr, ssim3d
 from dosediffusion.metrics.scorecard import load_template, score_case
 from dosediffusion.metrics.scorecard_choice import suggest_template
-from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.model.pipeline import load_pipeline
 from dosediffusion_training.data.dataset import load_any
 
 COLUMNS = ("mae_body_gy", "gdp_hmm_mae_gy", "score_pred", "score_ref", "score_diff", "psnr_db", "ssim", "seconds")
@@ -46,7 +46,7 @@ def case_metrics(case, pred: np.ndarray, template: dict) -> dict:
 def evaluate_model(model: str, paths: Sequence[Path], steps: int, seed: int, scorecard: str | None,
                    device: str = "cpu") -> list[dict]:
     """Per-case rows of ``model`` (a pipeline folder or ``demo``) on the cases at ``paths``."""
-    pipe = DoseDiffusionPipeline.from_pretrained(model_folder(model))
+    pipe = load_pipeline(model_folder(model))
     rows = []
     for path in tqdm(paths, desc=Path(model).name, unit="case"):
         case = load_any(path)

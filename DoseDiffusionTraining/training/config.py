@@ -6,7 +6,8 @@ DICOM / GDP-HMM cases), ``preprocessing`` (a PrepareConfig), ``codec``
 Any2AnyDiT config; ``size`` names one of :data:`dosediffusion.model.configs.CONFIGS` to start
 from; ``init_from_wan`` a local Wan 2.1 diffusers folder, ``init_from_pipeline`` a pipeline folder of an
 earlier stage), ``scheduler`` (``shift``) and
-``train`` (steps, batch size, learning rate, warm-up, clipping, precision, checkpoints, seed).
+``train`` (steps, batch size, learning rate, warm-up, clipping, precision, checkpoints, seed; stage
+C's reward, candidates, LoRA and policy settings).
 Unknown keys are errors.
 """
 
@@ -33,8 +34,20 @@ class TrainSettings:
     log_every: int = 10
     seed: int = 0
     target: str = "dose"  # stage B (and the pipeline's target); stage A draws the target per step
-    stage: str = "B"  # "A": Any2Any pre-training, "B": dose-only fine-tuning
+    stage: str = "B"  # "A": Any2Any pre-training, "B": dose-only fine-tuning, "C": ScardNFT post-training
     curriculum_steps: int = 0  # stage A: steps over which the fewest kept conditions goes from all to one
+    # stage C (ScardNFT, dosediffusion_training.training.scardnft)
+    scorecard: str = ""  # the reward's scorecard: shipped name, file, or "auto" (per case, by prescription)
+    num_candidates: int = 4  # K candidates per case
+    candidate_steps: int = 10  # Euler steps of the deterministic sampler that makes them
+    nft_beta: float = 1.0  # β of the implicit policies v± = v_old ± β (v_θ − v_old)
+    nft_weight: float = 1.0  # λ: L = L_diffusion + λ L_NFT
+    lambda_hinge: float = 1.0  # reward penalty per unit of hard-limit violation (entry units)
+    lambda_mae: float = 0.1  # reward penalty per Gy of MAE to the reference dose (body)
+    reward_scale_decay: float = 0.9  # EMA decay of the running per-case reward standard deviation
+    lora_rank: int = 64
+    old_policy_decay: float = 0.5  # stage C: old policy ← decay · old + (1 − decay) · current, every step
+    reference_weight: float = 1e-4  # penalty on ‖v_θ − v_reference‖² (adapters off)
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and ship it
     tensorboard: bool = True  # loss and learning rate under OUT/logs (when tensorboard is installed)
     flip_lr_probability: float = 0.0  # mirror every channel of a batch left-right (geometry stays consistent)
@@ -66,8 +79,10 @@ class RunConfig:
         if bad:
             raise InputError(f"unknown train settings {sorted(bad)}; known: {sorted(train_keys)}", path)
         train = TrainSettings(**(raw.get("train") or {}))
-        if train.stage not in ("A", "B"):
-            raise InputError(f"train.stage must be 'A' or 'B', got {train.stage!r}", path)
+        if train.stage not in ("A", "B", "C"):
+            raise InputError(f"train.stage must be 'A', 'B' or 'C', got {train.stage!r}", path)
+        if train.stage == "C" and (not train.scorecard or train.num_candidates < 2):
+            raise InputError("stage C needs train.scorecard and num_candidates of at least 2", path)
         return cls(data=raw["data"], preprocessing=PrepareConfig.from_dict(raw["preprocessing"]),
                    codec=raw.get("codec") or cls.__dataclass_fields__["codec"].default_factory(),
                    model=raw.get("model") or {}, scheduler=raw.get("scheduler") or {"shift": 3.0},

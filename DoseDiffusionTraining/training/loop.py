@@ -34,6 +34,7 @@ from dosediffusion.model.codecs import PatchCodec, WanVAECodec
 from dosediffusion.model.configs import CONFIGS
 from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, shift_sigma
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.model.regression import MedNeXtRegressor, RegressionPipeline
 from dosediffusion.model.wan_loading import any2any_from_wan
 from dosediffusion_training.data.dataset import PreparedCases, collate, list_cases
 from dosediffusion_training.training.config import RunConfig
@@ -41,8 +42,9 @@ from dosediffusion_training.training.config import RunConfig
 STATE = "state.json"
 
 
-def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline:
-    """A new pipeline as ``config`` describes it (random or Wan-initialised model)."""
+def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline | RegressionPipeline:
+    """A new pipeline as ``config`` describes it: the Any2Any DiT (random, Wan-initialised or from an
+    earlier stage's pipeline) or, with ``model.type: mednext``, the regression comparator."""
     codec_spec = dict(config.codec)
     kind = codec_spec.pop("type", "patch")
     if kind == "patch":
@@ -52,6 +54,9 @@ def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline:
     else:
         raise InputError(f"unknown codec type {kind!r}: use 'patch' or 'wan_vae'")
     spec = dict(config.model)
+    if spec.pop("type", "any2any") == "mednext":
+        conditions = [m for m in config.preprocessing.modalities if m != config.train.target]
+        return RegressionPipeline(MedNeXtRegressor(conditions, **spec), config.preprocessing, config.train.target)
     size, wan, previous = spec.pop("size", None), spec.pop("init_from_wan", None), spec.pop("init_from_pipeline", None)
     if previous:
         model = Any2AnyDiT.from_pretrained(Path(previous) / "model")
@@ -90,10 +95,32 @@ def _noise(step: int, rank: int, seed: int, x0: torch.Tensor, shift: float) -> t
     return noise.to(x0.device), s.to(x0.device)
 
 
+def diffusion_loss(pipeline: DoseDiffusionPipeline, model, batch: dict[str, torch.Tensor], step: int, rank: int,
+                   settings, accelerator: Accelerator) -> torch.Tensor:
+    """Flow-matching loss of ``step``: encode, noise the target, predict, compare."""
+    target, conditions = choose_roles(step, list(batch), settings)
+    with torch.no_grad():
+        latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*conditions, target]}
+    x0 = latents[target]
+    noise, s = _noise(step, rank, settings.seed, x0, float(pipeline.scheduler.config.shift))
+    latents[target] = add_noise(x0, noise, s)
+    with accelerator.autocast():
+        prediction = model(latents, s * pipeline.model.config.num_train_timesteps, [target]).sample[target]
+    return flow_matching_loss(prediction, x0, noise, pipeline.model.config.prediction_type)
+
+
+def regression_loss(model, batch: dict[str, torch.Tensor], target: str, accelerator: Accelerator) -> torch.Tensor:
+    """L1 loss of the regression comparator's dose channel (the challenge baseline's loss)."""
+    conditions = {m: v.to(accelerator.device) for m, v in batch.items() if m != target}
+    with accelerator.autocast():
+        prediction = model(accelerator.unwrap_model(model).stack(conditions))
+    return torch.mean(torch.abs(prediction.float() - batch[target].to(accelerator.device)))
+
+
 def choose_roles(step: int, present: list[str], settings) -> tuple[str, list[str]]:
-    """(target, conditions) of ``step``: stage B the configured target and all other modalities;
+    """(target, conditions) of ``step``: stages B and C the configured target and all other modalities;
     stage A a uniform target and a curriculum-sized random subset of the rest (same on every process)."""
-    if settings.stage == "B":
+    if settings.stage in ("B", "C"):
         return settings.target, [m for m in present if m != settings.target]
     rng = np.random.default_rng([settings.seed, step, 7])
     target = present[int(rng.integers(len(present)))]
@@ -141,7 +168,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(settings.warmup_steps, 1)))
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
-    pipeline.codec.to(accelerator.device)
+    if isinstance(pipeline, DoseDiffusionPipeline):
+        pipeline.codec.to(accelerator.device)
     ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=settings.ema_decay) if settings.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -152,8 +180,6 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         accelerator.load_state(str(checkpoint))
         step = json.loads((checkpoint / STATE).read_text())["step"]
     world, rank = accelerator.num_processes, accelerator.process_index
-    shift = float(pipeline.scheduler.config.shift)
-    prediction_type = accelerator.unwrap_model(model).config.prediction_type
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
     while step < settings.steps:
@@ -162,15 +188,10 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         if settings.stage == "B" and settings.target not in batch:
             raise InputError(f"a training batch has no {settings.target!r} channel")
         batch = augment(batch, step, settings)
-        target, conditions = choose_roles(step, list(batch), settings)
-        with torch.no_grad():
-            latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*conditions, target]}
-        x0 = latents[target]
-        noise, s = _noise(step, rank, settings.seed, x0, shift)
-        latents[target] = add_noise(x0, noise, s)
-        with accelerator.autocast():
-            prediction = model(latents, s * pipeline.model.config.num_train_timesteps, [target]).sample[target]
-        loss = flow_matching_loss(prediction, x0, noise, prediction_type)
+        if isinstance(pipeline, RegressionPipeline):
+            loss = regression_loss(model, batch, settings.target, accelerator)
+        else:
+            loss = diffusion_loss(pipeline, model, batch, step, rank, settings, accelerator)
         if not math.isfinite(loss.item()):
             raise InputError(f"the loss became {loss.item()} at step {step}: lower the learning rate")
         accelerator.backward(loss)

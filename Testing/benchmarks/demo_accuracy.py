@@ -22,7 +22,7 @@ import numpy as np
 
 from dosediffusion.cli.evaluate import evaluate
 from dosediffusion.cli.predict import model_folder
-from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.model.pipeline import load_pipeline
 from dosediffusion_training.baselines.distance_falloff import DistanceFalloff
 from dosediffusion_training.data.dataset import list_cases, load_any
 
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     test = list_cases(args.data, args.split, "test")[: args.max_cases]
     baseline = DistanceFalloff.fit(load_any(p) for p in list_cases(args.data, args.split, "train"))
-    pipe = DoseDiffusionPipeline.from_pretrained(model_folder(args.model))
+    pipe = load_pipeline(model_folder(args.model))
     rows: dict[str, list[dict]] = {f"model, {n} step{'s' if n > 1 else ''}": [] for n in args.steps}
     rows["trivial baseline"] = []
     for path in test:

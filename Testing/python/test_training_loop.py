@@ -177,3 +177,25 @@ def test_dicom_cases_are_cached_as_compact_files(tmp_path, phantom_dicom):
     again = load_any(folder, tmp_path)
     assert np.array_equal(again.structures["PTV_60"].mask, first.structures["PTV_60"].mask)
     assert np.array_equal(again.dose, first.dose)
+
+
+def test_mednext_baseline_trains_and_predicts_through_the_cli(tmp_path, data, capsys):
+    from dosediffusion.cli.main import main as cli
+    from dosediffusion.io.volume_sidecar import write_sidecar_case
+    from dosediffusion.model.pipeline import load_pipeline
+    from dosediffusion.model.regression import RegressionPipeline
+
+    config = _config(tmp_path, data, steps=30, learning_rate=3e-3, checkpoint_every=30, log_every=5)
+    config.model = {"type": "mednext", "init_filters": 4}
+    folder = train(config, tmp_path / "mednext")
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "mednext" / "loss.jsonl").read_text().splitlines()]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    pipe = load_pipeline(folder)
+    assert isinstance(pipe, RegressionPipeline)
+    case = make_phantom(1, shape=(20, 40, 48))
+    a, b = pipe(case, steps=1, seed=0).dose_gy, pipe(case, steps=10, seed=5).dose_gy
+    assert np.array_equal(a, b) and a.shape == case.grid.shape and (a[~case.body.mask] == 0).all()
+    write_sidecar_case(case, tmp_path / "one")
+    assert cli(["predict", str(tmp_path / "one"), "--model", str(folder), "--out", str(tmp_path / "o"),
+                "--no-report", "--scorecard", "none"]) == 0
+    assert (tmp_path / "o" / "one" / "RTDOSE.dcm").is_file()

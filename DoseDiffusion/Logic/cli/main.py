@@ -14,7 +14,7 @@ import sys
 from dosediffusion import __version__
 from dosediffusion.errors import InputError
 
-COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict", "demo")
+COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict", "demo", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

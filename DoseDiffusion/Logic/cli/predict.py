@@ -1,16 +1,20 @@
 """``dosediffusion predict PATH --model DIR|demo --out DIR [--steps N] [--candidates K] [--seed S]
-[--device auto|cpu|cuda] [--scorecard NAME|FILE|none]``: predict the dose of one case or a batch.
+[--device auto|cpu|cuda] [--scorecard NAME|FILE|none] [--remote URL [--token-file F]]``: predict the
+dose of one case or a batch, here or on a remote GPU worker (``dosediffusion serve``).
 
 ``PATH`` is a case (DICOM RT folder, case JSON, GDP-HMM .npz) or a folder of cases (each
 sub-folder or .npz/.json file one case). Each case's files go to ``OUT/<case name>/`` (see
 :mod:`dosediffusion.prediction_outputs`). The scorecard defaults to the shipped template that
 matches the case's prescription levels; ``none`` turns it off. A case that fails is reported and
-skipped; the exit code is then 1.
+skipped; the exit code is then 1. ``--progress-json`` prints each progress report as one JSON line on
+stdout, ``{"event": "progress", "case": NAME, "fraction": 0.0-1.0, "message": TEXT}`` (flushed), for a
+parent process such as the Slicer module that shows a progress bar.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
 from dosediffusion.metrics.scorecard import load_template
 from dosediffusion.metrics.scorecard_choice import suggest_template
-from dosediffusion.model.pipeline import DoseDiffusionPipeline, default_device
+from dosediffusion.model.pipeline import default_device, load_pipeline
 from dosediffusion.prediction_outputs import write_prediction
 from dosediffusion.resources import resource_path
 
@@ -31,6 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("predict", help="predict the dose of a case (or a folder of cases)")
     parser.add_argument("path", help="a case (DICOM RT folder, case JSON, GDP-HMM .npz) or a folder of cases")
     add_prediction_arguments(parser)
+    parser.add_argument("--remote", metavar="URL",
+                        help="run the model on the worker at URL (dosediffusion serve); --model and --device are then "
+                             "the worker's")
+    parser.add_argument("--token-file", help="file holding the worker's bearer token (with --remote)")
     return parser
 
 
@@ -44,6 +52,8 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorecard", default=None,
                         help="scorecard template name or file; default: the shipped one matching the prescription; 'none'")
     parser.add_argument("--no-report", action="store_true", help="skip report.png (no matplotlib needed)")
+    parser.add_argument("--progress-json", action="store_true",
+                        help="print progress as JSON lines on stdout (for a parent process)")
 
 
 def model_folder(name: str) -> Path:
@@ -76,9 +86,21 @@ def _template(option: str | None, case) -> dict | None:
     return load_template(name) if name else None
 
 
-def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
-    pipeline = DoseDiffusionPipeline.from_pretrained(model_folder(args.model))
+def _predictor(args: argparse.Namespace):
+    """``predict(case, **options)`` → DosePrediction: the local pipeline, or the worker of ``--remote``."""
+    url = getattr(args, "remote", None)
+    if url:
+        from dosediffusion.remote.client import predict_remote, read_token
+
+        token = read_token(args.token_file) if getattr(args, "token_file", None) else None
+        return lambda case, **options: predict_remote(case, url, token, **options)
+    pipeline = load_pipeline(model_folder(args.model))
     device = default_device() if args.device == "auto" else args.device
+    return lambda case, **options: pipeline(case, device=device, **options)
+
+
+def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
+    predict = _predictor(args)
     out = Path(args.out)
     failures = 0
     for path in tqdm(cases, desc="cases", unit="case", disable=len(cases) == 1):
@@ -87,13 +109,16 @@ def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
             case = load_case(path)
             template = _template(args.scorecard, case)
             with tqdm(total=args.steps, desc=f"{name}", unit="step", leave=False) as bar:
-                def progress(fraction: float, message: str, bar=bar) -> None:
+                def progress(fraction: float, message: str, bar=bar, name=name) -> None:
+                    if getattr(args, "progress_json", False):
+                        print(json.dumps({"event": "progress", "case": name, "fraction": round(float(fraction), 4),
+                                          "message": message}), flush=True)
                     bar.set_postfix_str(message)
                     bar.n = int(args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))
                     bar.refresh()
 
-                prediction = pipeline(case, steps=args.steps, seed=args.seed, num_candidates=args.candidates,
-                                      device=device, scorecard=template, progress=progress)
+                prediction = predict(case, steps=args.steps, seed=args.seed, num_candidates=args.candidates,
+                                     scorecard=template, progress=progress)
             summary = write_prediction(case, prediction, out / name, template, report=not args.no_report)
         except InputError as error:
             failures += 1
@@ -118,6 +143,8 @@ def format_summary(summary: dict, folder: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.candidates < 1:
         raise InputError(f"--candidates must be at least 1, got {args.candidates}")
+    if args.token_file and not args.remote:
+        raise InputError("--token-file goes with --remote")
     if not args.no_report:
         from dosediffusion.report.plots import require_matplotlib
 

@@ -81,30 +81,11 @@ class DoseDiffusionPipeline:
     # ---- folder format -------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the pipeline folder; an existing folder is replaced only once the new one is complete."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            index = {"_class_name": type(self).__name__, "_dosediffusion_version": __version__,
-                     "codec": type(self.codec).__name__, "model": type(self.model).__name__,
-                     "scheduler": type(self.scheduler).__name__, "target": self.target}
-            self.codec.save_pretrained(staging / "codec")
-            self.model.save_pretrained(staging / "model")
-            self.scheduler.save_pretrained(staging / "scheduler")
-            (staging / PREPROCESSING).write_text(json.dumps(self.preprocessing.to_dict(), indent=2))
-            (staging / MODEL_INDEX).write_text(json.dumps(index, indent=2))
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                folder.rename(old)
-                staging.rename(folder)
-                shutil.rmtree(old)
-            else:
-                staging.rename(folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return folder
+        index = {"_class_name": type(self).__name__, "_dosediffusion_version": __version__,
+                 "codec": type(self.codec).__name__, "model": type(self.model).__name__,
+                 "scheduler": type(self.scheduler).__name__, "target": self.target}
+        return write_pipeline_folder(folder, index, self.preprocessing,
+                                     {"codec": self.codec, "model": self.model, "scheduler": self.scheduler})
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> DoseDiffusionPipeline:
@@ -282,6 +263,50 @@ def predict_case(
     peak, kind = clock.peak_memory_mib()
     return DosePrediction(candidates[selected], candidates, selected, scores, clock.laps, peak, kind, "cpu",
                           "float32", steps, seed)
+
+
+def write_pipeline_folder(folder: str | Path, index: dict, preprocessing: PrepareConfig, components: dict) -> Path:
+    """Write ``model_index.json``, ``preprocessing.json`` and each component's ``save_pretrained``
+    sub-folder into a staging folder, then put it in place of ``folder`` (replaced whole)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, component in components.items():
+            component.save_pretrained(staging / name)
+        (staging / PREPROCESSING).write_text(json.dumps(preprocessing.to_dict(), indent=2))
+        (staging / MODEL_INDEX).write_text(json.dumps(index, indent=2))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old)
+        else:
+            staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_pipeline(folder: str | Path, torch_dtype: torch.dtype | None = None):
+    """The pipeline in ``folder``: a :class:`DoseDiffusionPipeline` or the regression comparator's
+    :class:`~dosediffusion.model.regression.RegressionPipeline`, by its ``model_index.json``."""
+    path = Path(folder) / MODEL_INDEX
+    if not path.is_file():
+        raise InputError(f"no {MODEL_INDEX}: not a DoseDiffusion pipeline folder", folder)
+    try:
+        kind = json.loads(path.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"unreadable pipeline description ({error})", folder) from None
+    if kind == "RegressionPipeline":
+        from dosediffusion.model.regression import RegressionPipeline
+
+        return RegressionPipeline.from_pretrained(folder, torch_dtype)
+    if kind != "DoseDiffusionPipeline":
+        raise InputError(f"pipeline class {kind!r} is not DoseDiffusionPipeline or RegressionPipeline", folder)
+    return DoseDiffusionPipeline.from_pretrained(folder, torch_dtype)
 
 
 class _Clock:

@@ -1,0 +1,647 @@
+"""DoseDiffusion: radiotherapy dose prediction in 3D Slicer.
+
+The module predicts a 3D dose (Gy) from a CT, its structures (a segmentation) and optionally an RT
+plan (SlicerRT), and shows it as an RT dose volume, DVHs and a clinical scorecard beside the
+reference dose. The work is done by the core package ``dosediffusion`` (``Logic/``), in a
+background process (``dosediffusion predict``) or on a remote GPU worker (``dosediffusion serve``).
+
+Layout follows the Extension Wizard's scripted-module template: the module, its parameter node,
+widget, logic (usable without GUI: Python console, ``--no-main-window`` batch scripts) and test.
+Scene-facing code lives in ``DoseDiffusionLib`` (no Qt there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import ctk
+import qt
+import slicer
+import vtk
+from DoseDiffusionLib import dependencies  # makes ``import dosediffusion`` work (the core in Logic/)
+from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#: QSettings keys of the remote worker (the token never goes into the scene).
+SETTINGS_REMOTE_URL = "DoseDiffusion/RemoteURL"
+SETTINGS_REMOTE_TOKEN = "DoseDiffusion/RemoteToken"
+ROLE_CHOICES = ("ptv", "oar", "body", "ignore")
+DEVICE_CHOICES = ("auto", "cuda", "cpu", "remote")
+SCORECARD_AUTO, SCORECARD_NONE, SCORECARD_FILE = "auto", "none", "file"
+
+
+#
+# DoseDiffusion
+#
+
+
+class DoseDiffusion(ScriptedLoadableModule):
+    """Module description (title, category, help)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("DoseDiffusion")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Radiotherapy")]
+        self.parent.dependencies = []  # SlicerRT and PyTorch are optional at load time, checked on use
+        self.parent.contributors = ["DoseDiffusion developers"]
+        self.parent.helpText = _("""
+Predicts the 3D dose (Gy) of a radiotherapy plan from the CT, the structures and, optionally, the RT plan,
+with an Any2Any 3D diffusion transformer, and shows it with DVHs and a clinical scorecard beside the reference
+dose. Not for clinical use. See the <a href="https://github.com/DoseDiffusion/DoseDiffusion">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer, SlicerRT and SlicerPyTorch. The layout of this module follows the Slicer Extension Wizard
+template and the TotalSegmentator extension.
+""")
+
+
+#
+# DoseDiffusionParameterNode
+#
+
+
+@parameterNodeWrapper
+class DoseDiffusionParameterNode:
+    """State of the module, saved with the scene (never the remote token: that is in QSettings).
+
+    ctVolume - CT (HU). segmentation - structures. plan - SlicerRT RT plan (optional).
+    referenceDose - the plan's own dose in Gy (optional). roles - JSON {segment name: [role, PTV dose Gy]}.
+    prescriptionGy - highest prescribed dose, Gy (total). fractions - number of fractions.
+    modelFolder - pipeline folder ("" = the bundled demo model). scorecard - "auto", "none", a shipped
+    template name or "file" (then scorecardFile). device - auto/cuda/cpu/remote. steps, candidates - sampling.
+    predictedDose, dvhChart, scorecardTable - the outputs of the last prediction.
+    """
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    plan: slicer.vtkMRMLNode  # a vtkMRMLRTPlanNode (SlicerRT); the selector is synchronised by hand
+    referenceDose: vtkMRMLScalarVolumeNode
+    roles: str = ""
+    prescriptionGy: Annotated[float, WithinRange(0.0, 200.0)] = 60.0
+    fractions: Annotated[int, WithinRange(1, 100)] = 30
+    modelFolder: str = ""
+    scorecard: str = SCORECARD_AUTO
+    scorecardFile: str = ""
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    steps: Annotated[int, WithinRange(1, 50)] = 10
+    candidates: Annotated[int, WithinRange(1, 16)] = 1
+    predictedDose: vtkMRMLScalarVolumeNode
+    dvhChart: vtkMRMLPlotChartNode
+    scorecardTable: vtkMRMLTableNode
+
+
+#
+# DoseDiffusionWidget
+#
+
+
+class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: inputs, structure roles, model and device, Predict/Cancel, outputs."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingRoles = False
+        self._job: dict[str, Any] | None = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.timeout.connect(self.onPollProcess)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DoseDiffusion.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DoseDiffusionLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # the plan selector lists vtkMRMLRTPlanNode (the .ui's nodeTypes); without SlicerRT it stays empty
+        self.ui.planSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPlanChanged)
+        self.ui.planSelector.enabled = hasattr(slicer, "vtkMRMLRTPlanNode")
+        table = self.ui.structureTable
+        table.setColumnCount(3)
+        table.setHorizontalHeaderLabels([_("Structure"), _("Role"), _("PTV dose (Gy)")])
+        table.horizontalHeader().setSectionResizeMode(0, qt.QHeaderView.Stretch)
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.ui.refreshStructuresButton.connect("clicked(bool)", lambda _checked: self.fillStructureTable(True))
+
+        self.ui.scorecardComboBox.addItem(_("automatic (matches the prescription)"), SCORECARD_AUTO)
+        for name in self.logic.shippedScorecards():
+            self.ui.scorecardComboBox.addItem(name, name)
+        self.ui.scorecardComboBox.addItem(_("none"), SCORECARD_NONE)
+        self.ui.scorecardComboBox.addItem(_("from file..."), SCORECARD_FILE)
+        self.ui.scorecardComboBox.connect("currentIndexChanged(int)", self.onScorecardChanged)
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.scorecardPathLineEdit.filters = ctk.ctkPathLineEdit.Files
+        self.ui.scorecardPathLineEdit.nameFilters = ["Scorecard (*.json)"]
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+
+        settings = qt.QSettings()
+        self.ui.remoteUrlLineEdit.text = settings.value(SETTINGS_REMOTE_URL, "")
+        self.ui.remoteTokenLineEdit.text = settings.value(SETTINGS_REMOTE_TOKEN, "")
+        self.ui.remoteTokenLineEdit.echoMode = qt.QLineEdit.Password
+        self.ui.remoteUrlLineEdit.connect("editingFinished()", self.onRemoteSettingsChanged)
+        self.ui.remoteTokenLineEdit.connect("editingFinished()", self.onRemoteSettingsChanged)
+
+        self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.exportRtDoseButton.connect("clicked(bool)", self.onExportRtDoseButton)
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.enabled = False
+        self.initializeParameterNode()
+        self.onDeviceChanged()
+        self.onScorecardChanged()
+
+    def cleanup(self) -> None:
+        self.onCancelButton()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+                if not node.GetAttribute("DicomRtImport.DoseVolume"):
+                    self._parameterNode.ctVolume = node
+                    break
+        if not self._parameterNode.segmentation:
+            segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+            if segmentation:
+                self._parameterNode.segmentation = segmentation
+
+    def setParameterNode(self, inputParameterNode: DoseDiffusionParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._selectComboData(self.ui.scorecardComboBox, self._parameterNode.scorecard)
+            self.ui.scorecardPathLineEdit.currentPath = self._parameterNode.scorecardFile
+            self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelFolder
+            self.ui.planSelector.setCurrentNode(self._parameterNode.plan)
+            self.fillStructureTable(False)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        busy = self._job is not None
+        ready = bool(self._parameterNode and self._parameterNode.ctVolume and self._parameterNode.segmentation)
+        self.ui.predictButton.enabled = ready and not busy
+        self.ui.predictButton.toolTip = _("Predict the dose") if ready else _("Select a CT and its structures")
+        self.ui.cancelButton.enabled = busy
+        self.ui.exportRtDoseButton.enabled = bool(self._parameterNode and self._parameterNode.predictedDose)
+
+    @staticmethod
+    def _selectComboData(combo, data: str) -> None:
+        index = combo.findData(data)
+        if index >= 0:
+            combo.currentIndex = index
+
+    def onPlanChanged(self, node=None) -> None:
+        if self._parameterNode and self._parameterNode.plan is not node:
+            self._parameterNode.plan = node
+
+    # ------------------------------------------------------------------ structure roles
+
+    def onSegmentationChanged(self, node=None) -> None:
+        if self._parameterNode and node is not self._lastSegmentation():
+            self.fillStructureTable(True)
+
+    def _lastSegmentation(self):
+        return getattr(self, "_tableSegmentation", None)
+
+    def fillStructureTable(self, reset: bool) -> None:
+        """One row per segment: name, role combo (ptv/oar/body/ignore), PTV dose; from the saved roles, or
+        (``reset`` or new names) suggested from the names by the alias table."""
+        from DoseDiffusionLib.scene import segment_names, suggest_roles
+
+        segmentation = self._parameterNode.segmentation if self._parameterNode else None
+        self._tableSegmentation = segmentation
+        names = segment_names(segmentation) if segmentation else []
+        saved = {} if reset else self._savedRoles()
+        suggested = suggest_roles([n for n in names if n not in saved], [self.ui.prescriptionSpinBox.value])
+        table = self.ui.structureTable
+        self._updatingRoles = True
+        try:
+            table.setRowCount(len(names))
+            for row, name in enumerate(names):
+                role, dose = saved.get(name) or suggested.get(name, ("ignore", None))
+                item = qt.QTableWidgetItem(name)
+                item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
+                table.setItem(row, 0, item)
+                combo = qt.QComboBox()
+                combo.addItems(list(ROLE_CHOICES))
+                combo.currentText = role
+                combo.connect("currentIndexChanged(int)", lambda _index: self.onRolesEdited())
+                table.setCellWidget(row, 1, combo)
+                table.setItem(row, 2, qt.QTableWidgetItem("" if dose is None else f"{dose:g}"))
+        finally:
+            self._updatingRoles = False
+        if not hasattr(self, "_rolesConnected"):
+            table.connect("cellChanged(int,int)", lambda _r, _c: self.onRolesEdited())
+            self._rolesConnected = True
+        self.onRolesEdited()
+
+    def _savedRoles(self) -> dict[str, tuple[str, float | None]]:
+        try:
+            return {k: (v[0], v[1]) for k, v in json.loads(self._parameterNode.roles or "{}").items()}
+        except (ValueError, TypeError, IndexError):
+            return {}
+
+    def tableRoles(self) -> tuple[dict[str, str], dict[str, float]]:
+        """(segment name → role, PTV name → dose in Gy) as the table shows them."""
+        roles, doses = {}, {}
+        table = self.ui.structureTable
+        for row in range(table.rowCount):
+            name = table.item(row, 0).text()
+            roles[name] = table.cellWidget(row, 1).currentText
+            text = table.item(row, 2).text().strip() if table.item(row, 2) else ""
+            try:
+                if text:
+                    doses[name] = float(text)
+            except ValueError:
+                pass
+        return roles, doses
+
+    def onRolesEdited(self) -> None:
+        if self._updatingRoles or not self._parameterNode:
+            return
+        roles, doses = self.tableRoles()
+        self._parameterNode.roles = json.dumps({n: [r, doses.get(n)] for n, r in roles.items()})
+
+    # ------------------------------------------------------------------ model, scorecard, device
+
+    def onScorecardChanged(self, index=None) -> None:
+        data = self.ui.scorecardComboBox.currentData
+        self.ui.scorecardPathLineEdit.enabled = data == SCORECARD_FILE
+        if self._parameterNode and data:
+            self._parameterNode.scorecard = data
+
+    def onDeviceChanged(self, index=None) -> None:
+        remote = self.ui.deviceComboBox.currentText == "remote"
+        self.ui.remoteUrlLineEdit.enabled = remote
+        self.ui.remoteTokenLineEdit.enabled = remote
+
+    def onRemoteSettingsChanged(self) -> None:
+        settings = qt.QSettings()
+        settings.setValue(SETTINGS_REMOTE_URL, self.ui.remoteUrlLineEdit.text.strip())
+        settings.setValue(SETTINGS_REMOTE_TOKEN, self.ui.remoteTokenLineEdit.text.strip())
+
+    def _scorecardOption(self) -> str:
+        data = self.ui.scorecardComboBox.currentData or SCORECARD_AUTO
+        if data == SCORECARD_FILE:
+            return self.ui.scorecardPathLineEdit.currentPath
+        return data
+
+    # ------------------------------------------------------------------ prediction in the background
+
+    def onPredictButton(self) -> None:
+        """Build the case from the scene and start ``dosediffusion predict`` in a separate process."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the dose prediction."), waitCursor=True):
+            dependencies.ensure_python_requirements("DoseDiffusion")
+            p = self._parameterNode
+            p.modelFolder = self.ui.modelPathLineEdit.currentPath
+            p.scorecardFile = self.ui.scorecardPathLineEdit.currentPath
+            roles, doses = self.tableRoles()
+            case = self.logic.caseFromScene(p.ctVolume, p.segmentation, p.plan, roles, p.prescriptionGy, p.fractions,
+                                            doses, p.referenceDose)
+            for warning in case.warnings:
+                logging.warning(f"DoseDiffusion: {warning}")
+            work = Path(tempfile.mkdtemp(prefix="DoseDiffusion-"))
+            from dosediffusion.io.volume_sidecar import write_sidecar_case
+
+            casePath = write_sidecar_case(case, work / "case")
+            device = self.ui.deviceComboBox.currentText
+            scorecard = self._scorecardOption()
+            command = dependencies.predict_command(
+                casePath, work / "out", self.logic.modelFolder(p.modelFolder), p.steps, p.candidates,
+                "auto" if device == "remote" else device, None if scorecard == SCORECARD_AUTO else scorecard)
+            if device == "remote":
+                command += self._remoteArguments(work)
+            self._startProcess(command, {"case": case, "work": work, "casePath": casePath,
+                                         "scorecard": scorecard})
+
+    def _remoteArguments(self, work: Path) -> list[str]:
+        url = self.ui.remoteUrlLineEdit.text.strip()
+        if not url:
+            raise ValueError(_("Enter the URL of the remote DoseDiffusion worker."))
+        arguments = ["--remote", url]
+        token = self.ui.remoteTokenLineEdit.text.strip()
+        if token:  # a private file in the private work folder, deleted with it (never in the scene)
+            tokenPath = work / "token"
+            descriptor = os.open(tokenPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(token)
+            arguments += ["--token-file", str(tokenPath)]
+        return arguments
+
+    def _startProcess(self, command: list[str], job: dict[str, Any]) -> None:
+        """Launch the process (Slicer's launchConsoleProcess: hidden console, output captured); a reader
+        thread queues its lines and a QTimer polls the queue and the process (the GUI stays responsive)."""
+        logging.info("DoseDiffusion: " + " ".join(command))
+        process = slicer.util.launchConsoleProcess(command)
+        lines: queue.Queue = queue.Queue()
+
+        def read() -> None:
+            for line in iter(process.stdout.readline, ""):
+                lines.put(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        self._job = dict(job, process=process, lines=lines, reader=reader, log=[])
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = _("Starting...")
+        self._checkCanApply()
+        self._timer.start()
+
+    def onPollProcess(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        while True:
+            try:
+                line = job["lines"].get_nowait()
+            except queue.Empty:
+                break
+            event = dependencies.parse_progress_line(line)
+            if event is not None:
+                self.ui.progressBar.value = int(100 * event.fraction)
+                self.ui.statusLabel.text = event.message
+            elif line.strip():
+                job["log"].append(line.rstrip())
+        if job["process"].poll() is None or job["reader"].is_alive():
+            return
+        self._timer.stop()
+        self._job = None
+        returnCode = job["process"].returncode
+        try:
+            if returnCode != 0:
+                details = "\n".join(job["log"][-30:])
+                slicer.util.errorDisplay(_("Dose prediction failed (exit code {code}).").format(code=returnCode),
+                                         detailedText=details)
+                self.ui.statusLabel.text = _("Failed")
+                return
+            with slicer.util.tryWithErrorDisplay(_("Failed to load the predicted dose."), waitCursor=True):
+                self.showResults(job)
+                self.ui.statusLabel.text = _("Done")
+        finally:
+            shutil.rmtree(job["work"], ignore_errors=True)
+            self.ui.progressBar.hide()
+            self._checkCanApply()
+
+    def showResults(self, job: dict[str, Any]) -> None:
+        p = self._parameterNode
+        folder = job["work"] / "out" / job["casePath"].parent.name
+        doseNode, chart, table = self.logic.addPredictionFromFolder(job["case"], folder, job["scorecard"],
+                                                                    p.ctVolume, p.prescriptionGy)
+        p.predictedDose, p.dvhChart, p.scorecardTable = doseNode, chart, table
+        slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=doseNode, foregroundOpacity=0.5)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+            appLogic = slicer.app.applicationLogic()
+            appLogic.GetSelectionNode().SetActiveTableID(table.GetID() if table else None)
+            appLogic.PropagateTableSelection()
+
+    def onCancelButton(self) -> None:
+        job, self._job = self._job, None
+        self._timer.stop()
+        if job is not None:
+            if job["process"].poll() is None:
+                job["process"].kill()
+                job["process"].wait()
+            shutil.rmtree(job["work"], ignore_errors=True)
+            self.ui.statusLabel.text = _("Cancelled")
+            self.ui.progressBar.hide()
+        self._checkCanApply()
+
+    # ------------------------------------------------------------------ export
+
+    def onExportRtDoseButton(self) -> None:
+        p = self._parameterNode
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export predicted dose as RTDOSE"),
+                                              "RTDOSE.dcm", "DICOM (*.dcm)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the RTDOSE."), waitCursor=True):
+            written = self.logic.exportRtDose(p.predictedDose, p.ctVolume, p.plan, path)
+            self.ui.statusLabel.text = _("Exported {path}").format(path=written)
+
+
+#
+# DoseDiffusionLogic
+#
+
+
+class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
+    """Everything the module computes, without Qt: usable from the Python console and batch scripts.
+
+    ``case = logic.caseFromScene(ct, segmentation)``; ``prediction = logic.predict(case)``;
+    ``logic.addResults(case, prediction.dose_gy)`` → (dose node, DVH chart, scorecard table).
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return DoseDiffusionParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def modelFolder(folder: str | None = None) -> Path:
+        """The pipeline folder: ``folder``, or the bundled demo model when empty or ``demo``."""
+        from dosediffusion.resources import resource_path
+
+        return resource_path("Models", "demo") if not folder or folder == "demo" else Path(folder)
+
+    @staticmethod
+    def shippedScorecards() -> list[str]:
+        """Names of the scorecard templates shipped in ``Resources/Scorecards``."""
+        from dosediffusion.resources import resource_path
+
+        return sorted(p.stem for p in resource_path("Scorecards").glob("*.json") if p.stem != "scorecard.schema")
+
+    def caseFromScene(self, ctVolume, segmentation, plan=None, roles=None, prescriptionGy=None, fractions=None,
+                      ptvDosesGy=None, referenceDose=None):
+        """The core Case of the scene's nodes (see ``DoseDiffusionLib.scene.case_from_scene``)."""
+        from DoseDiffusionLib.scene import case_from_scene
+
+        if not ctVolume or not segmentation:
+            raise ValueError("select a CT volume and its segmentation")
+        return case_from_scene(ctVolume, segmentation, plan, roles, prescriptionGy or None, fractions, ptvDosesGy,
+                               referenceDose, dicom_database=getattr(slicer, "dicomDatabase", None))
+
+    @staticmethod
+    def template(case, scorecard: str | None = SCORECARD_AUTO) -> dict | None:
+        """The scorecard template: ``auto`` (shipped, matching the prescription), ``none``, a name or a file."""
+        from dosediffusion.metrics.scorecard import load_template
+        from dosediffusion.metrics.scorecard_choice import suggest_template
+
+        if not scorecard or scorecard == SCORECARD_NONE:
+            return None
+        name = suggest_template(case) if scorecard == SCORECARD_AUTO else scorecard
+        return load_template(name) if name else None
+
+    def predict(self, case, modelFolder: str | None = None, steps: int = 10, candidates: int = 1,
+                device: str = "auto", seed: int = 0, scorecard: str | None = SCORECARD_AUTO, progress=None,
+                cancel=None):
+        """Predict in this process (blocks; for the console, batch mode and the self-test).
+        Returns ``dosediffusion.model.pipeline.DosePrediction`` (dose in Gy on the CT grid)."""
+        from dosediffusion.model.pipeline import DoseDiffusionPipeline, default_device
+
+        pipeline = DoseDiffusionPipeline.from_pretrained(self.modelFolder(modelFolder))
+        return pipeline(case, steps=steps, seed=seed, num_candidates=candidates,
+                        device=default_device() if device == "auto" else device,
+                        scorecard=self.template(case, scorecard), progress=progress, cancel=cancel)
+
+    def addResults(self, case, doseGy, scorecard: str | None = SCORECARD_AUTO, referenceVolume=None,
+                   prescriptionGy: float | None = None, name: str = "Predicted dose"):
+        """Add the dose volume (RT dose), the DVH chart (predicted solid, reference dashed) and the
+        scorecard table (None without a template) to the scene; returns the three nodes."""
+        from DoseDiffusionLib import scene
+
+        from dosediffusion.metrics.dose_metrics import case_dvhs
+        from dosediffusion.metrics.scorecard import score_case
+
+        mrml = slicer.mrmlScene
+        doseNode = scene.add_dose_to_scene(mrml, doseGy, case.grid, name, referenceVolume,
+                                           prescriptionGy or case.prescription.high_gy)
+        reference = case_dvhs(case) if case.dose is not None else None
+        chart = scene.add_dvh_chart(mrml, case_dvhs(case, doseGy), reference)
+        template = self.template(case, scorecard)
+        table = None
+        if template is not None:
+            report = score_case(case, template, doseGy)
+            referenceReport = score_case(case, template) if case.dose is not None else None
+            table = scene.add_scorecard_table(mrml, report, referenceReport)
+        return doseNode, chart, table
+
+    def addPredictionFromFolder(self, case, folder, scorecard=SCORECARD_AUTO, referenceVolume=None,
+                                prescriptionGy=None):
+        """Load ``dose.nrrd`` written by ``dosediffusion predict`` into ``folder`` and add the results."""
+        from dosediffusion.geometry import resample
+        from dosediffusion.io.volume_sidecar import read_volume
+
+        dose, grid = read_volume(Path(folder) / "dose.nrrd")
+        if not grid.same_as(case.grid):
+            dose = resample(dose, grid, case.grid)
+        return self.addResults(case, dose, scorecard, referenceVolume, prescriptionGy)
+
+    @staticmethod
+    def exportRtDose(doseNode, ctVolume=None, plan=None, path: str | os.PathLike = "RTDOSE.dcm") -> Path:
+        """Write ``doseNode`` (Gy) as an RTDOSE file on the CT's study and frame of reference (when the
+        CT came from DICOM), referencing the plan's RTPLAN when it has one."""
+        from DoseDiffusionLib.plan_adapter import dicom_meta
+        from DoseDiffusionLib.scene import array_from_volume_node, grid_from_volume_node
+
+        from dosediffusion.io.rtdose_write import write_rtdose
+
+        if not doseNode:
+            raise ValueError("no predicted dose to export")
+        meta = dicom_meta(ctVolume, plan, getattr(slicer, "dicomDatabase", None)) if ctVolume else {}
+        return write_rtdose(array_from_volume_node(doseNode), grid_from_volume_node(doseNode), path, meta)
+
+
+#
+# DoseDiffusionTest
+#
+
+
+class DoseDiffusionTest(ScriptedLoadableModuleTest):
+    """Loads the bundled demo DICOM RT case, predicts on CPU with the demo model, checks the outputs."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DoseDiffusionDemoCase()
+
+    def test_DoseDiffusionDemoCase(self):
+        from dosediffusion.resources import resource_path
+
+        self.delayDisplay("Starting the test")
+        logic = DoseDiffusionLogic()
+        model = logic.modelFolder("demo")
+        if not (model / "model_index.json").is_file():
+            self.delayDisplay(f"Demo model not found in {model}: test skipped")
+            return
+        from DICOMLib import DICOMUtils
+
+        with DICOMUtils.TemporaryDICOMDatabase() as database:
+            DICOMUtils.importDicom(str(resource_path("DemoCase")), database)
+            patients = database.patients()
+            self.assertTrue(patients, "the demo case was not imported")
+            DICOMUtils.loadPatientByUID(patients[0])
+            self.delayDisplay("Loaded the demo case")
+
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            ct = next(v for v in volumes if not v.GetAttribute("DicomRtImport.DoseVolume"))
+            reference = next((v for v in volumes if v.GetAttribute("DicomRtImport.DoseVolume")), None)
+            segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+            plan = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLRTPlanNode")
+            self.assertIsNotNone(segmentation)
+            # built while the temporary DICOM database is open: it finds the RTPLAN file and the UIDs
+            case = logic.caseFromScene(ct, segmentation, plan, referenceDose=reference)
+        self.assertTrue(case.structures)
+        prediction = logic.predict(case, "demo", steps=2, device="cpu")
+        doseNode, chart, table = logic.addResults(case, prediction.dose_gy, referenceVolume=ct)
+
+        self.assertEqual(doseNode.GetAttribute("DicomRtImport.DoseVolume"), "1")
+        array = slicer.util.arrayFromVolume(doseNode)
+        self.assertEqual(array.shape, slicer.util.arrayFromVolume(ct).shape)
+        self.assertGreater(float(array.max()), 0.0)
+        ctMatrix, doseMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        ct.GetIJKToRASMatrix(ctMatrix)
+        doseNode.GetIJKToRASMatrix(doseMatrix)
+        for row in range(4):
+            for column in range(4):
+                self.assertAlmostEqual(ctMatrix.GetElement(row, column), doseMatrix.GetElement(row, column), 4)
+        nonEmpty = [n for n, s in case.structures.items() if s.mask.any()]
+        expectedSeries = len(nonEmpty) * (2 if case.dose is not None else 1)
+        self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), expectedSeries)
+        if table is not None:
+            self.assertEqual(table.GetTable().GetValue(table.GetNumberOfRows() - 1, 0).ToString(), "Total")
+        self.delayDisplay("Test passed")

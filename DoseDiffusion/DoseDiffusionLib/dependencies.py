@@ -1,0 +1,203 @@
+"""Finding, installing and running the DoseDiffusion core from inside 3D Slicer.
+
+- :func:`ensure_core_package`: ``import dosediffusion`` from the module's ``Logic/`` folder (the
+  extension's install tree holds the core there, not as an installed distribution).
+- :func:`ensure_python_requirements`: PyTorch through SlicerPyTorch's ``PyTorchUtils``, the rest
+  from ``Resources/requirements.txt`` with ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or
+  ``slicer.util.pip_install`` after asking; torch is never left to pip's dependency resolution.
+- :func:`predict_command`, :func:`parse_progress_line`: the background ``dosediffusion predict``
+  process and its ``--progress-json`` lines.
+
+Running this file as a script runs the core command line (``PythonSlicer dependencies.py predict
+...``), the same as the ``dosediffusion`` entry point of a pip install. Nothing here imports Qt at
+module level; ``slicer`` is imported only inside the functions that need the application.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: ``DoseDiffusion/`` (the scripted module's folder: ``DoseDiffusion.py``, ``Logic/``, ``Resources/``).
+MODULE_DIR = Path(__file__).resolve().parent.parent
+LOGIC_DIR = MODULE_DIR / "Logic"
+REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
+#: Lowest torch release the core supports (pyproject's ``torch>=2.4``).
+TORCH_REQUIREMENT = ">=2.4"
+PROGRESS_PREFIX = "{"
+
+
+class DependencyError(RuntimeError):
+    """A dependency is missing and could not (or may not) be installed; the message says what to do."""
+
+
+def ensure_core_package(logic_dir: str | Path | None = None) -> None:
+    """Make ``import dosediffusion`` work.
+
+    A pip install (the developer's editable install, a wheel) is used as it is. Otherwise the
+    package ``dosediffusion`` is registered with its path set to ``logic_dir`` (default: the
+    ``Logic`` folder beside this package), so that ``dosediffusion.case``,
+    ``dosediffusion.io.load`` etc. load from there.
+    """
+    if "dosediffusion" in sys.modules:
+        return
+    if importlib.util.find_spec("dosediffusion") is not None:
+        return
+    folder = Path(logic_dir) if logic_dir else LOGIC_DIR
+    init = folder / "__init__.py"
+    if not init.is_file():
+        raise DependencyError(f"the DoseDiffusion core package is missing: no {init}")
+    spec = importlib.util.spec_from_file_location("dosediffusion", init, submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dosediffusion"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["dosediffusion"]
+        raise
+
+
+def read_requirements(path: str | Path = REQUIREMENTS) -> list[str]:
+    """Requirement lines of ``path`` without comments, blanks and any torch line."""
+    lines = []
+    for raw in Path(path).read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line and re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() not in ("torch", "torchvision"):
+            lines.append(line)
+    return lines
+
+
+def ensure_torch() -> None:
+    """PyTorch through SlicerPyTorch (asks the user first); :class:`DependencyError` when it cannot be had."""
+    if importlib.util.find_spec("torch") is not None:
+        return
+    try:
+        import PyTorchUtils  # the SlicerPyTorch extension's module (an EXTENSION_DEPENDS of ours)
+    except ModuleNotFoundError:
+        raise DependencyError("DoseDiffusion needs PyTorch: install the 'PyTorch' extension from the Extensions "
+                              "Manager, restart Slicer and try again.") from None
+    torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torch_logic.torchInstalled():
+        torch = torch_logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+        if torch is None:
+            raise DependencyError("PyTorch was not installed; DoseDiffusion cannot predict without it. Install it "
+                                  "from the 'PyTorch Util' module and try again.")
+
+
+def ensure_python_requirements(requester: str = "DoseDiffusion", requirements: str | Path = REQUIREMENTS) -> None:
+    """Install what the core needs inside Slicer's Python, asking the user first.
+
+    torch comes from :func:`ensure_torch`; the rest from ``requirements`` with
+    ``slicer.packaging.pip_ensure(..., skip_packages=["torch"])`` where that exists (Slicer ≥ 5.12),
+    else, for the missing ones only, ``slicer.util.pip_install`` after
+    ``slicer.util.confirmOkCancelDisplay``. Raises :class:`DependencyError` when the user declines.
+    """
+    import slicer
+
+    ensure_torch()
+    wanted = read_requirements(requirements)
+    packaging = getattr(slicer, "packaging", None)
+    if packaging is None:
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+    if packaging is not None and hasattr(packaging, "pip_ensure"):
+        try:
+            packaging.pip_ensure(wanted, skip_packages=["torch", "torchvision"], requester=requester)
+        except RuntimeError as error:  # pip_ensure raises RuntimeError when the user declines
+            raise DependencyError(f"required Python packages were not installed ({error})") from None
+        return
+    missing = [r for r in wanted if not _satisfied(r)]
+    if not missing:
+        return
+    if not slicer.util.confirmOkCancelDisplay(
+            f"{requester} needs these Python packages, which will be installed into Slicer's Python now:\n\n"
+            + "\n".join(missing), f"{requester}: install Python packages"):
+        raise DependencyError("required Python packages were not installed: " + ", ".join(missing))
+    # torch is already there (ensure_torch), so pip sees it satisfied and never pulls its own build
+    slicer.util.pip_install(missing)
+
+
+def _satisfied(requirement: str) -> bool:
+    """True when ``requirement``'s distribution is installed in a version it allows."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # no 'packaging': a name-only check
+        name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        try:
+            metadata.version(name)
+            return True
+        except metadata.PackageNotFoundError:
+            return False
+    req = Requirement(requirement)
+    try:
+        version = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+        return False
+    return req.specifier.contains(version, prereleases=True)
+
+
+def python_executable() -> str:
+    """Slicer's Python interpreter (``PythonSlicer``) for child processes, else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def predict_command(case_path: str | Path, out_dir: str | Path, model: str | Path = "demo", steps: int = 10,
+                    candidates: int = 1, device: str = "auto", scorecard: str | None = None, seed: int = 0,
+                    python: str | None = None) -> list[str]:
+    """The argument list of the background prediction: ``<python> dependencies.py predict CASE --out DIR ...``
+    with machine-readable progress (``--progress-json``) and no report image."""
+    args = [python or python_executable(), str(Path(__file__).resolve()), "predict", str(case_path),
+            "--model", str(model), "--out", str(out_dir), "--steps", str(int(steps)), "--candidates",
+            str(int(candidates)), "--seed", str(int(seed)), "--device", device, "--no-report", "--progress-json"]
+    if scorecard:
+        args += ["--scorecard", str(scorecard)]
+    return args
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One ``--progress-json`` line: ``fraction`` in [0, 1] of the case ``case``."""
+
+    case: str
+    fraction: float
+    message: str
+
+
+def parse_progress_line(line: str) -> ProgressEvent | None:
+    """The progress event in one output line of the prediction process, None for any other line."""
+    line = line.strip()
+    if not line.startswith(PROGRESS_PREFIX):
+        return None
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("event") != "progress":
+        return None
+    try:
+        return ProgressEvent(str(doc.get("case", "")), min(max(float(doc["fraction"]), 0.0), 1.0),
+                             str(doc.get("message", "")))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The core's command line, with the core found as :func:`ensure_core_package` finds it."""
+    ensure_core_package()
+    from dosediffusion.cli.main import main as core_main
+
+    return core_main(list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,516 @@
+"""MRML scene ↔ DoseDiffusion core: a :class:`~dosediffusion.case.Case` from scene nodes, and the
+prediction back into the scene (RT dose volume, DVH chart, scorecard table).
+
+Coordinates: Slicer's nodes are in RAS, the core's :class:`~dosediffusion.geometry.Grid` and beams
+in DICOM LPS (x → patient left, y → posterior); the two differ by the flip ``diag(-1, -1, 1)``.
+A volume's IJK-to-RAS matrix has the voxel spacing (mm) times the RAS direction of each index
+axis in its columns; arrays are ``(k, j, i)`` = ``(z, y, x)`` in both. Doses are in Gy.
+
+Only the MRML/VTK classes of ``slicer`` are used here (they exist in the ``slicer-core`` wheel);
+no Qt, ctk, ``slicer.app``, ``slicer.modules`` or ``slicer.mrmlScene``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from dosediffusion.case import Case, Prescription, Structure
+from dosediffusion.errors import GeometryError, InputError
+from dosediffusion.geometry import Grid, resample
+
+#: RAS ↔ LPS (its own inverse).
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+# SlicerRT's names (SlicerRtCommon/vtkSlicerRtCommon.cxx)
+DOSE_VOLUME_ATTRIBUTE = "DicomRtImport.DoseVolume"
+DOSE_UNIT_NAME_ATTRIBUTE = "DicomRtImport.DoseUnitName"
+DOSE_UNIT_VALUE_ATTRIBUTE = "DicomRtImport.DoseUnitValue"
+DOSE_COLOR_TABLE_NAME = "Dose_ColorTable"
+#: Our marker on nodes this module made (predicted dose, DVH chart and table, scorecard).
+PREDICTION_ATTRIBUTE = "DoseDiffusion.Prediction"
+
+#: Roles a user can give a segment in the module; ``ignore`` leaves it out of the case.
+SCENE_ROLES = ("ptv", "oar", "body", "ignore")
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def lps_from_ras(point: Sequence[float]) -> tuple[float, float, float]:
+    """A RAS point (mm) → the same point in LPS (mm)."""
+    return tuple(float(v) for v in LPS_FROM_RAS @ np.asarray(point, dtype=float))
+
+
+ras_from_lps = lps_from_ras  # the flip is its own inverse
+
+
+def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def ijk_to_ras_from_grid(grid: Grid) -> np.ndarray:
+    """The 4×4 IJK-to-RAS matrix of ``grid`` (index (i, j, k) = (x, y, z) → RAS mm)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = LPS_FROM_RAS @ grid.matrix * np.asarray(grid.spacing)
+    matrix[:3, 3] = LPS_FROM_RAS @ np.asarray(grid.origin)
+    return matrix
+
+
+def grid_from_volume_node(volume_node) -> Grid:
+    """The LPS :class:`Grid` of a scalar volume node's voxels (its IJK-to-RAS matrix and extent).
+
+    Raises:
+        InputError: the node has no image data.
+        GeometryError: the volume's axes are not orthogonal (a sheared volume).
+    """
+    image = volume_node.GetImageData() if volume_node is not None else None
+    if image is None:
+        raise InputError(f"volume {getattr(volume_node, 'GetName', lambda: None)()!r} has no image data")
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = _matrix_to_numpy(matrix)
+    extent = image.GetExtent()
+    first = np.array([extent[0], extent[2], extent[4]], dtype=float)
+    axes = ijk_to_ras[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if np.any(spacing <= 0):
+        raise GeometryError(f"volume {volume_node.GetName()!r} has a zero voxel size")
+    direction_lps = LPS_FROM_RAS @ (axes / spacing)
+    origin_lps = LPS_FROM_RAS @ (axes @ first + ijk_to_ras[:3, 3])
+    nx, ny, nz = image.GetDimensions()
+    return Grid((nz, ny, nx), tuple(spacing), tuple(origin_lps), tuple(direction_lps.ravel()))
+
+
+def set_volume_geometry(volume_node, grid: Grid) -> None:
+    """Give ``volume_node`` the origin, spacing and axis directions of ``grid`` (LPS → RAS)."""
+    ras_direction = LPS_FROM_RAS @ grid.matrix
+    direction = np.eye(4)
+    direction[:3, :3] = ras_direction
+    volume_node.SetIJKToRASDirectionMatrix(_numpy_to_matrix(direction))
+    volume_node.SetSpacing(*grid.spacing)
+    volume_node.SetOrigin(*(LPS_FROM_RAS @ np.asarray(grid.origin)))
+
+
+def _array_from_image(image) -> np.ndarray:
+    """Voxels of a vtkImageData as a (z, y, x) numpy array (a copy)."""
+    nx, ny, nz = image.GetDimensions()
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        return np.zeros((nz, ny, nx))
+    return np.array(numpy_support.vtk_to_numpy(scalars)).reshape(nz, ny, nx)
+
+
+def array_from_volume_node(volume_node) -> np.ndarray:
+    """The voxels of a scalar volume node as a (z, y, x) array (a copy, the node's type)."""
+    image = volume_node.GetImageData()
+    if image is None:
+        raise InputError(f"volume {volume_node.GetName()!r} has no image data")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"volume {volume_node.GetName()!r} has {image.GetNumberOfScalarComponents()} components, "
+                         "a CT or dose needs one")
+    return _array_from_image(image)
+
+
+def _has_transform(node) -> bool:
+    return node is not None and node.GetParentTransformNode() is not None
+
+
+# ----------------------------------------------------------------------------- segments
+
+
+def _reference_image(volume_node) -> Any:
+    """An empty vtkOrientedImageData with the voxel geometry (extent, IJK-to-RAS) of ``volume_node``."""
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(volume_node.GetImageData().GetExtent())
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    reference.SetImageToWorldMatrix(matrix)
+    return reference
+
+
+def segment_names(segmentation_node) -> list[str]:
+    """Names of the segments in ``segmentation_node``, in its order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def segment_masks(segmentation_node, volume_node, names: Sequence[str] | None = None,
+                  warnings: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Boolean masks (z, y, x) on ``volume_node``'s voxels of the segments called ``names`` (default: all).
+
+    Each segment's binary labelmap (converted from its source representation where needed, with
+    the segmentation's parent transform applied) is resampled onto the volume's geometry by
+    nearest neighbour; its voxels are those holding the segment's label value (segments may share
+    one labelmap layer). Segments that cannot be converted are left out with a warning.
+    """
+    warnings = warnings if warnings is not None else []
+    segmentation = segmentation_node.GetSegmentation()
+    reference = _reference_image(volume_node)
+    nx, ny, nz = volume_node.GetImageData().GetDimensions()
+    wanted = set(names) if names is not None else None
+    masks: dict[str, np.ndarray] = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segment_id)
+        name = segment.GetName()
+        if wanted is not None and name not in wanted:
+            continue
+        labelmap = slicer.vtkOrientedImageData()
+        if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+                segmentation_node, segment_id, labelmap):
+            warnings.append(f"segment {name!r} could not be converted to a binary labelmap: left out")
+            continue
+        extent = labelmap.GetExtent()
+        if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+            masks[name] = np.zeros((nz, ny, nx), dtype=bool)
+            continue
+        resampled = slicer.vtkOrientedImageData()
+        if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                labelmap, reference, resampled):
+            warnings.append(f"segment {name!r} could not be resampled onto the CT: left out")
+            continue
+        values = _array_from_image(resampled)
+        if values.shape != (nz, ny, nx):
+            warnings.append(f"segment {name!r} resampled to {values.shape}, not the CT's {(nz, ny, nx)}: left out")
+            continue
+        masks[name] = values == segment.GetLabelValue()
+    return masks
+
+
+# ----------------------------------------------------------------------------- scene → Case
+
+
+def suggest_roles(names: Sequence[str], levels_gy: Sequence[float] = ()) -> dict[str, tuple[str, float | None]]:
+    """Role (``ptv``/``oar``/``body``/``ignore``) and PTV dose (Gy) for each structure name, from the
+    alias table (``dosediffusion.aliases``); names it does not know are ``ignore``."""
+    from dosediffusion.aliases import default_table
+
+    table = default_table()
+    roles = {}
+    for name in names:
+        found = table.match(name)
+        dose = found.prescription_gy
+        if found.role == "ptv" and dose is None and len(levels_gy) == 1:
+            dose = float(levels_gy[0])
+        roles[name] = (found.role if found.role in ("ptv", "oar", "body") else "ignore", dose)
+    return roles
+
+
+def case_from_scene(
+    volume_node,
+    segmentation_node,
+    plan_node=None,
+    roles: Mapping[str, str] | None = None,
+    prescription: float | Sequence[float] | None = None,
+    fractions: int | None = None,
+    ptv_doses_gy: Mapping[str, float] | None = None,
+    reference_dose_node=None,
+    case_id: str | None = None,
+    dicom_database=None,
+) -> Case:
+    """The :class:`Case` of a CT volume node, its segmentation and (optional) RT plan and dose.
+
+    Args:
+        volume_node: the CT (vtkMRMLScalarVolumeNode, HU); its voxels become the case grid.
+        segmentation_node: structures (vtkMRMLSegmentationNode); masks are exported onto the CT.
+        plan_node: a SlicerRT vtkMRMLRTPlanNode (beams, see :mod:`.plan_adapter`), or None.
+        roles: segment name → ``ptv``/``oar``/``body``/``ignore``; None: from the alias table.
+            Segments not named here, or ``ignore``, are left out.
+        prescription: prescribed dose level(s) in Gy (total); None: the plan's, else the PTV doses.
+        fractions: number of fractions; None: the plan's.
+        ptv_doses_gy: PTV name → its prescribed dose in Gy (default: from the name or the single level).
+        reference_dose_node: the plan's own dose (Gy), resampled onto the CT grid; or None.
+        case_id: label of the case (default: the CT node's name).
+        dicom_database: Slicer's ``ctkDICOMDatabase`` to find the RTPLAN file and identifiers
+            (default: ``slicer.dicomDatabase`` when the application has one).
+    """
+    from .plan_adapter import dicom_meta, read_plan
+
+    warnings: list[str] = []
+    grid = grid_from_volume_node(volume_node)
+    if _has_transform(volume_node) or _has_transform(reference_dose_node):
+        warnings.append("a parent transform of the CT or dose volume is ignored: harden it to include it")
+    ct = array_from_volume_node(volume_node).astype(np.float32)
+
+    names = segment_names(segmentation_node)
+    levels = ([float(prescription)] if isinstance(prescription, (int, float)) else
+              [float(v) for v in prescription or ()])
+    plan_reading = read_plan(plan_node, dicom_database) if plan_node is not None else None
+    if plan_reading is not None:
+        warnings += plan_reading.warnings
+        if not levels:
+            levels = list(plan_reading.prescription.levels_gy)
+        if fractions is None:
+            fractions = plan_reading.prescription.fractions
+    suggested = suggest_roles(names, levels)
+    if roles is None:
+        roles = {name: role for name, (role, _) in suggested.items()}
+    doses = {name: dose for name, (_, dose) in suggested.items() if dose is not None}
+    doses.update(ptv_doses_gy or {})
+    chosen = [n for n in names if roles.get(n, "ignore") != "ignore"]
+    for name in chosen:
+        if roles[name] not in ("ptv", "oar", "body", "other"):
+            raise InputError(f"segment {name!r}: role must be one of {SCENE_ROLES}, got {roles[name]!r}")
+
+    masks = segment_masks(segmentation_node, volume_node, chosen, warnings)
+    from dosediffusion.aliases import default_table
+
+    table = default_table()
+    structures = {}
+    for name in chosen:
+        if name not in masks:
+            continue
+        role = roles[name]
+        dose = doses.get(name) if role == "ptv" else None
+        if role == "ptv" and dose is None:
+            warnings.append(f"PTV {name!r} has no prescribed dose")
+        structures[name] = Structure(name, masks[name], role, dose, canonical=table.match(name).canonical)
+        if not masks[name].any():
+            warnings.append(f"segment {name!r} is empty on the CT grid")
+    if not levels:
+        levels = sorted({s.prescription_gy for s in structures.values() if s.prescription_gy}, reverse=True)
+
+    dose = None
+    if reference_dose_node is not None:
+        dose_grid = grid_from_volume_node(reference_dose_node)
+        dose = resample(array_from_volume_node(reference_dose_node).astype(np.float32), dose_grid, grid)
+        dose = np.clip(dose, 0.0, None).astype(np.float32)
+    meta = dicom_meta(volume_node, plan_node, dicom_database)
+    return Case(
+        case_id=case_id or volume_node.GetName() or "case",
+        grid=grid,
+        ct=ct,
+        structures=structures,
+        beams=list(plan_reading.beams) if plan_reading is not None else [],
+        prescription=Prescription(levels, fractions),
+        dose=dose,
+        meta=meta,
+        warnings=warnings,
+    )
+
+
+# ----------------------------------------------------------------------------- Case → scene
+
+
+def _subject_hierarchy(scene):
+    return slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+
+
+def _dose_color_table(scene):
+    """SlicerRT's default dose colour table (made by its Isodose logic), else a built-in rainbow, else None."""
+    node = scene.GetFirstNodeByName(DOSE_COLOR_TABLE_NAME)
+    if node is None and hasattr(slicer, "vtkSlicerIsodoseModuleLogic"):
+        node = slicer.vtkSlicerIsodoseModuleLogic.CreateDefaultDoseColorTable(scene)
+    if node is None:
+        node = scene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
+    return node
+
+
+def study_item_for_dose(scene, reference_volume_node=None, name: str = "DoseDiffusion") -> int:
+    """The subject-hierarchy study item a dose belongs in: the reference volume's study, else a new
+    patient/study pair named ``name``. Returns 0 when the scene has no subject hierarchy."""
+    sh = _subject_hierarchy(scene)
+    if sh is None:
+        return 0
+    level = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()
+    if reference_volume_node is not None:
+        item = sh.GetItemByDataNode(reference_volume_node)
+        if item:
+            study = sh.GetItemAncestorAtLevel(item, level)
+            if study:
+                return study
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), name)
+    return sh.CreateStudyItem(patient, name)
+
+
+def add_dose_to_scene(scene, dose_gy: np.ndarray, grid: Grid, name: str = "Predicted dose",
+                      reference_volume_node=None, prescription_gy: float | None = None):
+    """Add ``dose_gy`` ((z, y, x) on ``grid``, Gy) as an RT dose volume; returns the vtkMRMLScalarVolumeNode.
+
+    The node is marked the way SlicerRT marks loaded RTDOSE (``DicomRtImport.DoseVolume`` = 1), put in
+    the reference volume's subject-hierarchy study (a new one when it has none) whose
+    ``DicomRtImport.DoseUnitName``/``DoseUnitValue`` are set to ``GY``/``1.0`` unless already set,
+    and displayed with SlicerRT's ``Dose_ColorTable`` (window 0 … max(prescription, max dose),
+    voxels under 0.5 % of that range hidden).
+    """
+    dose = np.ascontiguousarray(np.asarray(dose_gy, dtype=np.float32))
+    if dose.shape != grid.shape:
+        raise GeometryError(f"dose shape {dose.shape} does not match its grid {grid.shape}")
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    image = vtk.vtkImageData()
+    image.SetDimensions(*grid.size_xyz)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = dose.ravel()
+    node.SetAndObserveImageData(image)
+    set_volume_geometry(node, grid)
+    node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
+    node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+
+    sh = _subject_hierarchy(scene)
+    if sh is not None:
+        study = study_item_for_dose(scene, reference_volume_node)
+        item = sh.GetItemByDataNode(node) or sh.CreateItem(sh.GetSceneItemID(), node)
+        sh.SetItemParent(item, study)
+        if not sh.GetItemAttribute(study, DOSE_UNIT_NAME_ATTRIBUTE):
+            sh.SetItemAttribute(study, DOSE_UNIT_NAME_ATTRIBUTE, "GY")
+        if not sh.GetItemAttribute(study, DOSE_UNIT_VALUE_ATTRIBUTE):
+            sh.SetItemAttribute(study, DOSE_UNIT_VALUE_ATTRIBUTE, "1.0")
+
+    display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
+    color = _dose_color_table(scene)
+    if color is not None:
+        display.SetAndObserveColorNodeID(color.GetID())
+    top = max(float(dose.max()) if dose.size else 0.0, float(prescription_gy or 0.0), 1e-3)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, top)
+    display.AutoThresholdOff()
+    display.SetLowerThreshold(0.005 * top)
+    display.SetUpperThreshold(max(top * 10.0, float(dose.max()) + 1.0))
+    display.SetApplyThreshold(1)
+    node.SetAndObserveDisplayNodeID(display.GetID())
+    return node
+
+
+def _column(table, name: str, values: Sequence, kind: str = "double"):
+    array = vtk.vtkDoubleArray() if kind == "double" else vtk.vtkStringArray()
+    array.SetName(name)
+    for value in values:
+        if kind == "double":
+            array.InsertNextValue(float("nan") if value is None else float(value))
+        else:
+            array.InsertNextValue("" if value is None else str(value))
+    table.AddColumn(array)
+    return array
+
+
+def dvh_columns(dvhs_pred: Mapping[str, Any], dvhs_ref: Mapping[str, Any] | None = None,
+                step_gy: float = 0.1) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A common dose axis (Gy, ``step_gy`` steps from 0 to the highest maximum) and, per curve
+    ``"<structure> (predicted)"``/``"<structure> (reference)"``, the cumulative volume (%) on it."""
+    curves = {f"{n} (predicted)": d for n, d in dvhs_pred.items()}
+    curves.update({f"{n} (reference)": d for n, d in (dvhs_ref or {}).items()})
+    top = max((d.max_gy for d in curves.values()), default=0.0)
+    axis = np.arange(0.0, top + 2 * step_gy, step_gy)
+    columns = {}
+    for label, dvh in curves.items():
+        dose, volume = dvh.cumulative(step_gy)
+        columns[label] = np.interp(axis, dose, volume, right=0.0)
+    return axis, columns
+
+
+def add_dvh_chart(scene, dvhs_pred: Mapping[str, Any], dvhs_ref: Mapping[str, Any] | None = None,
+                  name: str = "DoseDiffusion DVH", colors: Mapping[str, Sequence[float]] | None = None):
+    """A DVH plot chart: one vtkMRMLTableNode (``Dose (Gy)`` + one volume-% column per curve) and a
+    vtkMRMLPlotSeriesNode per structure and source, predicted solid, reference dashed.
+
+    ``dvhs_pred``/``dvhs_ref``: structure name → :class:`dosediffusion.metrics.dvh.DVH`;
+    ``colors``: structure name → RGB in [0, 1] (e.g. the segment colours). Returns the chart node.
+    """
+    axis, columns = dvh_columns(dvhs_pred, dvhs_ref)
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
+    table_node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+    table = table_node.GetTable()
+    _column(table, "Dose (Gy)", axis)
+    for label, values in columns.items():
+        _column(table, label, values)
+    table.SetNumberOfRows(len(axis))
+    table_node.Modified()
+
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
+    chart.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+    chart.SetTitle("Dose-volume histograms")
+    chart.SetXAxisTitle("Dose (Gy)")
+    chart.SetYAxisTitle("Volume (%)")
+    palette = _palette(sorted(set(dvhs_pred) | set(dvhs_ref or {})))
+    palette.update({k: tuple(v) for k, v in (colors or {}).items()})
+    for label in columns:
+        structure, source = label.rsplit(" (", 1)
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(label))
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName("Dose (Gy)")
+        series.SetYColumnName(label)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid if source.startswith("predicted")
+                            else slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+        series.SetColor(*palette.get(structure, (0.2, 0.2, 0.2)))
+        series.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart
+
+
+def _palette(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """Distinct colours (golden-angle hues) for ``names``."""
+    import colorsys
+
+    return {n: colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.85) for i, n in enumerate(names)}
+
+
+SCORECARD_COLUMNS = ("Structure", "Metric", "Unit", "Predicted", "Predicted score", "Reference", "Reference score",
+                     "Max score", "Passed (predicted)", "Hard limit")
+
+
+def scorecard_rows(report, reference_report=None) -> list[dict[str, Any]]:
+    """Rows of the scorecard table: one per entry, then ``Total``; values None where not evaluable."""
+    reference = list(reference_report.entries) if reference_report is not None else [None] * len(report.entries)
+    rows = []
+    for entry, ref in zip(report.entries, reference, strict=True):
+        rows.append({"Structure": entry.structure, "Metric": entry.metric, "Unit": entry.unit,
+                     "Predicted": entry.value, "Predicted score": entry.score,
+                     "Reference": ref.value if ref else None, "Reference score": ref.score if ref else None,
+                     "Max score": entry.max_score,
+                     "Passed (predicted)": "" if entry.passed is None else ("yes" if entry.passed else "NO"),
+                     "Hard limit": "yes" if entry.hard else ""})
+    rows.append({"Structure": "Total", "Metric": report.template, "Unit": "points", "Predicted": report.total,
+                 "Predicted score": report.total,
+                 "Reference": reference_report.total if reference_report is not None else None,
+                 "Reference score": reference_report.total if reference_report is not None else None,
+                 "Max score": report.max_total, "Passed (predicted)": "", "Hard limit": ""})
+    return rows
+
+
+def add_scorecard_table(scene, report, reference_report=None, name: str = "DoseDiffusion scorecard"):
+    """A vtkMRMLTableNode of a :class:`~dosediffusion.metrics.scorecard.ScoreReport` (predicted) beside
+    the reference dose's (same template) when given: columns :data:`SCORECARD_COLUMNS`, one row per
+    entry and a last ``Total`` row. Doses in Gy or %Rx, volumes in % or cc as the entry's unit says."""
+    rows = scorecard_rows(report, reference_report)
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+    table = node.GetTable()
+    text = {"Structure", "Metric", "Unit", "Passed (predicted)", "Hard limit"}
+    for column in SCORECARD_COLUMNS:
+        _column(table, column, [row[column] for row in rows], "string" if column in text else "double")
+    table.SetNumberOfRows(len(rows))
+    node.Modified()
+    return node
+
+
+def table_rows(table_node) -> list[dict[str, Any]]:
+    """The rows of a table node as dicts (numbers as float, NaN → None); for tests and export."""
+    table = table_node.GetTable()
+    rows = []
+    for r in range(table.GetNumberOfRows()):
+        row = {}
+        for c in range(table.GetNumberOfColumns()):
+            column = table.GetColumn(c)
+            value = column.GetValue(r)
+            if isinstance(value, float) and math.isnan(value):
+                value = None
+            row[column.GetName()] = value
+        rows.append(row)
+    return rows

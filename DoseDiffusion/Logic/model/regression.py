@@ -1,0 +1,132 @@
+"""The regression comparator: MedNeXt (variant B: the architecture of the GDP-HMM challenge's
+baseline and top entries) predicting the dose channel directly from the condition channels.
+
+``MedNeXtRegressor`` stacks the condition channels in a fixed order (an absent modality is its
+background, −1), pads depth, height and width to multiples of 16 (MedNeXt halves them four
+times) with −1, and maps MedNeXt's single output through a sigmoid to the dose channel's
+[−1, 1] (``2·sigmoid − 1``), trained with an L1 loss. MONAI's implementation is used
+(``monai.networks.nets.MedNeXt`` with variant B's expansion ratios and block counts, kernel 3),
+imported when the model is built: ``pip install monai``.
+
+``RegressionPipeline`` has the pipeline folder format and the ``sample_channels`` /
+``__call__`` interface of :class:`~dosediffusion.model.pipeline.DoseDiffusionPipeline`, so
+``dosediffusion predict --model`` and evaluation run it alike (steps and seed do not matter).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from dosediffusion import __version__
+from dosediffusion.case import Case
+from dosediffusion.conditioning.prepare import PrepareConfig
+from dosediffusion.errors import InputError
+
+VARIANT_B = {"encoder_expansion_ratio": (2, 3, 4, 4), "decoder_expansion_ratio": (4, 4, 3, 2),
+             "bottleneck_expansion_ratio": 4, "blocks_down": (2, 2, 2, 2), "blocks_bottleneck": 2,
+             "blocks_up": (2, 2, 2, 2)}
+
+
+class MedNeXtRegressor(ModelMixin, ConfigMixin):
+    """Conditions (B, C, D, H, W) in [−1, 1] → dose channel (B, 1, D, H, W) in [−1, 1].
+
+    Args:
+        conditions: modality names, in channel order.
+        init_filters: width of the first stage (32 in MONAI's variant B).
+        kernel_size: 3 (the challenge baseline's).
+    """
+
+    @register_to_config
+    def __init__(self, conditions: Sequence[str] = ("ct", "ptv", "oar", "body", "beam_plate", "angle_plate"),
+                 init_filters: int = 32, kernel_size: int = 3):
+        super().__init__()
+        try:
+            from monai.networks.nets import MedNeXt
+        except ImportError:
+            raise InputError("the MedNeXt baseline needs MONAI: pip install monai") from None
+        self.net = MedNeXt(spatial_dims=3, in_channels=len(conditions), out_channels=1, init_filters=init_filters,
+                           kernel_size=kernel_size, use_residual_connection=True, norm_type="group", **VARIANT_B)
+
+    def stack(self, channels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 1, D, H, W) tensors by modality → (B, C, D, H, W), absent modalities at −1."""
+        like = next(iter(channels.values()))
+        return torch.cat([channels.get(m, torch.full_like(like, -1.0)) for m in self.config.conditions], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, h, w = x.shape[2:]
+        pads = [(-n) % 16 for n in (w, h, d)]
+        x = F.pad(x, (0, pads[0], 0, pads[1], 0, pads[2]), value=-1.0)
+        return 2 * torch.sigmoid(self.net(x)[:, :, :d, :h, :w]) - 1
+
+
+class RegressionPipeline:
+    """MedNeXt + preprocessing, with the diffusion pipeline's interface."""
+
+    def __init__(self, model: MedNeXtRegressor, preprocessing: PrepareConfig, target: str = "dose"):
+        self.model, self.preprocessing, self.target = model.eval(), preprocessing, target
+
+    def describe(self) -> dict:
+        return {"model": "MedNeXtRegressor", "modalities": [*self.model.config.conditions, self.target],
+                "target": self.target, "parameters": int(sum(p.numel() for p in self.model.parameters())),
+                "preprocessing": self.preprocessing.to_dict(), "version": __version__}
+
+    def check_channels(self, channels: dict[str, np.ndarray]) -> None:
+        unknown = sorted(set(channels) - set(self.model.config.conditions))
+        if unknown:
+            raise InputError(f"channels {unknown} are not conditions of this model; allowed: {list(self.model.config.conditions)}")
+        crop = tuple(self.preprocessing.crop_shape)
+        for name, array in channels.items():
+            if tuple(np.shape(array)) != crop or not np.all(np.isfinite(array)):
+                raise InputError(f"channel {name!r} must be finite and of the crop's shape {crop}")
+
+    @torch.no_grad()
+    def sample_channels(self, channels: dict[str, np.ndarray], steps: int = 1, seed: int = 0, num_candidates: int = 1,
+                        device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                        progress: Callable[[float, str], None] | None = None, cancel: Callable[[], bool] | None = None,
+                        clock=None) -> np.ndarray:
+        """Condition channels → (num_candidates, D, H, W) dose channels (all equal: regression is deterministic)."""
+        self.check_channels(channels)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(device)
+        x = self.model.stack({m: torch.from_numpy(np.asarray(c, np.float32))[None, None].to(device)
+                              for m, c in channels.items()})
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=device.type == "cuda"):
+            out = self.model(x).float().cpu().numpy()[:, 0]
+        if progress is not None:
+            progress(0.9, "regression done")
+        return np.repeat(out, num_candidates, axis=0)
+
+    def __call__(self, case: Case, steps: int = 1, seed: int = 0, num_candidates: int = 1,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, selection=None,
+                 scorecard=None, progress=None, cancel=None):
+        from dosediffusion.model.pipeline import predict_case
+
+        def sample(channels, steps, seed, num_candidates, progress=None, cancel=None):
+            return self.sample_channels(channels, steps, seed, num_candidates, device, dtype, progress, cancel)
+
+        return predict_case(sample, case, self.preprocessing, steps, seed, 1, None, None, progress, cancel)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        from dosediffusion.model.pipeline import write_pipeline_folder
+
+        return write_pipeline_folder(folder, {"_class_name": type(self).__name__, "_dosediffusion_version": __version__,
+                                              "model": type(self.model).__name__, "target": self.target},
+                                     self.preprocessing, {"model": self.model})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> RegressionPipeline:
+        folder = Path(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        if index.get("model") != "MedNeXtRegressor":
+            raise InputError(f"model class {index.get('model')!r} is not MedNeXtRegressor", folder)
+        preprocessing = PrepareConfig.from_dict(json.loads((folder / "preprocessing.json").read_text()))
+        return cls(MedNeXtRegressor.from_pretrained(folder / "model", torch_dtype=torch_dtype), preprocessing,
+                   index.get("target", "dose"))

@@ -1,0 +1,240 @@
+"""Client of the remote GPU worker (``dosediffusion serve``), for ``predict --remote`` and Slicer.
+
+The case is prepared here, only its condition channels travel (see :mod:`.wire`), and the
+candidates come back to be restored and selected here, through the same
+:func:`~dosediffusion.model.pipeline.predict_case` as a local prediction: the same model and seed
+give the same numbers. Idempotent requests are retried on connection errors (``retries`` times,
+backoff doubling from ``backoff_s``); a submission only when the connection could not be made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from dosediffusion.case import Case
+from dosediffusion.conditioning.prepare import PrepareConfig
+from dosediffusion.errors import Cancelled, InputError
+from dosediffusion.model.pipeline import DosePrediction, Progress, predict_case
+from dosediffusion.model.selection import Selector
+from dosediffusion.remote.wire import decode_result, encode_request
+
+
+class RemoteError(InputError):
+    """The worker could not be used; ``str(error)`` says why in one line."""
+
+
+class RemoteConnectionError(RemoteError):
+    """The worker could not be reached (after the retries)."""
+
+
+class RemoteAuthError(RemoteError):
+    """401: the token is missing or wrong."""
+
+
+class RemoteRequestTooLarge(RemoteError):
+    """413: the case's channels exceed the worker's request limit."""
+
+
+class RemoteRejected(RemoteError):
+    """422: the worker refused the request (the reason is in the message)."""
+
+
+class RemoteBusy(RemoteError):
+    """503: the worker's queue is full."""
+
+
+class RemoteJobNotFound(RemoteError):
+    """404: the job is unknown, expired or already fetched."""
+
+
+class RemoteJobFailed(RemoteError):
+    """The job ran and failed on the worker."""
+
+
+class RemoteServerError(RemoteError):
+    """5xx or an unreadable answer: a problem on the worker's side."""
+
+
+STATUS_ERRORS = {401: RemoteAuthError, 404: RemoteJobNotFound, 413: RemoteRequestTooLarge, 422: RemoteRejected,
+                 503: RemoteBusy}
+
+
+def read_token(path: str | PathLike) -> str:
+    """The bearer token in ``path`` (its first line, stripped); an empty or missing file is an error."""
+    try:
+        token = Path(path).read_text().strip().splitlines()
+    except OSError as error:
+        raise InputError(f"cannot read the token file ({error.strerror})", path) from None
+    if not token or not token[0].strip():
+        raise InputError("the token file is empty", path)
+    return token[0].strip()
+
+
+class RemoteClient:
+    """Talks to one worker at ``url`` (``http://host:port`` or ``https://``).
+
+    Args:
+        token: the bearer token (None for a ``--no-auth`` loopback worker).
+        retries: extra attempts after a connection error. timeout: seconds per request.
+        backoff_s: first wait between attempts (doubled each time). poll_s: longest wait of one status
+            long poll (so also how soon ``cancel`` is noticed).
+        verify: TLS verification: True (system/certifi CAs, or ``SSL_CERT_FILE``), a CA bundle path
+            (e.g. the worker's self-signed certificate), an ``ssl.SSLContext``, or False (never in a clinic).
+    """
+
+    def __init__(self, url: str, token: str | None = None, retries: int = 3, timeout: float = 60.0,
+                 backoff_s: float = 0.5, poll_s: float = 1.0, verify: bool | str | ssl.SSLContext = True,
+                 transport: httpx.BaseTransport | None = None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):  # a CA bundle (e.g. the worker's self-signed certificate)
+            verify = ssl.create_default_context(cafile=verify)
+        self.url, self.retries, self.backoff_s, self.poll_s = url.rstrip("/"), retries, backoff_s, poll_s
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify,
+                                 transport=transport)
+        self._info: dict[str, Any] | None = None
+        self.last_timing: dict[str, float] = {}
+
+    def __enter__(self) -> RemoteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ---- one endpoint each ---------------------------------------------------------------------
+    def health(self) -> bool:
+        return self._request("GET", "/health").json().get("status") == "ok"
+
+    def model_info(self) -> dict[str, Any]:
+        """``GET /model``: version, device, accepted ``modalities``, ``crop_shape``, ``preprocessing``…"""
+        if self._info is None:
+            self._info = self._request("GET", "/model").json()
+        return self._info
+
+    def submit(self, channels: Mapping[str, np.ndarray], steps: int, seed: int, num_candidates: int = 1) -> str:
+        """Send condition channels (D, H, W) → the job id."""
+        body = encode_request(channels, steps, seed, num_candidates)
+        limit = self.model_info().get("max_request_bytes")
+        if limit is not None and len(body) > limit:
+            raise RemoteRequestTooLarge(f"the request is {len(body)} bytes, the worker accepts at most {limit}",
+                                        self.url)
+        return self._request("POST", "/jobs", idempotent=False, content=body).json()["id"]
+
+    def status(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """``GET /jobs/{id}``: state (queued/running/done/failed/cancelled), step, steps, progress…;
+        with ``wait_s`` > 0 the worker answers when something changes (at most ``wait_s`` seconds)."""
+        return self._request("GET", f"/jobs/{job_id}", params={"wait_s": wait_s} if wait_s else None).json()
+
+    def result(self, job_id: str) -> tuple[np.ndarray, dict[str, float]]:
+        """The finished job's candidates (N, D, H, W) float32 and timing; the worker then forgets it."""
+        response = self._request("GET", f"/jobs/{job_id}/result")
+        try:
+            return decode_result(response.content)
+        except InputError as error:
+            raise RemoteServerError(f"unreadable result ({error.problem})", self.url) from None
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """``DELETE /jobs/{id}``: cancel (or drop the result of) a job."""
+        return self._request("DELETE", f"/jobs/{job_id}").json()
+
+    # ---- whole runs ----------------------------------------------------------------------------
+    def wait(self, job_id: str, progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> None:
+        """Poll until the job is done; report (fraction, message); cancel it on the worker and raise
+        :class:`Cancelled` when ``cancel()`` turns true; raise :class:`RemoteJobFailed` if it fails."""
+        report, last = progress or (lambda fraction, message: None), 0.0
+        while True:
+            if cancel is not None and cancel():
+                self.cancel(job_id)
+                raise Cancelled("cancelled; the worker was told to stop")
+            state = self.status(job_id, self.poll_s)
+            if state["state"] == "done":  # the fraction after the model is the caller's (restore, select)
+                return
+            if state["state"] == "queued":
+                message = f"waiting in the worker's queue (position {state['queue_position']})"
+            else:
+                message = state["message"]
+            last = max(last, float(state["progress"]))
+            report(last, message)
+            if state["state"] == "cancelled":
+                raise Cancelled(f"the job was cancelled on the worker ({state['message']})")
+            if state["state"] == "failed":
+                raise RemoteJobFailed(f"the job failed on the worker: {state['error']}", self.url)
+
+    def sample(self, channels: Mapping[str, np.ndarray], steps: int, seed: int, num_candidates: int = 1,
+               progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
+        """A sampler for :func:`predict_case`: channels (D, H, W) → candidates (N, D, H, W) float32."""
+        job_id = self.submit(channels, steps, seed, num_candidates)
+        try:
+            self.wait(job_id, progress, cancel)
+        except BaseException:  # interrupted, failed or cancelled: the worker need not keep the job
+            self._forget(job_id)
+            raise
+        candidates, self.last_timing = self.result(job_id)
+        return candidates
+
+    # ---- transport -----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
+        safe = httpx.TransportError if idempotent else (httpx.ConnectError, httpx.ConnectTimeout)
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+                break
+            except safe as error:
+                if attempt == self.retries:
+                    raise RemoteConnectionError(f"cannot reach the worker ({type(error).__name__}: {error})",
+                                                self.url) from None
+                time.sleep(self.backoff_s * 2**attempt)
+            except httpx.TransportError as error:
+                raise RemoteConnectionError(f"the connection failed during {method} {path} "
+                                            f"({type(error).__name__}); not retried", self.url) from None
+        if response.status_code < 400:
+            return response
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text[:200]
+        kind = STATUS_ERRORS.get(response.status_code, RemoteServerError if response.status_code >= 500 else RemoteError)
+        raise kind(f"{method} {path}: {response.status_code} {detail}", self.url)
+
+    def _forget(self, job_id: str) -> None:
+        with contextlib.suppress(RemoteError):
+            self.cancel(job_id)
+
+
+def predict_remote(
+    case: Case,
+    url: str,
+    token: str | None = None,
+    steps: int = 10,
+    seed: int = 0,
+    num_candidates: int = 1,
+    selection: str | Selector | None = None,
+    scorecard: str | dict | None = None,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    retries: int = 3,
+    timeout: float = 60.0,
+    verify: bool | str = True,
+) -> DosePrediction:
+    """Predict the dose of ``case`` on the worker at ``url``: the same result as the worker's
+    pipeline run locally (``pipeline(case, ...)``) for the same arguments. The timing adds the
+    worker's ``remote_queued`` and ``remote_run`` seconds."""
+    with RemoteClient(url, token, retries, timeout, verify=verify) as client:
+        info = client.model_info()
+        preprocessing = PrepareConfig.from_dict(info["preprocessing"])
+        prediction = predict_case(client.sample, case, preprocessing, steps, seed, num_candidates, selection,
+                                  scorecard, progress, cancel)
+        prediction.device, prediction.dtype = f"{info['device']} (remote)", info["dtype"]
+        prediction.timing_s.update({f"remote_{k.removesuffix('_s')}": v for k, v in client.last_timing.items()})
+        return prediction

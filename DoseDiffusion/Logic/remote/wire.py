@@ -1,0 +1,128 @@
+"""The worker's wire format: safetensors bodies (never pickle, never file paths).
+
+Request (``POST /jobs``): one tensor per condition channel, named by modality (``ct``, ``ptv``, …),
+float16 or float32, each of the model's crop shape (D, H, W); the safetensors metadata holds
+``"options"``: JSON ``{"steps": 1–50, "seed": int, "num_candidates": 1–16}``.
+
+Result (``GET /jobs/{id}/result``): one tensor ``candidates`` (N, D, H, W) float32 (the target
+channels on the crop, as :meth:`~dosediffusion.model.pipeline.DoseDiffusionPipeline.sample_channels`
+returns them); metadata ``"timing"``: JSON seconds per stage.
+
+The header is parsed and checked here before ``safetensors`` reads any tensor, so a bad body costs
+no more than its header; every problem is an :class:`~dosediffusion.errors.InputError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from dosediffusion.errors import InputError
+from dosediffusion.model.sampling import MAX_STEPS
+
+MAX_CANDIDATES = 16
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+REQUEST_DTYPES = {"F16": np.float16, "F32": np.float32}
+OPTION_KEYS = ("steps", "seed", "num_candidates")
+MAX_HEADER_BYTES = 1 << 20
+
+
+def encode_request(channels: Mapping[str, np.ndarray], steps: int, seed: int, num_candidates: int = 1) -> bytes:
+    """Condition channels (D, H, W) and sampling options → request body. Channels are sent as
+    float32 (float16 is accepted by the worker but would change the prediction)."""
+    options = {"steps": int(steps), "seed": int(seed), "num_candidates": int(num_candidates)}
+    check_options(options)
+    tensors = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in channels.items()}
+    return save(tensors, metadata={"options": json.dumps(options)})
+
+
+def decode_request(body: bytes, crop_shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Request body → (channels as float32 (D, H, W), options). Checks the header (tensor names are
+    checked by the pipeline), dtypes (float16/float32), shapes (``crop_shape``) and options."""
+    header, metadata = _header(body)
+    if set(metadata) != {"options"}:
+        raise InputError(f"the metadata must hold exactly 'options', got {sorted(metadata)}")
+    try:
+        options = json.loads(metadata["options"])
+    except json.JSONDecodeError:
+        raise InputError("'options' is not JSON") from None
+    check_options(options)
+    if not header:
+        raise InputError("the request holds no condition channel")
+    for name, info in header.items():
+        if info.get("dtype") not in REQUEST_DTYPES:
+            raise InputError(f"channel {name!r} has dtype {info.get('dtype')!r}; allowed: {sorted(REQUEST_DTYPES)}")
+        if tuple(info.get("shape", ())) != tuple(crop_shape):
+            raise InputError(f"channel {name!r} has shape {tuple(info.get('shape', ()))}, the model's crop is "
+                             f"{tuple(crop_shape)}")
+    tensors = _load(body)
+    return {name: array.astype(np.float32, copy=False) for name, array in tensors.items()}, options
+
+
+def check_options(options: object) -> None:
+    """Raise :class:`InputError` unless ``options`` is ``{"steps", "seed", "num_candidates"}`` with
+    integers in range (1–50 steps, 1–16 candidates, a 64-bit seed)."""
+    if not isinstance(options, dict):
+        raise InputError("'options' must be a JSON object")
+    unknown, missing = sorted(set(options) - set(OPTION_KEYS)), [k for k in OPTION_KEYS if k not in options]
+    if unknown or missing:
+        raise InputError(f"options: unknown {unknown}, missing {missing}; expected exactly {list(OPTION_KEYS)}")
+    limits = {"steps": (1, MAX_STEPS), "seed": SEED_RANGE, "num_candidates": (1, MAX_CANDIDATES)}
+    for key, (low, high) in limits.items():
+        value = options[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InputError(f"options: {key} must be an integer, got {type(value).__name__}")
+        if not low <= value <= high:
+            raise InputError(f"options: {key} must be between {low} and {high}, got {value}")
+
+
+def encode_result(candidates: np.ndarray, timing: Mapping[str, float]) -> bytes:
+    """Candidates (N, D, H, W) and timing (seconds per stage) → result body."""
+    array = np.ascontiguousarray(candidates, dtype=np.float32)
+    return save({"candidates": array}, metadata={"timing": json.dumps({k: float(v) for k, v in timing.items()})})
+
+
+def decode_result(body: bytes, crop_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Result body → (candidates (N, D, H, W) float32, timing); ``crop_shape`` checks (D, H, W)."""
+    header, metadata = _header(body)
+    info = header.get("candidates", {})
+    if set(header) != {"candidates"} or info.get("dtype") != "F32" or len(info.get("shape", ())) != 4:
+        raise InputError("the result must hold one float32 tensor 'candidates' (N, D, H, W)")
+    if crop_shape is not None and tuple(info["shape"][1:]) != tuple(crop_shape):
+        raise InputError(f"the result's shape {tuple(info['shape'])} does not match the crop {tuple(crop_shape)}")
+    try:
+        timing = json.loads(metadata.get("timing", "{}"))
+    except json.JSONDecodeError:
+        raise InputError("the result's timing is not JSON") from None
+    return _load(body)["candidates"], timing
+
+
+def _header(body: bytes) -> tuple[dict[str, dict], dict[str, str]]:
+    """The safetensors header of ``body``: (tensor name → {dtype, shape, data_offsets}, metadata)."""
+    if len(body) < 8:
+        raise InputError("the body is not a safetensors file (too short)")
+    (size,) = struct.unpack("<Q", body[:8])
+    if size > min(MAX_HEADER_BYTES, len(body) - 8):
+        raise InputError("the body is not a safetensors file (bad header length)")
+    try:
+        header = json.loads(body[8 : 8 + size])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError("the body is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        raise InputError("the body is not a safetensors file (header is not an object of objects)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not all(isinstance(v, str) for v in metadata.values()):
+        raise InputError("the safetensors metadata must map strings to strings")
+    return header, metadata
+
+
+def _load(body: bytes) -> dict[str, np.ndarray]:
+    try:
+        return load(body)
+    except (SafetensorError, ValueError, TypeError) as error:
+        raise InputError(f"the body is not a valid safetensors file ({error})") from None

@@ -1,0 +1,382 @@
+"""The remote GPU worker on loopback: wire format, job queue, auth, limits, validation, cancel,
+concurrent and reconnecting clients, and remote == local for a fixed seed."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from model_builders import tiny_pipeline  # noqa: E402
+from phantoms import make_phantom_case  # noqa: E402
+from safetensors.numpy import save  # noqa: E402
+
+from dosediffusion.cli.main import main  # noqa: E402
+from dosediffusion.conditioning.prepare import prepare  # noqa: E402
+from dosediffusion.errors import Cancelled, InputError  # noqa: E402
+from dosediffusion.io.volume_sidecar import read_volume  # noqa: E402
+from dosediffusion.remote import wire  # noqa: E402
+from dosediffusion.remote.client import (  # noqa: E402
+    RemoteAuthError,
+    RemoteBusy,
+    RemoteClient,
+    RemoteConnectionError,
+    RemoteError,
+    RemoteJobNotFound,
+    RemoteRejected,
+    RemoteRequestTooLarge,
+    RemoteServerError,
+    predict_remote,
+)
+from dosediffusion.remote.jobs import JobQueue, QueueFull  # noqa: E402
+from dosediffusion.remote.server import create_app, serve_in_thread  # noqa: E402
+
+TOKEN = "a-test-token-of-some-length"
+LIMIT = 2**20  # bytes; a request for the tiny model is about 0.22 MiB
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_phantom_case(spacing=(5.0, 5.0, 5.0))[0]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The worker's model, run locally."""
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def channels(case, reference):
+    return prepare(case, reference.preprocessing, include_dose=False).channels
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """(url, runs): a worker on loopback with the tiny model; ``runs`` records (start, end) of each model call."""
+    pipe, runs, lock = tiny_pipeline(), [], threading.Lock()
+    sample = pipe.sample_channels
+
+    def recorded(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return sample(*args, **kwargs)
+        finally:
+            with lock:
+                runs.append((start, time.perf_counter()))
+
+    pipe.sample_channels = recorded
+    with serve_in_thread(create_app(pipe, TOKEN, LIMIT, device="cpu", max_queued=4)) as url:
+        yield url, runs
+
+
+def client(url, **kwargs):
+    return RemoteClient(url, TOKEN, **{"poll_s": 0.2, **kwargs})
+
+
+# ---- wire format and queue, without a server ------------------------------------------------------
+def test_wire_round_trip_and_checks(channels):
+    crop = next(iter(channels.values())).shape
+    body = wire.encode_request(channels, steps=3, seed=-7, num_candidates=2)
+    decoded, options = wire.decode_request(body, crop)
+    assert options == {"steps": 3, "seed": -7, "num_candidates": 2}
+    assert all(np.array_equal(decoded[m], channels[m]) and decoded[m].dtype == np.float32 for m in channels)
+    half = save({"ct": channels["ct"].astype(np.float16)}, metadata={"options": json.dumps(options)})
+    assert wire.decode_request(half, crop)[0]["ct"].dtype == np.float32
+    candidates = np.random.default_rng(0).random((2, *crop), dtype=np.float32)
+    back, timing = wire.decode_result(wire.encode_result(candidates, {"run_s": 1.5}), crop)
+    assert np.array_equal(back, candidates) and timing == {"run_s": 1.5}
+    for options, message in (({"steps": 0, "seed": 0, "num_candidates": 1}, "between 1 and 50"),
+                             ({"steps": 2, "seed": 0, "num_candidates": 17}, "between 1 and 16"),
+                             ({"steps": True, "seed": 0, "num_candidates": 1}, "integer"),
+                             ({"steps": 2, "seed": 2**64, "num_candidates": 1}, "seed must be between"),
+                             ({"steps": 2, "seed": 0}, "missing"), ([], "JSON object")):
+        with pytest.raises(InputError, match=message):
+            wire.check_options(options)
+
+
+def test_queue_runs_one_job_at_a_time_and_forgets_results():
+    clock, active, peak, order = [0.0], [0], [0], []
+    release = threading.Event()
+
+    def runner(job):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        release.wait(5)
+        order.append(job.options["seed"])
+        active[0] -= 1
+        if job.options["seed"] == 3:
+            raise InputError("bad case")
+        if job.options["seed"] == 4:
+            raise RuntimeError("patient name must not leak")
+        return np.full((1, 2, 2, 2), job.options["seed"], np.float32)
+
+    queue = JobQueue(runner, max_queued=3, ttl_s=10.0, clock=lambda: clock[0])
+    try:
+        jobs = [queue.submit({}, {"steps": 1, "seed": 0, "num_candidates": 1})]
+        deadline = time.monotonic() + 5
+        while queue.status(jobs[0].id)["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        jobs += [queue.submit({}, {"steps": 1, "seed": s, "num_candidates": 1}) for s in range(1, 4)]
+        assert [queue.status(j.id)["queue_position"] for j in jobs] == [0, 1, 2, 3]
+        with pytest.raises(QueueFull):
+            queue.submit({}, {"steps": 1, "seed": 9, "num_candidates": 1})
+        assert queue.cancel(jobs[1].id).state == "cancelled"
+        queue.submit({}, {"steps": 1, "seed": 4, "num_candidates": 1})
+        release.set()
+        deadline = time.monotonic() + 5
+        while any(j.state not in ("done", "failed", "cancelled") for j in queue.jobs.values()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert peak[0] == 1 and order == [0, 2, 3, 4]
+        states = {queue.jobs[j].options["seed"]: (queue.jobs[j].state, queue.jobs[j].error) for j in queue.jobs}
+        assert states[3] == ("failed", "bad case") and states[4][1] == "internal error on the worker (RuntimeError)"
+        done = queue.take_result(jobs[0].id)
+        assert done.result[0, 0, 0, 0] == 0 and done.channels is None and queue.status(jobs[0].id) is None
+        clock[0] = 11.0  # past the TTL: every finished job is gone
+        assert queue.status(jobs[2].id) is None and not queue.jobs
+    finally:
+        queue.close()
+
+
+# ---- the worker over HTTP ---------------------------------------------------------------------------
+def test_health_needs_no_token_and_tells_nothing_else(worker):
+    url, _ = worker
+    response = httpx.get(f"{url}/health")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        assert httpx.get(f"{url}/model", headers=headers).status_code == 401
+        assert httpx.post(f"{url}/jobs", content=b"x", headers=headers).status_code == 401
+        assert httpx.get(f"{url}/jobs/abc", headers=headers).status_code == 401
+        assert httpx.delete(f"{url}/jobs/abc", headers=headers).status_code == 401
+    with pytest.raises(RemoteAuthError, match="401"):
+        RemoteClient(url, "wrong-token").model_info()
+    info = client(url).model_info()
+    assert info["device"] == "cpu" and info["crop_shape"] == [9, 32, 32] and "dose" not in info["modalities"]
+    assert set(info["modalities"]) == {"ct", "ptv", "oar", "body", "beam_plate", "angle_plate"}
+    assert httpx.get(f"{url}/docs").status_code == 404 and httpx.get(f"{url}/openapi.json").status_code == 404
+
+
+def test_oversized_bodies_are_refused(worker, channels):
+    url, _ = worker
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:  # refused from the header alone
+        raw.sendall(f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Length: {50 * 2**30}\r\n\r\n".encode())
+        assert raw.recv(200).startswith(b"HTTP/1.1 413")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(f"{url}/jobs", content=b"x" * (LIMIT + 1), headers=headers).status_code == 413
+    chunks = (b"x" * 2**16 for _ in range(LIMIT // 2**16 + 2))  # no Content-Length: counted while streaming
+    assert httpx.post(f"{url}/jobs", content=chunks, headers=headers).status_code == 413
+    big = {m: np.zeros((9, 32, 32), np.float32) for m in ("ct", "ptv", "oar", "body", "beam_plate")}
+    with pytest.raises(RemoteRequestTooLarge):  # the client checks the limit before sending
+        client(url).submit({**big, **{f"x{i}": big["ct"] for i in range(25)}}, steps=1, seed=0)
+
+
+def test_malformed_requests_get_422_with_the_reason(worker, channels):
+    url, _ = worker
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    options = {"options": json.dumps({"steps": 2, "seed": 0, "num_candidates": 1})}
+    ct = channels["ct"]
+    bad = {
+        "not safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!", "not a safetensors"),
+        "empty": (b"", "too short"),
+        "wrong shape": (save({"ct": ct[:-1]}, options), "crop is"),
+        "int16": (save({"ct": ct.astype(np.int16)}, options), "dtype 'I16'"),
+        "float64": (save({"ct": ct.astype(np.float64)}, options), "dtype 'F64'"),
+        "unknown channel": (save({"mri": ct}, options), "not conditions"),
+        "the target": (save({"dose": ct}, options), "not conditions"),
+        "nan": (save({"ct": np.full_like(ct, np.nan)}, options), "finite"),
+        "no options": (save({"ct": ct}), "exactly 'options'"),
+        "extra metadata": (save({"ct": ct}, {**options, "path": "/etc/passwd"}), "exactly 'options'"),
+        "options not JSON": (save({"ct": ct}, {"options": "{"}), "not JSON"),
+        "unknown option": (save({"ct": ct}, {"options": json.dumps({"steps": 2, "seed": 0, "num_candidates": 1,
+                                                                    "device": "cuda"})}), "unknown \\['device'\\]"),
+        "too many steps": (save({"ct": ct}, {"options": json.dumps({"steps": 51, "seed": 0, "num_candidates": 1})}),
+                           "between 1 and 50"),
+        "no channel": (save({}, options), "no condition channel"),
+    }
+    for name, (body, reason) in bad.items():
+        response = httpx.post(f"{url}/jobs", content=body, headers=headers)
+        assert response.status_code == 422, name
+        assert re.search(reason, response.json()["detail"]), (name, response.json())
+    truncated = wire.encode_request({"ct": ct}, 1, 0)[:-100]
+    assert httpx.post(f"{url}/jobs", content=truncated, headers=headers).status_code == 422
+    with pytest.raises(RemoteRejected, match="not conditions"):
+        client(url).submit({"mri": ct}, steps=1, seed=0)
+    with pytest.raises(RemoteJobNotFound):
+        client(url).status("no-such-job")
+
+
+def test_remote_prediction_equals_local(worker, case, reference):
+    url, _ = worker
+    fractions = []
+    remote = predict_remote(case, url, TOKEN, steps=2, seed=3, num_candidates=2,
+                            progress=lambda f, m: fractions.append(f))
+    local = reference(case, steps=2, seed=3, num_candidates=2, device="cpu")
+    assert np.array_equal(remote.dose_gy, local.dose_gy)
+    assert all(np.array_equal(r, v) for r, v in zip(remote.candidates_gy, local.candidates_gy, strict=True))
+    assert remote.selected == local.selected and remote.selection_scores == local.selection_scores
+    assert remote.device == "cpu (remote)" and {"remote_queued", "remote_run", "model"} <= set(remote.timing_s)
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+
+
+def test_cancel_a_running_job(worker, channels):
+    url, _ = worker
+    with client(url) as remote:
+        job = remote.submit(channels, steps=50, seed=0)
+        deadline = time.monotonic() + 30
+        while (state := remote.status(job, 0.5))["step"] < 1 and time.monotonic() < deadline:
+            pass
+        assert state["state"] == "running" and state["steps"] == 50
+        assert remote.cancel(job)["state"] == "cancelling"
+        while (state := remote.status(job, 0.5))["state"] == "running" and time.monotonic() < deadline:
+            pass
+        assert state["state"] == "cancelled" and state["step"] < 50 and state["error"] is None
+        with pytest.raises(RemoteError, match="409 job is cancelled"):
+            remote.result(job)
+        messages = []
+
+        def cancel_after_first_step():
+            return any(m.startswith("step") for m in messages)
+
+        with pytest.raises(Cancelled):
+            remote.sample(channels, steps=50, seed=0, progress=lambda f, m: messages.append(m),
+                          cancel=cancel_after_first_step)
+
+
+def test_two_clients_at_once_are_served_in_turn(worker, channels, reference):
+    url, runs = worker
+    results, errors, start = {}, [], time.perf_counter()
+
+    def one(seed):
+        try:
+            with client(url) as remote:
+                results[seed] = remote.sample(channels, steps=2, seed=seed)
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in (11, 12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and sorted(results) == [11, 12]
+    for seed, candidates in results.items():
+        assert np.array_equal(candidates, reference.sample_channels(channels, 2, seed, device="cpu"))
+    spans = sorted(runs)
+    assert sum(begin >= start for begin, _ in spans) == 2
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # one model call at a time
+
+
+def test_a_job_outlives_its_client(worker, channels, reference):
+    url, _ = worker
+    first = client(url)
+    job = first.submit(channels, steps=2, seed=5)
+    first.close()  # the client goes away (its connections with it)
+    with client(url) as second:
+        second.wait(job)
+        candidates, timing = second.result(job)
+        assert np.array_equal(candidates, reference.sample_channels(channels, 2, 5, device="cpu"))
+        assert timing["run_s"] > 0
+        deadline = time.monotonic() + 5  # the result is removed once it has been sent
+        while time.monotonic() < deadline:
+            try:
+                second.status(job)
+            except RemoteJobNotFound:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the fetched job is still there")
+
+
+# ---- client behaviour against a fake transport ------------------------------------------------------
+def test_client_retries_connection_errors_then_explains():
+    calls = []
+
+    def flaky(request):
+        calls.append(request.url.path)
+        if len(calls) <= 2:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, json={"status": "ok"})
+
+    assert RemoteClient("http://worker", transport=httpx.MockTransport(flaky), backoff_s=0.01).health()
+    assert len(calls) == 3
+    down = RemoteClient("http://worker", retries=2, backoff_s=0.01,
+                        transport=httpx.MockTransport(lambda r: (_ for _ in ()).throw(httpx.ConnectError("no"))))
+    with pytest.raises(RemoteConnectionError, match="cannot reach the worker"):
+        down.health()
+    for status, kind in ((500, RemoteServerError), (503, RemoteBusy), (413, RemoteRequestTooLarge)):
+        answer = RemoteClient("http://worker", transport=httpx.MockTransport(
+            lambda r, s=status: httpx.Response(s, json={"detail": "why"})))
+        with pytest.raises(kind, match=f"{status} why") as caught:
+            answer.health()
+        assert isinstance(caught.value, InputError)
+
+
+# ---- the serve command --------------------------------------------------------------------------------
+def test_serve_refuses_unsafe_settings(tmp_path, capsys):
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    for argv, message in ((["--host", "0.0.0.0"], "non-loopback host '0.0.0.0' without --token-file"),
+                          (["--host", "0.0.0.0", "--no-auth"], "non-loopback"),
+                          ([], "give --token-file"),
+                          (["--token-file", str(short)], "shorter than 16"),
+                          (["--token-file", str(tmp_path / "missing")], "cannot read the token file")):
+        assert main(["serve", "--model", str(tmp_path), *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_serve_command_runs_a_worker(tmp_path):
+    model = tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    process = subprocess.Popen([sys.executable, "-m", "dosediffusion.cli.main", "serve", "--model", str(model),
+                                "--port", str(port), "--token-file", str(token), "--device", "cpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert client(url).model_info()["device"] == "cpu"
+        assert httpx.get(f"{url}/model").status_code == 401
+    finally:
+        process.terminate()
+        log = process.communicate(timeout=30)[0]
+    assert "serving on http://127.0.0.1" in log and TOKEN not in log
+
+
+def test_predict_remote_writes_the_local_files(worker, phantom_dicom, tmp_path):
+    url, _ = worker
+    folder = phantom_dicom[0]
+    model = tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    common = [str(folder), "--steps", "2", "--seed", "4", "--no-report", "--scorecard", "none"]
+    assert main(["predict", *common, "--out", str(tmp_path / "local"), "--model", str(model), "--device", "cpu"]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "remote"), "--remote", url,
+                 "--token-file", str(token)]) == 0
+    local, remote = (read_volume(tmp_path / side / folder.name / "dose.nrrd")[0] for side in ("local", "remote"))
+    assert np.array_equal(local, remote)
+    summary = json.loads((tmp_path / "remote" / folder.name / "summary.json").read_text())
+    assert summary["device"] == "cpu (remote)"
+    assert main(["predict", *common, "--out", str(tmp_path / "x"), "--remote", url]) == 1  # no token: 401, reported

@@ -1,0 +1,256 @@
+"""Stage C (ScardNFT): reward, optimality, the NFT loss, LoRA trainability, exact resume, merging."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dosediffusion.metrics.scorecard import EntryResult, ScoreReport
+from dosediffusion.model.any2any import Any2AnyDiT
+from dosediffusion.model.configs import TINY
+from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion_training.data.compact import write_compact
+from dosediffusion_training.synth.phantom import make_phantom
+from dosediffusion_training.training.config import RunConfig, TrainSettings
+from dosediffusion_training.training.lora import (
+    PolicyState,
+    add_lora,
+    ema_update,
+    is_modulation,
+    load_adapter,
+    merge_into_pipeline,
+    policy,
+)
+from dosediffusion_training.training.reward import hard_violation, masked_mae, optimality, reward, update_scale
+from dosediffusion_training.training.scardnft import Templates, nft_loss, scardnft_loss, train_scardnft
+
+# ---- reward -------------------------------------------------------------------------------------
+
+
+def _entry(value, hard=True):
+    return EntryResult("S", "MaxDose", value, "Gy", 1.0, 1.0, None, hard)
+
+
+def test_hinge_counts_only_hard_limits_beyond_them():
+    template = {"entries": [{"limit": {"max": 50, "hard": True}}, {"limit": {"min": 95, "hard": True}},
+                            {"limit": {"max": 10}}, {"limit": {"max": 5, "min": 1, "hard": True}},
+                            {"limit": {"max": 1, "hard": True}}]}
+    report = ScoreReport("t", [_entry(53.5), _entry(90.0), _entry(99.0, hard=False), _entry(3.0), _entry(None)])
+    assert hard_violation(report, template) == pytest.approx(3.5 + 5.0)  # 3.5 Gy over, 5 below, others inside/absent
+    with pytest.raises(ValueError):
+        hard_violation(ScoreReport("t", report.entries[:2]), template)
+
+
+def test_reward_and_mae():
+    dose, ref = np.array([[1.0, 2.0], [3.0, 10.0]]), np.array([[1.5, 2.0], [2.0, 0.0]])
+    mask = np.array([[True, True], [True, False]])
+    assert masked_mae(dose, ref, mask) == pytest.approx(0.5)
+    assert masked_mae(dose, ref) == pytest.approx(11.5 / 4)
+    assert reward(7.0, 2.0, 0.5, lambda_hinge=1.5, lambda_mae=4.0) == pytest.approx(7.0 - 3.0 - 2.0)
+
+
+def test_optimality_and_running_scale():
+    rewards = np.array([[1.0, 3.0], [5.0, 5.0]])  # std 1 and 0: spread 0.5
+    scale = update_scale(None, rewards, decay=0.9)
+    assert scale == pytest.approx(0.5)
+    assert update_scale(scale, [[0.0, 4.0]], decay=0.9) == pytest.approx(0.9 * 0.5 + 0.1 * 2.0)
+    r = optimality(rewards, 0.5)
+    np.testing.assert_allclose(r, [[0.0, 1.0], [0.5, 0.5]])  # ±1 / 0.5 clipped to ±1
+    np.testing.assert_allclose(optimality([[1.0, 1.5]], 1.0), [[0.375, 0.625]])
+    np.testing.assert_allclose(optimality([[1.0, 3.0]], 0.0), [[0.5, 0.5]])
+
+
+def test_auto_scorecard_follows_the_prescription():
+    from dosediffusion.metrics.scorecard import load_template
+    from dosediffusion.metrics.scorecard_choice import suggest_template
+
+    case = make_phantom(0, shape=(12, 32, 40))
+    assert Templates("auto")(case) == load_template(suggest_template(case))
+    assert Templates("prostate_78")(case)["name"].startswith("Prostate")
+
+
+# ---- the NFT loss -------------------------------------------------------------------------------
+
+
+def test_nft_loss_matches_a_hand_computation():
+    v_theta = torch.tensor([[1.0, 3.0], [0.0, -2.0]])
+    v_old = torch.tensor([[0.0, 1.0], [2.0, 2.0]])
+    v_star = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    r, beta = torch.tensor([0.75, 0.0]), 0.5
+    # v+ = 0.5 v_old + 0.5 v_theta, v- = 1.5 v_old - 0.5 v_theta
+    pos = torch.tensor([[0.5, 2.0], [1.0, 0.0]])
+    neg = torch.tensor([[-0.5, 0.0], [3.0, 4.0]])
+    e_pos = ((pos - v_star) ** 2).mean(1)  # [0.625, 0.5]
+    e_neg = ((neg - v_star) ** 2).mean(1)  # [1.25, 12.5]
+    expected = (r * e_pos + (1 - r) * e_neg).mean()
+    assert nft_loss(v_theta, v_old, v_star, r, beta, adaptive=False).item() == pytest.approx(expected.item())
+    assert expected.item() == pytest.approx((0.75 * 0.625 + 0.25 * 1.625 + 12.5) / 2)
+    w_pos, w_neg = (pos - v_star).abs().mean(1), (neg - v_star).abs().mean(1)
+    adaptive = (r * e_pos / w_pos + (1 - r) * e_neg / w_neg).mean()
+    assert nft_loss(v_theta, v_old, v_star, r, beta).item() == pytest.approx(adaptive.item())
+
+
+def _tiny_model(seed=0) -> Any2AnyDiT:
+    torch.manual_seed(seed)
+    return Any2AnyDiT(**TINY)
+
+
+def _latents(seed, batch=1):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(batch, 4, 2, 4, 4, generator=g) for m in ("ct", "ptv", "dose")}
+
+
+def _nft_step(r_value: float) -> tuple[float, float]:
+    """Distance of the current policy's velocity to v* before and after one SGD step on L_NFT alone."""
+    model = _tiny_model()
+    add_lora(model, rank=4)
+    state = PolicyState(model)
+    lat = _latents(1)
+    x0, eps = lat.pop("dose"), torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    s = torch.tensor([0.6])
+    x_s, v_star = (1 - s) * x0 + s * eps, eps - x0
+
+    def velocity():
+        return model({**lat, "dose": x_s}, s * 1000, ["dose"]).sample["dose"]
+
+    with torch.no_grad(), policy(model, "old", state):
+        v_old = velocity()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-2)
+    v = velocity()
+    before = torch.mean((v - v_star) ** 2).item()
+    nft_loss(v, v_old, v_star, torch.tensor([r_value]), beta=1.0).backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = torch.mean((velocity() - v_star) ** 2).item()
+    return before, after
+
+
+def test_optimality_one_pulls_toward_the_candidate_and_zero_pushes_away():
+    before, after = _nft_step(1.0)
+    assert after < before
+    before, after = _nft_step(0.0)
+    assert after > before
+
+
+def test_only_lora_and_modulation_train():
+    model = _tiny_model()
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    add_lora(model, rank=4)
+    state = PolicyState(model)
+    settings = TrainSettings(stage="C", scorecard="lung_60", num_candidates=2, reference_weight=0.1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    lat = _latents(3, batch=2)
+    x0 = lat.pop("dose")
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        candidates = torch.randn(4, 4, 2, 4, 4, generator=g)
+        loss, parts = scardnft_loss(model, model, state, settings, "dose", lat, x0, torch.randn(x0.shape, generator=g),
+                                    torch.rand(2, generator=g), candidates, torch.randn(candidates.shape, generator=g),
+                                    torch.rand(4, generator=g), torch.tensor([0.0, 1.0, 0.3, 0.7]))
+        loss.backward()
+        for name, p in model.named_parameters():
+            trains = ".lora_A.default." in name or ".lora_B.default." in name or is_modulation(name)
+            assert p.requires_grad == trains, name
+            assert (p.grad is not None) == trains, name
+        optimizer.step()
+        optimizer.zero_grad()
+        ema_update(model, state, 0.5)
+        assert np.isfinite(parts["nft"]) and parts["reference"] >= 0
+    named = dict(model.named_parameters())
+    for name, value in base.items():
+        current = named.get(name) if name in named else named[name.rsplit(".", 1)[0] + ".base_layer." + name.rsplit(".", 1)[1]]
+        if is_modulation(name):
+            assert not torch.equal(current, value), name
+        else:
+            assert torch.equal(current, value), name
+    assert any(not torch.equal(p, named[n.replace(".default.", ".old.")]) for n, p in named.items() if ".lora_B.default." in n)
+
+
+# ---- the stage C loop ---------------------------------------------------------------------------
+
+
+def _dose(case):
+    from scipy import ndimage
+
+    dose = np.zeros(case.grid.shape, np.float32)
+    for ptv in case.with_role("ptv"):
+        dose = np.maximum(dose, ptv.mask * np.float32(ptv.prescription_gy))
+    return ndimage.gaussian_filter(dose, 2.0) * case.body.mask
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compact")
+    for seed in range(2):
+        case = make_phantom(seed, shape=(12, 32, 40))
+        case.dose = _dose(case)
+        write_compact(case, folder / f"{case.case_id}.case.npz")
+    return folder
+
+
+def _config(tmp_path, data, **train) -> RunConfig:
+    raw = {"data": {"folder": str(data)}, "preprocessing": {"crop_shape": [9, 32, 32], "spacing_mm": [5.0, 5.0, 5.0]},
+           "codec": {"type": "patch", "factors": [1, 4, 4]}, "model": {"size": "tiny", "patch_size": [1, 2, 2]},
+           "train": {"stage": "C", "scorecard": "lung_60", "num_candidates": 2, "candidate_steps": 2, "lora_rank": 4,
+                     "steps": 4, "batch_size": 1, "learning_rate": 1e-2, "warmup_steps": 1, "checkpoint_every": 2,
+                     "reference_weight": 0.01, **train}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return RunConfig.from_yaml(path)
+
+
+def test_stage_c_resumes_exactly_and_merges(tmp_path, data):
+    straight = train_scardnft(_config(tmp_path, data), tmp_path / "a")
+    config = _config(tmp_path, data)
+    config.train.steps = 2
+    train_scardnft(config, tmp_path / "b")
+    resumed = train_scardnft(_config(tmp_path, data), tmp_path / "b")
+    a = DoseDiffusionPipeline.from_pretrained(straight).model.state_dict()
+    b = DoseDiffusionPipeline.from_pretrained(resumed).model.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [json.loads(line) for line in (tmp_path / "b" / "loss.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in logs] == [1, 2, 3, 4]
+    straight_logs = [json.loads(line) for line in (tmp_path / "a" / "loss.jsonl").read_text().splitlines()]
+    assert [x["reward_scale"] for x in logs] == [x["reward_scale"] for x in straight_logs]
+    assert all(np.isfinite(x["loss"]) and x["reward_scale"] >= 0 for x in logs)
+
+    # the merged pipeline predicts what the adapter on top of the starting model predicts
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    from dosediffusion_training.training.loop import build_pipeline
+
+    build_pipeline(_config(tmp_path, data)).save_pretrained(start)  # the same random start (seed 0)
+    on_top = load_adapter(DoseDiffusionPipeline.from_pretrained(start), tmp_path / "a" / "adapter")
+    merged = DoseDiffusionPipeline.from_pretrained(merge_into_pipeline(start, tmp_path / "a" / "adapter",
+                                                                      tmp_path / "merged"))
+    lat = {m: torch.randn(1, 16, 9, 8, 8, generator=torch.Generator().manual_seed(5)) for m in ("ct", "ptv", "dose")}
+    t = torch.tensor([400.0])
+    with torch.no_grad():
+        expected = on_top.model(lat, t).sample["dose"]
+        got = merged.model(lat, t).sample["dose"]
+        trained = DoseDiffusionPipeline.from_pretrained(straight).model(lat, t).sample["dose"]
+        plain = DoseDiffusionPipeline.from_pretrained(start).model(lat, t).sample["dose"]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trained, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, expected)
+
+
+def test_fit_command_runs_stage_c_and_merge_lora(tmp_path, data):
+    from dosediffusion_training.cli import main
+
+    config = _config(tmp_path, data, steps=1, checkpoint_every=1)
+    raw = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    assert raw["train"]["stage"] == "C" and config.train.steps == 1
+    raw["train"]["steps"] = 1
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["fit", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert main(["merge-lora", "--pipeline", str(tmp_path / "run" / "pipeline"), "--adapter",
+                 str(tmp_path / "run" / "adapter"), "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model_index.json").is_file()

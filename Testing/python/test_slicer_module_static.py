@@ -1,0 +1,152 @@
+"""Static checks of the Slicer module (no Slicer application needed): the module and its scripts
+compile, the widget names the code uses exist in the ``.ui`` file (and the ``.ui`` widgets the code
+needs are used), the parameter-node names in the ``.ui`` are parameters, and the extension's CMake
+file lists every Python file of the module and of the core ``Logic/`` package."""
+
+from __future__ import annotations
+
+import ast
+import py_compile
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "DoseDiffusion"
+MODULE_FILE = MODULE_DIR / "DoseDiffusion.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "DoseDiffusion.ui"
+CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
+
+#: Widgets the module needs (outside the ones wired through SlicerParameterName).
+REQUIRED_WIDGETS = {
+    "ctSelector", "segmentationSelector", "planSelector", "referenceDoseSelector", "structureTable",
+    "refreshStructuresButton", "prescriptionSpinBox", "fractionsSpinBox", "modelPathLineEdit", "scorecardComboBox",
+    "scorecardPathLineEdit", "deviceComboBox", "remoteUrlLineEdit", "remoteTokenLineEdit", "stepsSpinBox",
+    "candidatesSpinBox", "predictButton", "cancelButton", "progressBar", "statusLabel", "exportRtDoseButton",
+}
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI_FILE).iter("widget")}
+
+
+def ui_parameter_names() -> dict[str, str]:
+    """widget name → its SlicerParameterName."""
+    names = {}
+    for name, element in ui_widgets().items():
+        for prop in element.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                names[name] = prop.find("string").text
+    return names
+
+
+def code_widget_names() -> set[str]:
+    return set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+
+
+@pytest.mark.parametrize("path", [MODULE_FILE, *sorted((MODULE_DIR / "DoseDiffusionLib").glob("*.py")),
+                                  MODULE_DIR / "Resources" / "batch_predict.py"], ids=lambda p: p.name)
+def test_module_files_compile(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+
+
+def test_every_widget_the_code_uses_is_in_the_ui_file():
+    missing = code_widget_names() - set(ui_widgets())
+    assert not missing, f"self.ui names not in {UI_FILE.name}: {sorted(missing)}"
+
+
+def test_every_needed_ui_widget_is_used_or_bound():
+    used = code_widget_names() | set(ui_parameter_names())
+    assert REQUIRED_WIDGETS <= set(ui_widgets())
+    unused = REQUIRED_WIDGETS - used
+    assert not unused, f"widgets neither used in the code nor bound to a parameter: {sorted(unused)}"
+    # every input widget of the .ui (not labels, layouts, containers) is used or bound
+    inputs = {n for n, w in ui_widgets().items()
+              if w.get("class") not in ("QLabel", "ctkCollapsibleButton", "qMRMLWidget") or n == "statusLabel"}
+    assert not inputs - used, f"unused widgets in the .ui: {sorted(inputs - used)}"
+
+
+def test_ui_root_and_scene_connections():
+    root = ET.parse(UI_FILE).getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "DoseDiffusion"
+    combos = {n for n, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    assert combos == connected
+
+
+def test_ui_parameter_names_are_parameters_of_the_parameter_node():
+    tree = ast.parse(MODULE_FILE.read_text())
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DoseDiffusionParameterNode")
+    parameters = {s.target.id for s in wrapper.body if isinstance(s, ast.AnnAssign)}
+    bound = ui_parameter_names()
+    assert set(bound.values()) <= parameters, sorted(set(bound.values()) - parameters)
+    assert len(set(bound.values())) == len(bound)
+    # the remote token is never a parameter (it lives in QSettings)
+    assert not any("token" in p.lower() for p in parameters)
+
+
+def test_module_structure_follows_the_template():
+    tree = ast.parse(MODULE_FILE.read_text())
+    classes = {n.name: [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in n.bases]
+               for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["DoseDiffusion"] == ["ScriptedLoadableModule"]
+    assert "ScriptedLoadableModuleWidget" in classes["DoseDiffusionWidget"]
+    assert classes["DoseDiffusionLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["DoseDiffusionTest"] == ["ScriptedLoadableModuleTest"]
+
+
+def test_logic_methods_use_no_qt():
+    tree = ast.parse(MODULE_FILE.read_text())
+    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DoseDiffusionLogic")
+    names = {n.id for n in ast.walk(logic) if isinstance(n, ast.Name)}
+    assert not names & {"qt", "ctk"}
+
+
+def test_helpers_import_no_qt():
+    for path in (MODULE_DIR / "DoseDiffusionLib").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imported & {"qt", "ctk", "PythonQt"}, path.name
+    for path in (MODULE_DIR / "Logic").rglob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+(slicer|qt|ctk)\b", path.read_text(), re.M), path
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"no set({variable} ...) in {CMAKE_FILE}"
+    return [line.split("#")[0].strip() for line in match.group(1).splitlines() if line.split("#")[0].strip()]
+
+
+def test_cmake_lists_every_python_file():
+    text = CMAKE_FILE.read_text()
+    assert "slicerMacroBuildScriptedModule(" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    scripts = {s.replace("${MODULE_NAME}", "DoseDiffusion") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
+    on_disk = {"DoseDiffusion.py"} | {
+        p.relative_to(MODULE_DIR).as_posix() for folder in ("Logic", "DoseDiffusionLib")
+        for p in (MODULE_DIR / folder).rglob("*.py") if "__pycache__" not in p.parts}
+    assert not on_disk - scripts, f"Python files missing from {CMAKE_FILE.name}: {sorted(on_disk - scripts)}"
+    assert not scripts - on_disk, f"{CMAKE_FILE.name} lists files that do not exist: {sorted(scripts - on_disk)}"
+
+
+def test_cmake_resources_exist():
+    text = CMAKE_FILE.read_text()
+    resources = [r.replace("${MODULE_NAME}", "DoseDiffusion") for r in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    for resource in resources:
+        assert (MODULE_DIR / resource).is_file(), resource
+    for folder in ("Scorecards", "DemoCase", "Models"):
+        assert f"Resources/{folder}/*" in text
+
+
+def test_top_level_cmake_declares_the_extension():
+    text = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
+    assert 'set(EXTENSION_DEPENDS "SlicerRT PyTorch")' in text and "add_subdirectory(DoseDiffusion)" in text
+
+
+def test_icon_is_a_128_png():
+    data = (MODULE_DIR / "Resources" / "Icons" / "DoseDiffusion.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(data[16:20], "big") == 128 and int.from_bytes(data[20:24], "big") == 128

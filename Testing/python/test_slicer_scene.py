@@ -1,0 +1,574 @@
+"""The Slicer module's scene logic on a real MRML scene (the ``slicer-core`` wheel): scene → Case,
+prediction → RT dose volume with the right geometry, DVH chart, scorecard table, the SlicerRT plan
+adapter (fake plan objects with SlicerRT's method names) and its RTPLAN-file fallback, and the
+background process's command line and progress lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from case_builders import box_case
+from model_builders import tiny_pipeline
+from phantoms import make_phantom_case
+
+slicer = pytest.importorskip("slicer")
+import vtk  # noqa: E402  (after the wheel, which provides it)
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "DoseDiffusion"
+sys.path.insert(0, str(MODULE_DIR))
+
+from DoseDiffusionLib import dependencies, plan_adapter, scene  # noqa: E402
+
+from dosediffusion.case import Beam, Case  # noqa: E402
+from dosediffusion.io.dicom_rtplan import read_rtplan  # noqa: E402
+from dosediffusion.metrics.dose_metrics import case_dvhs  # noqa: E402
+from dosediffusion.metrics.scorecard import load_template, score_case  # noqa: E402
+
+_factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+for _rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+              slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
+    _factory.RegisterConverterRule(_rule())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def volume_node_for(mrml, array: np.ndarray, grid, name: str = "CT"):
+    """A scalar volume node holding ``array`` on ``grid`` (built with VTK, not with scene.py)."""
+    node = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    image = vtk.vtkImageData()
+    image.SetDimensions(*grid.size_xyz)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    node.SetAndObserveImageData(image)
+    slicer.util.updateVolumeFromArray(node, np.asarray(array, dtype=np.float32))
+    ras = np.diag([-1.0, -1.0, 1.0])
+    direction = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            direction.SetElement(r, c, (ras @ grid.matrix)[r, c])
+    node.SetIJKToRASDirectionMatrix(direction)
+    node.SetSpacing(*grid.spacing)
+    node.SetOrigin(*(ras @ np.asarray(grid.origin)))
+    return node
+
+
+def oriented_mask(mask: np.ndarray, volume_node, crop: bool = True):
+    """A vtkOrientedImageData of ``mask`` in the volume's geometry, cropped to its bounding box
+    (as Slicer stores segments: an extent that does not start at 0)."""
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    if crop and mask.any():
+        z, y, x = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+        lo, hi = (x[0], y[0], z[0]), (x[-1], y[-1], z[-1])
+    else:
+        lo, hi = (0, 0, 0), tuple(s - 1 for s in mask.shape[::-1])
+    image.SetExtent(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    part = mask[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1].astype(np.uint8)
+    image.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(part.ravel()))
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    return image
+
+
+def scene_from_case(case: Case):
+    """A scene with the case's CT and its structures as segments (binary labelmaps)."""
+    mrml = slicer.vtkMRMLScene()
+    ct = volume_node_for(mrml, case.ct, case.grid, "CT")
+    segmentation = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", "Structures")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    for name, structure in case.structures.items():
+        segment_id = segmentation.GetSegmentation().AddEmptySegment(name, name)
+        assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            oriented_mask(structure.mask, ct), segmentation, segment_id)
+    return mrml, ct, segmentation
+
+
+def sh_item(sh, node) -> int:
+    """The node's subject-hierarchy item (the wheel has no plugin that makes one when a node is added)."""
+    return sh.GetItemByDataNode(node) or sh.CreateItem(sh.GetSceneItemID(), node)
+
+
+def value_at_ras(volume_node, ras) -> float:
+    """The voxel value nearest to a RAS point, through the node's own RAS-to-IJK matrix."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(matrix)
+    ijk = matrix.MultiplyPoint((*ras, 1.0))[:3]
+    i, j, k = (int(round(v)) for v in ijk)
+    return float(slicer.util.arrayFromVolume(volume_node)[k, j, i])
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    case, expected = make_phantom_case(spacing=(5.0, 5.0, 5.0))
+    return case, expected
+
+
+@pytest.fixture(scope="module")
+def predicted(phantom):
+    case, _ = phantom
+    mrml, ct, segmentation = scene_from_case(case)
+    dose_node = volume_node_for(mrml, case.dose, case.grid, "RTDOSE")
+    scene_case = scene.case_from_scene(ct, segmentation, prescription=60.0, fractions=30, reference_dose_node=dose_node)
+    prediction = tiny_pipeline(seed=3)(scene_case, steps=2, device="cpu")
+    return mrml, ct, segmentation, scene_case, prediction
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("position", ["HFS", "HFP", "FFS"])
+def test_grid_round_trip_and_ras_lps(position):
+    case, _ = make_phantom_case(spacing=(5.0, 4.0, 6.0), position=position, size_mm=(100.0, 80.0, 60.0))
+    mrml = slicer.vtkMRMLScene()
+    node = volume_node_for(mrml, case.ct, case.grid)
+    grid = scene.grid_from_volume_node(node)
+    assert grid.same_as(case.grid)
+    # the IJK-to-RAS matrix that scene.py builds is the node's
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    expected = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    assert np.allclose(scene.ijk_to_ras_from_grid(case.grid), expected)
+    # a voxel (k, j, i) at LPS point p is at RAS (-px, -py, pz)
+    index = np.array([2, 3, 4])
+    lps = case.grid.index_to_physical(index)
+    ras = (-lps[0], -lps[1], lps[2])
+    ijk = np.array(matrix.MultiplyPoint((*ras, 1.0))[:3])
+    inverse = vtk.vtkMatrix4x4()
+    node.GetRASToIJKMatrix(inverse)
+    assert np.allclose(inverse.MultiplyPoint((*ras, 1.0))[:3], index[::-1], atol=1e-6)
+    assert np.allclose(scene.lps_from_ras(ras), lps) and ijk.shape == (3,)
+
+
+def test_grid_of_a_volume_whose_extent_does_not_start_at_zero():
+    case = box_case()
+    mrml = slicer.vtkMRMLScene()
+    node = volume_node_for(mrml, case.ct, case.grid)
+    image = node.GetImageData()
+    image.SetExtent(2, 2 + case.grid.shape[2] - 1, 0, case.grid.shape[1] - 1, 1, case.grid.shape[0])
+    grid = scene.grid_from_volume_node(node)
+    shifted = case.grid.index_to_physical(np.array([1.0, 0.0, 2.0]))
+    assert np.allclose(grid.origin, shifted) and grid.shape == case.grid.shape
+
+
+# ----------------------------------------------------------------------------- scene → Case
+
+
+@pytest.mark.parametrize("position", ["HFS", "FFS"])
+def test_case_from_scene_masks_roles_and_ct(position):
+    case, expected = make_phantom_case(spacing=(5.0, 5.0, 5.0), position=position)
+    mrml, ct, segmentation = scene_from_case(case)
+    built = scene.case_from_scene(ct, segmentation, prescription=60.0, fractions=30)
+    assert built.grid.same_as(case.grid)
+    assert np.array_equal(built.ct, case.ct)
+    assert set(built.structures) == set(case.structures)
+    for name, structure in case.structures.items():
+        assert np.array_equal(built.structures[name].mask, structure.mask), name
+        assert built.structures[name].volume_cc(built.grid) == pytest.approx(structure.volume_cc(case.grid))
+    # known volumes: voxel counts of the analytic solids within a voxel layer
+    assert built.structures["BODY"].volume_cc(built.grid) == pytest.approx(expected.analytic_cc["BODY"], rel=0.08)
+    roles = {n: s.role for n, s in built.structures.items()}
+    assert roles == {"PTV_60": "ptv", "SpinalCord": "oar", "Esophagus": "oar", "BODY": "body"}
+    assert built.structures["PTV_60"].prescription_gy == 60.0
+    assert built.prescription.levels_gy == [60.0] and built.prescription.fractions == 30
+    assert built.dose is None and built.beams == []
+
+
+def test_case_from_scene_user_roles_ignore_and_resampled_dose(phantom):
+    case, _ = phantom
+    mrml, ct, segmentation = scene_from_case(case)
+    # the reference dose on a coarser, shifted grid is resampled onto the CT
+    from dosediffusion.geometry import Grid, resample
+
+    coarse = Grid((12, 16, 20), (10.0, 10.0, 10.0), tuple(np.asarray(case.grid.origin) + 2.5))
+    dose_node = volume_node_for(mrml, resample(case.dose, case.grid, coarse), coarse, "dose")
+    built = scene.case_from_scene(ct, segmentation, roles={"PTV_60": "ptv", "BODY": "body", "Esophagus": "ignore",
+                                                           "SpinalCord": "oar"},
+                                  ptv_doses_gy={"PTV_60": 66.0}, reference_dose_node=dose_node)
+    assert "Esophagus" not in built.structures
+    assert built.structures["PTV_60"].prescription_gy == 66.0 and built.prescription.levels_gy == [66.0]
+    assert built.dose.shape == case.grid.shape
+    expected = resample(resample(case.dose, case.grid, coarse), coarse, case.grid)
+    assert np.allclose(built.dose, np.clip(expected, 0, None), atol=1e-3)
+
+
+def test_suggest_roles_from_aliases():
+    roles = scene.suggest_roles(["PTV_70", "Spinal Cord", "External", "ring_opt", "zz unknown"], [70.0])
+    assert roles["PTV_70"] == ("ptv", 70.0)
+    assert roles["Spinal Cord"][0] == "oar" and roles["External"][0] == "body"
+    assert roles["ring_opt"][0] == "ignore" and roles["zz unknown"][0] == "ignore"
+
+
+def test_shared_labelmap_segments_are_separated():
+    """Two segments in one labelmap layer (label values 1 and 2) give two separate masks."""
+    case = box_case()
+    mrml = slicer.vtkMRMLScene()
+    ct = volume_node_for(mrml, case.ct, case.grid)
+    segmentation = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    a = segmentation.GetSegmentation().AddEmptySegment("PTV70", "PTV70")
+    b = segmentation.GetSegmentation().AddEmptySegment("BODY", "BODY")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented_mask(case.structures["BODY"].mask, ct), segmentation, b)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented_mask(case.structures["PTV70"].mask, ct), segmentation, a)
+    masks = scene.segment_masks(segmentation, ct)
+    assert np.array_equal(masks["PTV70"], case.structures["PTV70"].mask)
+    # the body segment keeps its own voxels; where the PTV overwrote it in a shared layer it may
+    # differ, but never does it include a voxel outside the body
+    assert not (masks["BODY"] & ~case.structures["BODY"].mask).any()
+
+
+# ----------------------------------------------------------------------------- prediction → scene
+
+
+def test_predicted_dose_node_geometry_values_and_rt_attributes(predicted):
+    mrml, ct, _, scene_case, prediction = predicted
+    node = scene.add_dose_to_scene(mrml, prediction.dose_gy, scene_case.grid, "Predicted dose", ct, 60.0)
+    assert node.IsA("vtkMRMLScalarVolumeNode")
+    ct_matrix, dose_matrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    ct.GetIJKToRASMatrix(ct_matrix)
+    node.GetIJKToRASMatrix(dose_matrix)
+    assert all(abs(ct_matrix.GetElement(r, c) - dose_matrix.GetElement(r, c)) < 1e-6 for r in range(4) for c in range(4))
+    assert np.allclose(slicer.util.arrayFromVolume(node), prediction.dose_gy)
+    # the voxel at a known RAS point holds the predicted value there
+    index = np.unravel_index(int(np.argmax(prediction.dose_gy)), scene_case.grid.shape)
+    lps = scene_case.grid.index_to_physical(np.array(index, dtype=float))
+    assert value_at_ras(node, (-lps[0], -lps[1], lps[2])) == pytest.approx(float(prediction.dose_gy.max()))
+    assert node.GetAttribute("DicomRtImport.DoseVolume") == "1"
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    study = sh.GetItemParent(sh.GetItemByDataNode(node))
+    assert sh.GetItemLevel(study) == "Study"
+    assert sh.GetItemAttribute(study, "DicomRtImport.DoseUnitName") == "GY"
+    assert sh.GetItemAttribute(study, "DicomRtImport.DoseUnitValue") == "1.0"
+    display = node.GetDisplayNode()
+    assert display is not None and display.GetApplyThreshold() == 1
+    assert display.GetWindowLevelMax() == pytest.approx(max(60.0, float(prediction.dose_gy.max())))
+
+
+def test_dose_node_on_a_rotated_grid_matches_ras_points():
+    """A non-identity direction (FFS: x and z flipped) and a dose known at every point."""
+    case, _ = make_phantom_case(spacing=(5.0, 5.0, 5.0), position="FFS")
+    mrml = slicer.vtkMRMLScene()
+    ct = volume_node_for(mrml, case.ct, case.grid)
+    node = scene.add_dose_to_scene(mrml, case.dose, case.grid, "dose", ct)
+    # phantom dose = max(x_LPS + 60, 0) Gy inside the body; voxel centres lie at ±2.5 mm + k·5 mm:
+    # RAS (-22.5, -2.5, 2.5) is LPS (22.5, 2.5, 2.5) → 82.5 Gy, RAS (17.5, 2.5, -2.5) is LPS x = -17.5 → 42.5 Gy
+    assert value_at_ras(node, (-22.5, -2.5, 2.5)) == pytest.approx(82.5, abs=1e-3)
+    assert value_at_ras(node, (17.5, 2.5, -2.5)) == pytest.approx(42.5, abs=1e-3)
+    assert scene.grid_from_volume_node(node).same_as(case.grid)
+
+
+def test_dose_reuses_the_ct_study_and_keeps_its_units():
+    case = box_case()
+    mrml = slicer.vtkMRMLScene()
+    ct = volume_node_for(mrml, case.ct, case.grid)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient")
+    study = sh.CreateStudyItem(patient, "Study")
+    sh.SetItemParent(sh_item(sh, ct), study)
+    sh.SetItemAttribute(study, "DicomRtImport.DoseUnitValue", "0.0001")
+    node = scene.add_dose_to_scene(mrml, case.dose, case.grid, "dose", ct)
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+    assert sh.GetItemAttribute(study, "DicomRtImport.DoseUnitValue") == "0.0001"
+    assert sh.GetItemAttribute(study, "DicomRtImport.DoseUnitName") == "GY"
+
+
+def test_dvh_chart_series_and_table(predicted):
+    mrml, _, _, scene_case, prediction = predicted
+    pred = case_dvhs(scene_case, prediction.dose_gy)
+    ref = case_dvhs(scene_case)
+    chart = scene.add_dvh_chart(mrml, pred, ref)
+    assert chart.IsA("vtkMRMLPlotChartNode")
+    assert chart.GetNumberOfPlotSeriesNodes() == 2 * len(pred) == 8
+    styles = {}
+    for i in range(chart.GetNumberOfPlotSeriesNodes()):
+        series = chart.GetNthPlotSeriesNode(i)
+        assert series.GetXColumnName() == "Dose (Gy)"
+        styles[series.GetYColumnName()] = series.GetLineStyle()
+        table_node = series.GetTableNode()
+    assert styles["PTV_60 (predicted)"] == slicer.vtkMRMLPlotSeriesNode.LineStyleSolid
+    assert styles["PTV_60 (reference)"] == slicer.vtkMRMLPlotSeriesNode.LineStyleDash
+    table = table_node.GetTable()
+    assert table.GetNumberOfColumns() == 1 + 8
+    dose_axis = np.array([table.GetValue(r, 0).ToDouble() for r in range(table.GetNumberOfRows())])
+    assert dose_axis[0] == 0.0 and dose_axis[-1] >= max(d.max_gy for d in list(pred.values()) + list(ref.values()))
+    column = table.GetColumnByName("BODY (reference)")
+    volume = np.array([column.GetValue(r) for r in range(table.GetNumberOfRows())])
+    dose, expected = ref["BODY"].cumulative(0.1)
+    assert np.allclose(volume[:len(expected)], expected, atol=1e-6) and volume[0] == pytest.approx(100.0)
+    assert np.all(np.diff(volume) <= 1e-9)
+
+
+def test_scorecard_table_rows(predicted):
+    mrml, _, _, scene_case, prediction = predicted
+    template = load_template("lung_60")
+    report = score_case(scene_case, template, prediction.dose_gy)
+    reference = score_case(scene_case, template)
+    node = scene.add_scorecard_table(mrml, report, reference)
+    rows = scene.table_rows(node)
+    assert len(rows) == len(report.entries) + 1
+    assert [r["Structure"] for r in rows[:-1]] == [e.structure for e in report.entries]
+    assert rows[-1]["Structure"] == "Total"
+    assert rows[-1]["Predicted"] == pytest.approx(report.total)
+    assert rows[-1]["Reference"] == pytest.approx(reference.total)
+    assert rows[-1]["Max score"] == pytest.approx(report.max_total)
+    for row, entry, ref in zip(rows, report.entries, reference.entries, strict=False):
+        assert (row["Predicted"] is None) == (entry.value is None)
+        if entry.value is not None:
+            assert row["Predicted"] == pytest.approx(entry.value) and row["Reference"] == pytest.approx(ref.value)
+    without = scene.table_rows(scene.add_scorecard_table(mrml, report))
+    assert without[-1]["Reference"] is None
+
+
+# ----------------------------------------------------------------------------- plan adapter
+
+
+class FakeBeam(vtk.vtkObject):
+    """A stand-in for SlicerRT's vtkMRMLRTBeamNode with its method names (a VTK object, so that it
+    can sit in the vtkCollection that GetBeams fills)."""
+
+    def __init__(self, name, gantry, collimator=0.0, couch=0.0, iso_ras=None, weight=1.0, sad=1000.0, scene=None):
+        self._name, self._gantry, self._collimator, self._couch = name, gantry, collimator, couch
+        self._iso, self._weight, self._sad, self._scene = iso_ras, weight, sad, scene
+
+    def GetName(self):
+        return self._name
+
+    def GetGantryAngle(self):
+        return self._gantry
+
+    def GetCollimatorAngle(self):
+        return self._collimator
+
+    def GetCouchAngle(self):
+        return self._couch
+
+    def GetSAD(self):
+        return self._sad
+
+    def GetBeamWeight(self):
+        return self._weight
+
+    def GetIsocenterPositionFlag(self):
+        return self._iso is not None
+
+    def GetIsocenterPosition(self):
+        return tuple(self._iso)
+
+    def GetScene(self):
+        return self._scene
+
+
+class FakePlan:
+    """SlicerRT's vtkMRMLRTPlanNode methods that the adapter uses."""
+
+    def __init__(self, beams, iso_ras=(10.0, -20.0, 30.0), rx=0.0, scene=None, item=0):
+        self.beams, self.iso, self.rx, self.scene, self.item = beams, iso_ras, rx, scene, item
+
+    def GetBeams(self, collection):
+        collection.RemoveAllItems()
+        for beam in self.beams:
+            collection.AddItem(beam)
+
+    def GetIsocenterPosition(self, isocenter):
+        isocenter[:] = list(self.iso)
+        return True
+
+    def GetRxDose(self):
+        return self.rx
+
+    def GetName(self):
+        return "Plan"
+
+    def GetScene(self):
+        return self.scene
+
+    def GetPlanSubjectHierarchyItemID(self):
+        return self.item
+
+
+class FakeSequence:
+    def __init__(self, name, nodes):
+        self.name, self.nodes = name, nodes
+
+    def GetName(self):
+        return self.name
+
+    def GetNumberOfDataNodes(self):
+        return len(self.nodes)
+
+    def GetNthDataNode(self, i):
+        return self.nodes[i]
+
+
+class FakeBrowser:
+    def __init__(self, proxy, sequence):
+        self.proxy, self.sequence = proxy, sequence
+
+    def GetSequenceNode(self, node):
+        return self.sequence if node is self.proxy else None
+
+
+class FakeScene:
+    def __init__(self):
+        self.browsers = []
+
+    def GetNumberOfNodesByClass(self, name):
+        return len(self.browsers) if name == "vtkMRMLSequenceBrowserNode" else 0
+
+    def GetNthNodeByClass(self, i, name):
+        return self.browsers[i]
+
+
+def test_plan_adapter_static_beams_and_an_arc():
+    fake_scene = FakeScene()
+    static = [FakeBeam("G0", 0.0, weight=120.0, scene=fake_scene),
+              FakeBeam("G90", 90.0, collimator=15.0, couch=350.0, sad=1000.0, scene=fake_scene)]
+    arc_angles = [181.0, 221.0, 261.0, 301.0, 341.0, 21.0]
+    control_points = [FakeBeam(f"Arc [TREATMENT] : CP{i}", a, collimator=30.0, scene=fake_scene)
+                      for i, a in enumerate(arc_angles)]
+    proxy = FakeBeam("Arc [TREATMENT] : CP0", 181.0, collimator=30.0, scene=fake_scene)
+    fake_scene.browsers.append(FakeBrowser(proxy, FakeSequence("Arc", control_points)))
+    counter = [FakeBeam("CCW", a, scene=fake_scene) for a in (30.0, 0.0, 330.0)]
+    proxy2 = FakeBeam("CCW : CP0", 30.0, scene=fake_scene)
+    fake_scene.browsers.append(FakeBrowser(proxy2, FakeSequence("CCW", counter)))
+    plan = FakePlan([*static, proxy, proxy2], iso_ras=(10.0, -20.0, 30.0))
+    beams = plan_adapter.beams_from_plan_node(plan)
+    assert [b.name for b in beams] == ["G0", "G90", "Arc", "CCW"]
+    assert all(b.isocenter_mm == (-10.0, 20.0, 30.0) for b in beams)  # RAS → LPS
+    g0, g90, arc, ccw = beams
+    assert not g0.is_arc and g0.meterset_weight == 120.0 and g0.control_point_gantry_deg == (0.0,)
+    assert (g90.gantry_deg, g90.collimator_deg, g90.couch_deg, g90.sad_mm) == (90.0, 15.0, 350.0, 1000.0)
+    assert arc.arc_direction == "CW" and arc.control_point_gantry_deg == tuple(arc_angles)
+    assert arc.gantry_deg == 181.0 and arc.arc_stop_deg == 21.0 and arc.collimator_deg == 30.0
+    assert ccw.arc_direction == "CC"
+
+
+def test_plan_adapter_control_point_isocenter_and_read_plan_rx():
+    beam = FakeBeam("B", 45.0, iso_ras=(1.0, 2.0, 3.0))
+    reading = plan_adapter.read_plan(FakePlan([beam], rx=70.0), dicom_database=None)
+    assert reading.source == "node" and reading.beams[0].isocenter_mm == (-1.0, -2.0, 3.0)
+    assert reading.prescription.levels_gy == [70.0]
+
+
+class FakeDicomDatabase:
+    """ctkDICOMDatabase's lookups used by the adapter."""
+
+    def __init__(self, files: dict[str, str], values: dict[tuple[str, str], str] | None = None):
+        self.files, self.values = files, values or {}
+
+    def fileForInstance(self, uid):
+        return self.files.get(uid, "")
+
+    def filesForSeries(self, uid):
+        return []
+
+    def instanceValue(self, uid, tag):
+        return self.values.get((uid, tag), "")
+
+
+def test_rtplan_fallback_when_the_node_gives_no_beams(phantom_dicom):
+    _, _, _, paths = phantom_dicom
+    import pydicom
+
+    plan_uid = str(pydicom.dcmread(paths["rtplan"], stop_before_pixels=True).SOPInstanceUID)
+    mrml = slicer.vtkMRMLScene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    item = sh.CreateFolderItem(sh.GetSceneItemID(), "RTPLAN")
+    sh.SetItemUID(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMInstanceUIDName(), plan_uid)
+    plan = FakePlan([], scene=mrml, item=item)
+    database = FakeDicomDatabase({plan_uid: str(paths["rtplan"])})
+    assert plan_adapter.rtplan_file(plan, database) == Path(paths["rtplan"])
+    reading = plan_adapter.read_plan(plan, database)
+    beams, prescription, _ = read_rtplan(Path(paths["rtplan"]))
+    assert reading.source == "rtplan" and any("RTPLAN" in w for w in reading.warnings)
+    assert [(b.name, b.gantry_deg, b.arc_direction, b.isocenter_mm) for b in reading.beams] == \
+        [(b.name, b.gantry_deg, b.arc_direction, b.isocenter_mm) for b in beams]
+    assert reading.prescription.levels_gy == prescription.levels_gy == [60.0]
+    assert reading.prescription.fractions == 30
+    # an unresolved proxy beam (its sequence browser gone) also falls back
+    broken = FakePlan([FakeBeam("Arc : CP0", 181.0, scene=FakeScene())], scene=mrml, item=item)
+    broken.GetIsocenterPosition = lambda iso: False
+    assert plan_adapter.read_plan(broken, database).source == "rtplan"
+    # no file: no beams, a warning
+    assert plan_adapter.read_plan(FakePlan([], scene=mrml, item=item), FakeDicomDatabase({})).beams == []
+
+
+def test_case_from_scene_with_plan_and_dicom_identifiers(phantom):
+    case, _ = phantom
+    mrml, ct, segmentation = scene_from_case(case)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    sh.SetItemUID(sh_item(sh, ct), constants.GetDICOMInstanceUIDName(), "1.2.3.1 1.2.3.2")
+    plan_item = sh.CreateFolderItem(sh.GetSceneItemID(), "plan")
+    sh.SetItemUID(plan_item, constants.GetDICOMInstanceUIDName(), "1.2.3.99")
+    database = FakeDicomDatabase({}, {("1.2.3.1", "0020,0052"): "1.2.3.4.5", ("1.2.3.1", "0010,0020"): "PAT1",
+                                      ("1.2.3.1", "0020,000D"): "1.2.3.7"})
+    plan = FakePlan([FakeBeam("G0", 0.0), FakeBeam("G180", 180.0)], iso_ras=(0.0, 0.0, 0.0), rx=60.0,
+                    scene=mrml, item=plan_item)
+    built = scene.case_from_scene(ct, segmentation, plan, dicom_database=database)
+    assert [b.gantry_deg for b in built.beams] == [0.0, 180.0] and isinstance(built.beams[0], Beam)
+    assert built.prescription.levels_gy == [60.0]
+    assert built.meta["FrameOfReferenceUID"] == "1.2.3.4.5" and built.meta["PatientID"] == "PAT1"
+    assert built.meta["StudyInstanceUID"] == "1.2.3.7" and built.meta["RTPlanSOPInstanceUID"] == "1.2.3.99"
+
+
+# ----------------------------------------------------------------------------- background process
+
+
+def test_progress_lines_and_command():
+    event = dependencies.parse_progress_line('{"event": "progress", "case": "c", "fraction": 0.55, "message": "step 5"}\n')
+    assert event == dependencies.ProgressEvent("c", 0.55, "step 5")
+    assert dependencies.parse_progress_line("cases:  10%|#   | 1/10") is None
+    assert dependencies.parse_progress_line("{not json") is None
+    command = dependencies.predict_command("case.json", "out", "/models/m", 4, 2, "cpu", "lung_60", python="py")
+    assert command[:3] == ["py", str(MODULE_DIR / "DoseDiffusionLib" / "dependencies.py"), "predict"]
+    assert command[command.index("--steps") + 1] == "4" and "--progress-json" in command
+    assert command[command.index("--scorecard") + 1] == "lung_60"
+
+
+def test_requirements_file_has_no_torch():
+    lines = dependencies.read_requirements()
+    assert lines and not any(line.lower().startswith("torch") for line in lines)
+    names = {line.split(">")[0].split("=")[0].strip().lower() for line in lines}
+    assert {"pydicom", "diffusers", "jsonschema", "safetensors"} <= names
+    raw = (MODULE_DIR / "Resources" / "requirements.txt").read_text().lower()
+    assert not any(line.strip().startswith("torch") for line in raw.splitlines())
+
+
+def test_core_package_is_found_from_the_logic_folder_without_an_install():
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        f"sys.path.insert(0, {str(MODULE_DIR)!r})\n"
+        "import DoseDiffusionLib\n"
+        "import dosediffusion, dosediffusion.case, dosediffusion.aliases\n"
+        "print(dosediffusion.__file__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == MODULE_DIR / "Logic" / "__init__.py"
+
+
+def test_background_process_predicts_a_scene_case(predicted, tmp_path):
+    from dosediffusion.io.volume_sidecar import read_volume, write_sidecar_case
+
+    _, _, _, scene_case, _ = predicted
+    model = tiny_pipeline(seed=3).save_pretrained(tmp_path / "model")
+    case_json = write_sidecar_case(scene_case, tmp_path / "case")
+    command = dependencies.predict_command(case_json, tmp_path / "out", model, steps=2, device="cpu",
+                                           python=sys.executable)
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [e for e in map(dependencies.parse_progress_line, out.stdout.splitlines()) if e]
+    assert events and events[-1].fraction == 1.0 and all(e.case == "case" for e in events)
+    assert [e.fraction for e in events] == sorted(e.fraction for e in events)
+    dose, grid = read_volume(tmp_path / "out" / "case" / "dose.nrrd")
+    assert grid.same_as(scene_case.grid) and dose.max() > 0
