@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from training_data import write_training_cases
 
 from dosediffusion.metrics.scorecard import EntryResult, ScoreReport
 from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.configs import TINY
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
-from dosediffusion_training.data.compact import write_compact
 from dosediffusion_training.synth.phantom import make_phantom
 from dosediffusion_training.training.config import RunConfig, TrainSettings
 from dosediffusion_training.training.lora import (
@@ -175,23 +175,9 @@ def test_only_lora_and_modulation_train():
 # ---- the stage C loop ---------------------------------------------------------------------------
 
 
-def _dose(case):
-    from scipy import ndimage
-
-    dose = np.zeros(case.grid.shape, np.float32)
-    for ptv in case.with_role("ptv"):
-        dose = np.maximum(dose, ptv.mask * np.float32(ptv.prescription_gy))
-    return ndimage.gaussian_filter(dose, 2.0) * case.body.mask
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("compact")
-    for seed in range(2):
-        case = make_phantom(seed, shape=(12, 32, 40))
-        case.dose = _dose(case)
-        write_compact(case, folder / f"{case.case_id}.case.npz")
-    return folder
+    return write_training_cases(tmp_path_factory.mktemp("compact"), range(2), (12, 32, 40))
 
 
 def _config(tmp_path, data, **train) -> RunConfig:

@@ -8,23 +8,16 @@ import json
 import numpy as np
 import pytest
 from model_builders import tiny_pipeline
-from scipy import ndimage
+from training_data import write_training_cases
 
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion_training.cli import main
-from dosediffusion_training.data.compact import write_compact
 from dosediffusion_training.data.dataset import load_any
 from dosediffusion_training.evaluation import paired_tests
-from dosediffusion_training.synth.phantom import make_phantom
 
 
 def test_two_models_per_case_and_paired(tmp_path):
-    data = tmp_path / "cases"
-    for seed in range(3):
-        case = make_phantom(seed, shape=(20, 40, 48))
-        ptv = case.with_role("ptv")[0]
-        case.dose = (ndimage.gaussian_filter(ptv.mask * np.float32(ptv.prescription_gy), 2) * case.body.mask).astype(np.float32)
-        write_compact(case, data / f"{case.case_id}.case.npz")
+    data = write_training_cases(tmp_path / "cases", range(3), (20, 40, 48))
     models = [tiny_pipeline(seed=s).save_pretrained(tmp_path / f"m{s}") for s in (1, 2)]
     out = tmp_path / "eval"
     args = ["evaluate", "--data", str(data), "--out", str(out), "--steps", "1", "--scorecard", "lung_60"]

@@ -8,34 +8,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from training_data import write_training_cases
 
 from dosediffusion.errors import InputError
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
-from dosediffusion_training.data.compact import write_compact
 from dosediffusion_training.data.dataset import list_cases, make_split
 from dosediffusion_training.synth.phantom import make_phantom
 from dosediffusion_training.training.config import RunConfig
 from dosediffusion_training.training.loop import batch_indices, train
 
 
-def _dose(case):
-    """A stand-in dose (Gy) that depends on the anatomy: prescription in the PTVs, blurred fall-off."""
-    from scipy import ndimage
-
-    dose = np.zeros(case.grid.shape, np.float32)
-    for ptv in case.with_role("ptv"):
-        dose = np.maximum(dose, ptv.mask * np.float32(ptv.prescription_gy))
-    return ndimage.gaussian_filter(dose, 2.0) * case.body.mask
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("compact")
-    for seed in range(3):
-        case = make_phantom(seed, shape=(20, 40, 48))
-        case.dose = _dose(case)
-        write_compact(case, folder / f"{case.case_id}.case.npz")
-    return folder
+    return write_training_cases(tmp_path_factory.mktemp("compact"), range(3), (20, 40, 48))
 
 
 def _config(tmp_path, data, **train) -> RunConfig:
