@@ -105,7 +105,8 @@ def diffusion_loss(pipeline: DoseDiffusionPipeline, model, batch: dict[str, torc
     noise, s = _noise(step, rank, settings.seed, x0, float(pipeline.scheduler.config.shift))
     latents[target] = add_noise(x0, noise, s)
     with accelerator.autocast():
-        prediction = model(latents, s * pipeline.model.config.num_train_timesteps, [target]).sample[target]
+        # a tuple, not a ModelOutput holding a dict: DDP flattens outputs as pytrees
+        prediction = model(latents, s * pipeline.model.config.num_train_timesteps, [target], return_dict=False)[0][target]
     return flow_matching_loss(prediction, x0, noise, pipeline.model.config.prediction_type)
 
 
@@ -226,7 +227,7 @@ def _checkpoint(accelerator: Accelerator, out: Path, step: int, log: list[dict])
     folder = out / "checkpoints" / f"step_{step}"
     accelerator.save_state(str(folder))
     if accelerator.is_main_process:
-        (folder / STATE).write_text(json.dumps({"step": step}))
+        (folder / STATE).write_text(json.dumps({"step": step, "processes": accelerator.num_processes}))
         with (out / "loss.jsonl").open("a") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in log)
         log.clear()

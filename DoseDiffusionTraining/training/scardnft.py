@@ -188,7 +188,7 @@ def scardnft_loss(model, unwrapped: Any2AnyDiT, state: PolicyState, settings: Tr
     latents[target] = torch.cat([add_noise(x0, noise, s), x_c])
     times = torch.cat([s, candidate_s])
     with autocast():
-        prediction = model(latents, times * unwrapped.config.num_train_timesteps, [target]).sample[target]
+        prediction = model(latents, times * unwrapped.config.num_train_timesteps, [target], return_dict=False)[0][target]
     b = x0.shape[0]
     diffusion = flow_matching_loss(prediction[:b], x0, noise, unwrapped.config.prediction_type)
     v_theta = to_velocity(prediction[b:].float(), x_c.float(), candidate_s, unwrapped.config.prediction_type)

@@ -184,3 +184,23 @@ def test_mednext_baseline_trains_and_predicts_through_the_cli(tmp_path, data, ca
     assert cli(["predict", str(tmp_path / "one"), "--model", str(folder), "--out", str(tmp_path / "o"),
                 "--no-report", "--scorecard", "none"]) == 0
     assert (tmp_path / "o" / "one" / "RTDOSE.dcm").is_file()
+
+
+def test_two_process_ddp_on_cpu_runs(tmp_path, data):
+    """Two CPU processes (torchrun; Accelerate then uses DDP over gloo) train and write one pipeline."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"folder": str(data)}, "preprocessing": {"crop_shape": [17, 32, 48], "spacing_mm": [5.0, 5.0, 5.0]},
+        "codec": {"type": "patch", "factors": [1, 4, 4]}, "model": {"size": "tiny"},
+        "train": {"steps": 2, "batch_size": 1, "learning_rate": 1e-3, "warmup_steps": 1, "checkpoint_every": 2,
+                  "tensorboard": False}}))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "-m", "dosediffusion_training.cli", "fit", "--config", str(config), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads((tmp_path / "o" / "checkpoints" / "step_2" / "state.json").read_text())
+    assert state == {"step": 2, "processes": 2}
+    assert (tmp_path / "o" / "pipeline" / "model_index.json").is_file()
