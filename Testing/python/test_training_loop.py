@@ -204,3 +204,21 @@ def test_two_process_ddp_on_cpu_runs(tmp_path, data):
     state = json.loads((tmp_path / "o" / "checkpoints" / "step_2" / "state.json").read_text())
     assert state == {"step": 2, "processes": 2}
     assert (tmp_path / "o" / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("stage", ["A", "B", "C"])
+def test_each_stage_runs_on_the_committed_cases(tmp_path, stage):
+    """A few steps of every stage on the committed pyRadPlan cases: finite losses, a pipeline folder."""
+    from pathlib import Path
+
+    from dosediffusion_training.training.scardnft import train_scardnft
+
+    committed = Path(__file__).resolve().parents[1] / "data" / "synth" / "compact"
+    extra = {"stage": stage, "steps": 2, "checkpoint_every": 2}
+    if stage == "C":
+        extra.update(scorecard="lung_60", num_candidates=2, candidate_steps=2, lora_rank=4)
+    config = _config(tmp_path, committed, **extra)
+    folder = (train_scardnft if stage == "C" else train)(config, tmp_path / stage)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / stage / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert (folder / "model_index.json").is_file()
