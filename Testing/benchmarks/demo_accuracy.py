@@ -4,11 +4,13 @@ For every case of the ``test`` split of a data folder (compact files from ``dose
 synth``): the GDP-HMM MAE (Gy), MAE inside the PTVs and inside the OARs (Gy), the gamma pass rate
 (3 %/3 mm, global, 10 % cut-off) and the scorecard difference (prediction − the case's own dose,
 ``--scorecard``, default ``lung_60`` as the phantoms are thoracic) for the model at 1 and 10 steps and for the
-trivial distance fall-off baseline fitted on the ``train`` split. Prints the mean over cases and
-writes ``Testing/benchmarks/results/demo_accuracy.json`` with the per-case rows.
+trivial distance fall-off baseline fitted on the ``train`` split; with ``--tg119`` the same on
+pyRadPlan's TG119 C-shape phantom with three beam setups (doses from the same engine; needs its
+environment). Prints the mean over cases per data set and writes
+``Testing/benchmarks/results/demo_accuracy.json`` with the per-case rows.
 
 Run: ``python Testing/benchmarks/demo_accuracy.py --data data/synth/compact --split data/synth/split.json
-[--model demo|DIR] [--max-cases 20]``.
+[--model demo|DIR] [--max-cases 20] [--tg119]``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,34 @@ def case_row(case, pred: np.ndarray, seconds: float, template: str) -> dict:
             "score_diff": metrics["scorecard"]["diff"] if "scorecard" in metrics else None, "seconds": seconds}
 
 
+def evaluate_cases(cases, pipe, baseline: DistanceFalloff, steps: list[int], scorecard: str) -> dict[str, list[dict]]:
+    """Rows per method (the model at each number of steps, the trivial baseline) over ``cases``."""
+    rows: dict[str, list[dict]] = {f"model, {n} step{'s' if n > 1 else ''}": [] for n in steps}
+    rows["trivial baseline"] = []
+    for case in cases:
+        for n in steps:
+            start = time.perf_counter()
+            pred = pipe(case, steps=n, seed=0, device="cpu").dose_gy
+            rows[f"model, {n} step{'s' if n > 1 else ''}"].append(case_row(case, pred, time.perf_counter() - start, scorecard))
+        start = time.perf_counter()
+        pred = baseline.predict(case)
+        rows["trivial baseline"].append(case_row(case, pred, time.perf_counter() - start, scorecard))
+    return rows
+
+
+def print_table(title: str, rows: dict[str, list[dict]]) -> dict:
+    """Print the means of ``rows`` under ``title``; return them."""
+    print(title)
+    print(f"{'method':<22}" + "".join(f"{c:>18}" for c in COLUMNS))
+    summary = {}
+    for method, items in rows.items():
+        means = {c: float(np.mean(values)) if (values := [r[c] for r in items if r[c] is not None]) else None
+                 for c in COLUMNS}
+        summary[method] = means
+        print(f"{method:<22}" + "".join(f"{'–' if means[c] is None else f'{means[c]:.2f}':>18}" for c in COLUMNS))
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -48,31 +78,23 @@ def main() -> None:
     parser.add_argument("--max-cases", type=int, default=20)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--scorecard", default="lung_60")
+    parser.add_argument("--tg119", action="store_true", help="also TG119 with three beam setups (pyRadPlan)")
     args = parser.parse_args()
     test = list_cases(args.data, args.split, "test")[: args.max_cases]
     baseline = DistanceFalloff.fit(load_any(p) for p in list_cases(args.data, args.split, "train"))
     pipe = load_pipeline(model_folder(args.model))
-    rows: dict[str, list[dict]] = {f"model, {n} step{'s' if n > 1 else ''}": [] for n in args.steps}
-    rows["trivial baseline"] = []
-    for path in test:
-        case = load_any(path)
-        for n in args.steps:
-            start = time.perf_counter()
-            pred = pipe(case, steps=n, seed=0, device="cpu").dose_gy
-            rows[f"model, {n} step{'s' if n > 1 else ''}"].append(case_row(case, pred, time.perf_counter() - start, args.scorecard))
-        start = time.perf_counter()
-        pred = baseline.predict(case)
-        rows["trivial baseline"].append(case_row(case, pred, time.perf_counter() - start, args.scorecard))
-    print(f"{len(test)} held-out cases from {args.data}; model {args.model}")
-    print(f"{'method':<22}" + "".join(f"{c:>18}" for c in COLUMNS))
-    summary = {}
-    for method, items in rows.items():
-        means = {c: float(np.mean([r[c] for r in items if r[c] is not None])) for c in COLUMNS}
-        summary[method] = means
-        print(f"{method:<22}" + "".join(f"{means[c]:>18.2f}" for c in COLUMNS))
+    results = {"held-out synthetic": evaluate_cases((load_any(p) for p in test), pipe, baseline, args.steps,
+                                                    args.scorecard)}
+    if args.tg119:
+        from dosediffusion_training.synth.generate import plan_case
+        from dosediffusion_training.synth.tg119 import SETUPS, tg119_case
+
+        phantoms = (plan_case(tg119_case(setup))[0] for setup in SETUPS)
+        results["TG119"] = evaluate_cases(phantoms, pipe, baseline, args.steps, args.scorecard)
+    summary = {name: print_table(f"{name} ({len(next(iter(rows.values())))} cases), model {args.model}", rows)
+               for name, rows in results.items()}
     out = Path(__file__).parent / "results" / "demo_accuracy.json"
-    out.write_text(json.dumps({"data": args.data, "model": args.model, "cases": len(test), "mean": summary,
-                               "rows": rows}, indent=2))
+    out.write_text(json.dumps({"data": args.data, "model": args.model, "mean": summary, "rows": results}, indent=2))
     print(f"wrote {out}")
 
 
