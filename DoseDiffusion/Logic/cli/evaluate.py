@@ -21,8 +21,6 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.dicom_rtdose import read_rtdose
 from dosediffusion.io.load import load_case
 from dosediffusion.metrics.dose_metrics import case_dvhs
-from dosediffusion.metrics.evaluation import gdp_hmm_mae, masked_mae, openkbp_scores, psnr, ssim3d
-from dosediffusion.metrics.gamma import gamma_index
 from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
 from dosediffusion.report.plots import check_plot_path, plot_dvhs, plot_scorecard
 
@@ -56,6 +54,8 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = No
              reports: tuple[ScoreReport, ScoreReport] | None = None) -> dict:
     """Every evaluation metric of ``pred`` against ``ref`` on ``case`` (Gy, %, dB); the scorecard totals
     with a ``scorecard`` template name or file, or from already computed (pred, ref) ``reports``."""
+    from dosediffusion.metrics.evaluation import gdp_hmm_mae, masked_mae, openkbp_scores, psnr, ssim3d  # torch
+    from dosediffusion.metrics.gamma import gamma_index
     body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
     ptvs = sorted((s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()), key=lambda s: -s.prescription_gy)
     result: dict = {"case_id": case.case_id}

@@ -24,8 +24,6 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
 from dosediffusion.metrics.scorecard import load_template
 from dosediffusion.metrics.scorecard_choice import suggest_template
-from dosediffusion.model.pipeline import default_device, load_pipeline
-from dosediffusion.prediction_outputs import write_prediction
 from dosediffusion.resources import resource_path
 
 DEMO_MODEL = ("Models", "demo")
@@ -94,12 +92,16 @@ def _predictor(args: argparse.Namespace):
 
         token = read_token(args.token_file) if getattr(args, "token_file", None) else None
         return lambda case, **options: predict_remote(case, url, token, **options)
+    from dosediffusion.model.pipeline import default_device, load_pipeline  # torch and diffusers: only when predicting
+
     pipeline = load_pipeline(model_folder(args.model))
     device = default_device() if args.device == "auto" else args.device
     return lambda case, **options: pipeline(case, device=device, **options)
 
 
 def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
+    from dosediffusion.prediction_outputs import write_prediction
+
     predict = _predictor(args)
     out = Path(args.out)
     failures = 0
