@@ -77,3 +77,12 @@ def test_bad_arguments_are_clear(phantom_dicom, tmp_path, capsys):
     assert "not a DoseDiffusion pipeline folder" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "missing"), "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_predicts_the_demo_case_with_the_bundled_model(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2"]) == 0
+    out = tmp_path / "DemoCase"
+    assert {"RTDOSE.dcm", "dose.nrrd", "dvh.csv", "scorecard.json", "summary.json", "report.png"} <= {p.name for p in out.iterdir()}
+    summary = json.loads((out / "summary.json").read_text())
+    ptv = summary["structures"]["PTV_60"]
+    assert 30 < ptv["mean_gy"] < 75 and summary["structures"]["BODY"]["mean_gy"] < ptv["mean_gy"] / 2  # dose on the target
