@@ -131,19 +131,9 @@ class DoseDiffusionPipeline:
         return {m: latents[i : i + 1] for i, m in enumerate(names)}
 
     def check_channels(self, channels: dict[str, np.ndarray]) -> None:
-        """Raise :class:`InputError` naming the problem unless ``channels`` are condition channels
-        this pipeline accepts: known modalities other than the target, each a finite floating
-        array of the crop's shape."""
-        allowed = set(self.model.config.modalities) - {self.target}
-        unknown = sorted(set(channels) - allowed)
-        if unknown:
-            raise InputError(f"channels {unknown} are not conditions of this model; allowed: {sorted(allowed)}")
-        crop = tuple(self.preprocessing.crop_shape)
-        for name, array in channels.items():
-            if tuple(np.shape(array)) != crop:
-                raise InputError(f"channel {name!r} has shape {tuple(np.shape(array))}, the model's crop is {crop}")
-            if not np.issubdtype(np.asarray(array).dtype, np.floating) or not np.all(np.isfinite(array)):
-                raise InputError(f"channel {name!r} must hold finite floating-point values")
+        """See :func:`check_condition_channels` (the conditions: every modality but the target)."""
+        check_condition_channels(channels, set(self.model.config.modalities) - {self.target},
+                                 tuple(self.preprocessing.crop_shape))
 
     @torch.no_grad()
     def sample_channels(
@@ -263,6 +253,19 @@ def predict_case(
     peak, kind = clock.peak_memory_mib()
     return DosePrediction(candidates[selected], candidates, selected, scores, clock.laps, peak, kind, "cpu",
                           "float32", steps, seed)
+
+
+def check_condition_channels(channels: dict[str, np.ndarray], allowed: set[str], crop: tuple[int, int, int]) -> None:
+    """Raise :class:`InputError` naming the problem unless ``channels`` are ``allowed`` modalities,
+    each a finite floating array of the ``crop`` shape."""
+    unknown = sorted(set(channels) - allowed)
+    if unknown:
+        raise InputError(f"channels {unknown} are not conditions of this model; allowed: {sorted(allowed)}")
+    for name, array in channels.items():
+        if tuple(np.shape(array)) != crop:
+            raise InputError(f"channel {name!r} has shape {tuple(np.shape(array))}, the model's crop is {crop}")
+        if not np.issubdtype(np.asarray(array).dtype, np.floating) or not np.all(np.isfinite(array)):
+            raise InputError(f"channel {name!r} must hold finite floating-point values")
 
 
 def write_pipeline_folder(folder: str | Path, index: dict, preprocessing: PrepareConfig, components: dict) -> Path:

@@ -79,13 +79,9 @@ class RegressionPipeline:
                 "preprocessing": self.preprocessing.to_dict(), "version": __version__}
 
     def check_channels(self, channels: dict[str, np.ndarray]) -> None:
-        unknown = sorted(set(channels) - set(self.model.config.conditions))
-        if unknown:
-            raise InputError(f"channels {unknown} are not conditions of this model; allowed: {list(self.model.config.conditions)}")
-        crop = tuple(self.preprocessing.crop_shape)
-        for name, array in channels.items():
-            if tuple(np.shape(array)) != crop or not np.all(np.isfinite(array)):
-                raise InputError(f"channel {name!r} must be finite and of the crop's shape {crop}")
+        from dosediffusion.model.pipeline import check_condition_channels
+
+        check_condition_channels(channels, set(self.model.config.conditions), tuple(self.preprocessing.crop_shape))
 
     @torch.no_grad()
     def sample_channels(self, channels: dict[str, np.ndarray], steps: int = 1, seed: int = 0, num_candidates: int = 1,
