@@ -88,14 +88,26 @@ def _merge_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_label(spec: str) -> tuple[str, str]:
+    """``NAME=DIR`` → (NAME, DIR); a bare DIR is named after its folder, or after its run folder when it is
+    a run's ``pipeline/`` (``runs/demo/pipeline`` → ``demo``)."""
+    if "=" in spec:
+        name, folder = spec.split("=", 1)
+        return name, folder
+    path = Path(spec)
+    return (path.parent.name if path.name == "pipeline" and path.parent.name else path.name) or spec, spec
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from dosediffusion_training.data.dataset import list_cases
     from dosediffusion_training.evaluation import evaluate_model, write_report
 
     paths = list_cases(args.data, args.split_file, args.split if args.split_file else None)[: args.max_cases]
-    results = {Path(m).name if m != "demo" else "demo": evaluate_model(m, paths, args.steps, args.seed, args.scorecard,
-                                                                       args.device)
-               for m in args.model}
+    models = dict(model_label(m) for m in args.model)
+    if len(models) < len(args.model):
+        raise InputError("two --model entries have the same name: give them names as NAME=DIR")
+    results = {name: evaluate_model(folder, paths, args.steps, args.seed, args.scorecard, args.device)
+               for name, folder in models.items()}
     summary = write_report(Path(args.out), results)
     print((Path(args.out) / "table.md").read_text(), end="")
     for pair, tests in summary["paired_tests"].items():
@@ -129,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     split.add_argument("--seed", type=int, default=0)
     split.set_defaults(run=_split)
     evaluate = commands.add_parser("evaluate", help="evaluate models on held-out cases (CSV, JSON, markdown)")
-    evaluate.add_argument("--model", action="append", required=True, help="pipeline folder or 'demo' (repeatable)")
+    evaluate.add_argument("--model", action="append", required=True,
+                          help="[NAME=]pipeline folder, or 'demo' (repeatable; the first is the reference of the paired tests)")
     evaluate.add_argument("--data", required=True, help="folder of cases")
     evaluate.add_argument("--split-file", help="split JSON (see 'split')")
     evaluate.add_argument("--split", default="test")

@@ -4,13 +4,14 @@ For every case of the ``test`` split of a data folder (compact files from ``dose
 synth``): the GDP-HMM MAE (Gy), MAE inside the PTVs and inside the OARs (Gy), the gamma pass rate
 (3 %/3 mm, global, 10 % cut-off) and the scorecard difference (prediction − the case's own dose,
 ``--scorecard``, default ``lung_60`` as the phantoms are thoracic) for the model at 1 and 10 steps and for the
-trivial distance fall-off baseline fitted on the ``train`` split; with ``--tg119`` the same on
+trivial distance fall-off baseline fitted on the ``train`` split and, with ``--regression DIR``, the
+MedNeXt regression baseline (a pipeline folder from a ``model.type: mednext`` run); with ``--tg119`` the same on
 pyRadPlan's TG119 C-shape phantom with three beam setups (doses from the same engine; needs its
 environment). Prints the mean over cases per data set and writes
 ``Testing/benchmarks/results/demo_accuracy.json`` with the per-case rows.
 
 Run: ``python Testing/benchmarks/demo_accuracy.py --data data/synth/compact --split data/synth/split.json
-[--model demo|DIR] [--max-cases 20] [--tg119]``.
+[--model demo|DIR] [--regression DIR] [--max-cases 20] [--tg119]``.
 """
 
 from __future__ import annotations
@@ -42,18 +43,21 @@ def case_row(case, pred: np.ndarray, seconds: float, template: str) -> dict:
             "score_diff": metrics["scorecard"]["diff"] if "scorecard" in metrics else None, "seconds": seconds}
 
 
-def evaluate_cases(cases, pipe, baseline: DistanceFalloff, steps: list[int], scorecard: str) -> dict[str, list[dict]]:
-    """Rows per method (the model at each number of steps, the trivial baseline) over ``cases``."""
-    rows: dict[str, list[dict]] = {f"model, {n} step{'s' if n > 1 else ''}": [] for n in steps}
-    rows["trivial baseline"] = []
+def evaluate_cases(cases, pipe, baseline: DistanceFalloff, steps: list[int], scorecard: str,
+                   regression=None) -> dict[str, list[dict]]:
+    """Rows per method (the model at each number of steps, the trivial baseline, the regression
+    baseline when given) over ``cases``."""
+    methods = {f"model, {n} step{'s' if n > 1 else ''}": (lambda case, n=n: pipe(case, steps=n, seed=0, device="cpu").dose_gy)
+               for n in steps}
+    methods["trivial baseline"] = baseline.predict
+    if regression is not None:
+        methods["MedNeXt regression"] = lambda case: regression(case, device="cpu").dose_gy
+    rows: dict[str, list[dict]] = {name: [] for name in methods}
     for case in cases:
-        for n in steps:
+        for name, predict in methods.items():
             start = time.perf_counter()
-            pred = pipe(case, steps=n, seed=0, device="cpu").dose_gy
-            rows[f"model, {n} step{'s' if n > 1 else ''}"].append(case_row(case, pred, time.perf_counter() - start, scorecard))
-        start = time.perf_counter()
-        pred = baseline.predict(case)
-        rows["trivial baseline"].append(case_row(case, pred, time.perf_counter() - start, scorecard))
+            pred = predict(case)
+            rows[name].append(case_row(case, pred, time.perf_counter() - start, scorecard))
     return rows
 
 
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", required=True)
     parser.add_argument("--model", default="demo")
+    parser.add_argument("--regression", help="a MedNeXt regression pipeline folder to compare with")
     parser.add_argument("--max-cases", type=int, default=20)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--scorecard", default="lung_60")
@@ -83,18 +88,19 @@ def main() -> None:
     test = list_cases(args.data, args.split, "test")[: args.max_cases]
     baseline = DistanceFalloff.fit(load_any(p) for p in list_cases(args.data, args.split, "train"))
     pipe = load_pipeline(model_folder(args.model))
+    regression = load_pipeline(args.regression) if args.regression else None
     results = {"held-out synthetic": evaluate_cases((load_any(p) for p in test), pipe, baseline, args.steps,
-                                                    args.scorecard)}
+                                                    args.scorecard, regression)}
     if args.tg119:
         from dosediffusion_training.synth.generate import plan_case
         from dosediffusion_training.synth.tg119 import SETUPS, tg119_case
 
         phantoms = (plan_case(tg119_case(setup))[0] for setup in SETUPS)
-        results["TG119"] = evaluate_cases(phantoms, pipe, baseline, args.steps, args.scorecard)
+        results["TG119"] = evaluate_cases(phantoms, pipe, baseline, args.steps, args.scorecard, regression)
     summary = {name: print_table(f"{name} ({len(next(iter(rows.values())))} cases), model {args.model}", rows)
                for name, rows in results.items()}
     out = Path(__file__).parent / "results" / "demo_accuracy.json"
-    out.write_text(json.dumps({"data": args.data, "model": args.model, "mean": summary, "rows": results}, indent=2))
+    out.write_text(json.dumps({"data": args.data, "model": args.model, "regression": args.regression, "mean": summary, "rows": results}, indent=2))
     print(f"wrote {out}")
 
 

@@ -11,7 +11,7 @@ from model_builders import tiny_pipeline
 from training_data import write_training_cases
 
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
-from dosediffusion_training.cli import main
+from dosediffusion_training.cli import main, model_label
 from dosediffusion_training.data.dataset import load_any
 from dosediffusion_training.evaluation import paired_tests
 
@@ -39,3 +39,14 @@ def test_paired_tests_detect_a_consistent_shift():
     tests = paired_tests(a, b)
     assert tests["mae_body_gy"]["mean_difference"] < 0 and tests["mae_body_gy"]["t_p"] < 1e-3
     assert tests["score_pred"]["wilcoxon_p"] < 1e-2
+
+
+def test_models_are_named_after_their_runs_or_as_given(tmp_path, capsys):
+    assert model_label("runs/demo-v1/pipeline") == ("demo-v1", "runs/demo-v1/pipeline")
+    assert model_label("models/mednext") == ("mednext", "models/mednext")
+    assert model_label("ScardNFT=runs/c/pipeline") == ("ScardNFT", "runs/c/pipeline")
+    data = write_training_cases(tmp_path / "cases", range(1), (20, 40, 48))
+    assert main(["evaluate", "--data", str(data), "--out", str(tmp_path / "eval"),
+                 "--model", "a/pipeline", "--model", "b/a/pipeline"]) == 2
+    assert "same name" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
