@@ -197,16 +197,14 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        from DoseDiffusionLib.scene import find_scene_inputs
+
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.ctVolume:
-            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-                if not node.GetAttribute("DicomRtImport.DoseVolume"):
-                    self._parameterNode.ctVolume = node
-                    break
-        if not self._parameterNode.segmentation:
-            segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-            if segmentation:
-                self._parameterNode.segmentation = segmentation
+        found = find_scene_inputs(slicer.mrmlScene)
+        if not self._parameterNode.ctVolume and found.ct:
+            self._parameterNode.ctVolume = found.ct
+        if not self._parameterNode.segmentation and found.segmentation:
+            self._parameterNode.segmentation = found.segmentation
 
     def setParameterNode(self, inputParameterNode: DoseDiffusionParameterNode | None) -> None:
         if self._parameterNode:
@@ -244,18 +242,22 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ structure roles
 
     def onSegmentationChanged(self, node=None) -> None:
+        # connected before the parameter node's own connector, so the parameter node may still hold the
+        # previous segmentation here: the table is filled from ``node``
         if self._parameterNode and node is not self._lastSegmentation():
-            self.fillStructureTable(True)
+            self.fillStructureTable(True, node)
 
     def _lastSegmentation(self):
         return getattr(self, "_tableSegmentation", None)
 
-    def fillStructureTable(self, reset: bool) -> None:
-        """One row per segment: name, role combo (ptv/oar/body/ignore), PTV dose; from the saved roles, or
-        (``reset`` or new names) suggested from the names by the alias table."""
+    def fillStructureTable(self, reset: bool, segmentation=None) -> None:
+        """One row per segment of ``segmentation`` (default: the parameter node's): name, role combo
+        (ptv/oar/body/ignore), PTV dose; from the saved roles, or (``reset`` or new names) suggested from
+        the names by the alias table."""
         from DoseDiffusionLib.scene import segment_names, suggest_roles
 
-        segmentation = self._parameterNode.segmentation if self._parameterNode else None
+        if segmentation is None and self._parameterNode:
+            segmentation = self._parameterNode.segmentation
         self._tableSegmentation = segmentation
         names = segment_names(segmentation) if segmentation else []
         saved = {} if reset else self._savedRoles()
@@ -617,14 +619,15 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
             DICOMUtils.loadPatientByUID(patients[0])
             self.delayDisplay("Loaded the demo case")
 
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            ct = next(v for v in volumes if not v.GetAttribute("DicomRtImport.DoseVolume"))
-            reference = next((v for v in volumes if v.GetAttribute("DicomRtImport.DoseVolume")), None)
-            segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-            plan = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLRTPlanNode")
-            self.assertIsNotNone(segmentation)
+            from DoseDiffusionLib.scene import find_scene_inputs
+
+            found = find_scene_inputs(slicer.mrmlScene)
+            ct = found.ct
+            self.assertIsNotNone(ct)
+            self.assertIsNotNone(found.segmentation)
+            self.assertIsNotNone(found.reference_dose)
             # built while the temporary DICOM database is open: it finds the RTPLAN file and the UIDs
-            case = logic.caseFromScene(ct, segmentation, plan, referenceDose=reference)
+            case = logic.caseFromScene(ct, found.segmentation, found.plan, referenceDose=found.reference_dose)
         self.assertTrue(case.structures)
         prediction = logic.predict(case, "demo", steps=2, device="cpu")
         doseNode, chart, table = logic.addResults(case, prediction.dose_gy, referenceVolume=ct)

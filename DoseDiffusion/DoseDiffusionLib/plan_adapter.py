@@ -20,10 +20,19 @@ their order (``CW``: the gantry angle increases). Isocenters are converted from 
 When the node's beams cannot be read (no beams, a proxy beam without its sequence) and the plan was
 loaded from DICOM, its RTPLAN file (found through the subject hierarchy's DICOM instance UID and
 Slicer's DICOM database) is read with :func:`dosediffusion.io.dicom_rtplan.read_rtplan` instead.
+
+Two node values are SlicerRT defaults that its DICOM import never sets: a beam's ``BeamWeight`` (1.0)
+and the plan's ``RxDose`` (1.0 Gy). For a plan loaded from DICOM the meterset weights and the
+prescription therefore come from its RTPLAN file; a plan's ``RxDose`` of exactly 1 Gy is taken as unset.
+The plan's isocenter is asked for only when a beam has none of its own: SlicerRT's
+``GetIsocenterPosition`` makes the plan's points-of-interest markup when it does not exist yet.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,8 @@ _CT_TAGS = {
     "CTSeriesInstanceUID": "0020,000E", "PatientPosition": "0018,5100",
 }
 RT_PLAN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.5"
+#: vtkMRMLRTPlanNode's RxDose before anyone sets it (``double RxDose{ 1.0 }``), Gy.
+SLICERRT_DEFAULT_RX_GY = 1.0
 
 
 @dataclass
@@ -88,7 +99,7 @@ def arc_direction(angles: list[float]) -> str | None:
     return "CW" if clockwise >= len(steps) - clockwise else "CC"
 
 
-def _beam_from_node(beam, plan_isocenter_ras) -> Beam:
+def _beam_from_node(beam, plan_isocenter_ras: Callable[[], list[float] | None]) -> Beam:
     sequence = beam_sequence(beam)
     name = beam.GetName()
     points = [beam]
@@ -100,9 +111,7 @@ def _beam_from_node(beam, plan_isocenter_ras) -> Beam:
     first = points[0]
     angles = [float(p.GetGantryAngle()) for p in points]
     direction = arc_direction(angles) if len(points) > 1 else None
-    isocenter = plan_isocenter_ras
-    if first.GetIsocenterPositionFlag():
-        isocenter = list(first.GetIsocenterPosition())
+    isocenter = list(first.GetIsocenterPosition()) if first.GetIsocenterPositionFlag() else plan_isocenter_ras()
     if isocenter is None:
         raise UnresolvedBeamError(f"beam {name!r}: no isocenter in the beam or the plan")
     return Beam(
@@ -123,12 +132,22 @@ def beams_from_plan_node(plan_node) -> list[Beam]:
     """The beams of a SlicerRT RT plan node, isocenters in LPS mm (see the module docstring)."""
     collection = vtk.vtkCollection()
     plan_node.GetBeams(collection)
-    isocenter = [0.0, 0.0, 0.0]
-    plan_isocenter = isocenter if plan_node.GetIsocenterPosition(isocenter) else None
-    beams = []
-    for i in range(collection.GetNumberOfItems()):
-        beams.append(_beam_from_node(collection.GetItemAsObject(i), plan_isocenter))
-    return beams
+
+    @functools.cache
+    def plan_isocenter() -> list[float] | None:
+        isocenter = [0.0, 0.0, 0.0]
+        return isocenter if plan_node.GetIsocenterPosition(isocenter) else None
+
+    return [_beam_from_node(collection.GetItemAsObject(i), plan_isocenter) for i in range(collection.GetNumberOfItems())]
+
+
+def with_file_weights(beams: list[Beam], file_beams: list[Beam]) -> tuple[list[Beam], list[str]]:
+    """``beams`` (from the node) with the meterset weights of the RTPLAN file's beams of the same
+    names; unchanged, with a warning, when the names do not match."""
+    weights = {b.name: b.meterset_weight for b in file_beams}
+    if sorted(weights) != sorted(b.name for b in beams):
+        return beams, ["the plan's beams differ from its RTPLAN file's: meterset weights are SlicerRT's (1.0)"]
+    return [dataclasses.replace(b, meterset_weight=weights[b.name]) for b in beams], []
 
 
 def _subject_hierarchy(node):
@@ -170,9 +189,10 @@ def rtplan_file(plan_node, dicom_database=None) -> Path | None:
 
 
 def read_plan(plan_node, dicom_database=None) -> PlanReading:
-    """Beams and prescription of ``plan_node``: from the node's beams, or its RTPLAN file when
-    those cannot be read. The prescription (levels, fractions) comes from the file when there is
-    one, else from the plan's ``RxDose``."""
+    """Beams and prescription of ``plan_node``: from the node's beams (with the RTPLAN file's meterset
+    weights when there is a file), or from its RTPLAN file when those cannot be read. The prescription
+    (levels, fractions) comes from the file when there is one, else from the plan's ``RxDose`` unless that
+    is SlicerRT's default."""
     warnings: list[str] = []
     path = rtplan_file(plan_node, dicom_database)
     file_reading = None
@@ -187,9 +207,13 @@ def read_plan(plan_node, dicom_database=None) -> PlanReading:
     except (UnresolvedBeamError, AttributeError, TypeError) as error:
         beams, problem = [], str(error)
     rx = float(plan_node.GetRxDose()) if hasattr(plan_node, "GetRxDose") else 0.0
-    prescription = file_reading.prescription if file_reading else Prescription([rx] if rx > 0 else [])
+    rx_set = rx > 0 and rx != SLICERRT_DEFAULT_RX_GY
+    prescription = file_reading.prescription if file_reading else Prescription([rx] if rx_set else [])
     if problem is None:
-        return PlanReading(beams, prescription, "node", (file_reading.warnings if file_reading else []) + warnings)
+        if file_reading is not None:
+            beams, weight_warnings = with_file_weights(beams, file_reading.beams)
+            warnings = file_reading.warnings + weight_warnings
+        return PlanReading(beams, prescription, "node", warnings)
     if file_reading is not None:
         return PlanReading(file_reading.beams, prescription, "rtplan",
                            [f"plan {plan_node.GetName()!r}: {problem}; beams read from its RTPLAN file {path.name}"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -304,6 +305,33 @@ def case_from_scene(
     )
 
 
+@dataclass
+class SceneInputs:
+    """The nodes a prediction starts from, as found in a scene (None where there is none)."""
+
+    ct: Any = None
+    segmentation: Any = None
+    plan: Any = None
+    reference_dose: Any = None
+
+
+def _first_node(scene, class_name: str, keep=lambda node: True) -> Any:
+    nodes = (scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name)))
+    return next((node for node in nodes if keep(node)), None)
+
+
+def find_scene_inputs(scene) -> SceneInputs:
+    """The first CT-like volume (a scalar volume that is neither an RT dose, nor a label map, nor one of
+    this module's predictions), the first segmentation, the first SlicerRT plan and the first RT dose
+    that is not a prediction (the reference): what a freshly loaded DICOM RT patient gives."""
+    def volume(dose: bool):
+        return _first_node(scene, "vtkMRMLScalarVolumeNode", lambda v: not v.IsA("vtkMRMLLabelMapVolumeNode")
+                           and not v.GetAttribute(PREDICTION_ATTRIBUTE) and bool(v.GetAttribute(DOSE_VOLUME_ATTRIBUTE)) == dose)
+
+    return SceneInputs(ct=volume(dose=False), segmentation=_first_node(scene, "vtkMRMLSegmentationNode"),
+                       plan=_first_node(scene, "vtkMRMLRTPlanNode"), reference_dose=volume(dose=True))
+
+
 # ----------------------------------------------------------------------------- Case → scene
 
 
@@ -351,15 +379,20 @@ def add_dose_to_scene(scene, dose_gy: np.ndarray, grid: Grid, name: str = "Predi
     dose = np.ascontiguousarray(np.asarray(dose_gy, dtype=np.float32))
     if dose.shape != grid.shape:
         raise GeometryError(f"dose shape {dose.shape} does not match its grid {grid.shape}")
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    # marked as dose before it enters the scene: subject hierarchy picks the item's owner plugin (SlicerRT's
+    # RT dose plugin for a dose volume) when the node is added, as SlicerRT's own RTDOSE import does
+    node = scene.CreateNodeByClass("vtkMRMLScalarVolumeNode")
+    node.SetName(scene.GenerateUniqueName(name))
+    node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
+    node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+    scene.AddNode(node)
+    node.UnRegister(None)  # the scene holds it now
     image = vtk.vtkImageData()
     image.SetDimensions(*grid.size_xyz)
     image.AllocateScalars(vtk.VTK_FLOAT, 1)
     numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = dose.ravel()
     node.SetAndObserveImageData(image)
     set_volume_geometry(node, grid)
-    node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
-    node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
 
     sh = _subject_hierarchy(scene)
     if sh is not None:

@@ -36,16 +36,6 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args([a for a in argv if a != "--"])
 
 
-def module_logic():
-    """The DoseDiffusion module's logic (the module is loaded by Slicer at startup)."""
-    logic = slicer.util.getModuleLogic("DoseDiffusion") if hasattr(slicer.util, "getModuleLogic") else None
-    if logic is None:
-        import DoseDiffusion
-
-        logic = DoseDiffusion.DoseDiffusionLogic()
-    return logic
-
-
 def patient_label(patient_uid: str) -> str:
     """The patient's DICOM PatientID (ctkDICOMDatabase.fieldForPatient), else its database UID."""
     try:
@@ -57,19 +47,16 @@ def patient_label(patient_uid: str) -> str:
 def predict_patient(logic, patient_uid: str, args: argparse.Namespace) -> Path:
     """Load one patient into a cleared scene, predict, write its files; returns its output folder."""
     from DICOMLib import DICOMUtils
+    from DoseDiffusionLib.scene import find_scene_inputs
 
     from dosediffusion.prediction_outputs import write_prediction
 
     slicer.mrmlScene.Clear(0)
     DICOMUtils.loadPatientByUID(patient_uid)
-    volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-    cts = [v for v in volumes if not v.GetAttribute("DicomRtImport.DoseVolume")]
-    doses = [v for v in volumes if v.GetAttribute("DicomRtImport.DoseVolume")]
-    segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-    plan = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLRTPlanNode")
-    if not cts or segmentation is None:
+    found = find_scene_inputs(slicer.mrmlScene)
+    if found.ct is None or found.segmentation is None:
         raise RuntimeError("the patient has no CT or no RT structure set")
-    case = logic.caseFromScene(cts[0], segmentation, plan, referenceDose=doses[0] if doses else None)
+    case = logic.caseFromScene(found.ct, found.segmentation, found.plan, referenceDose=found.reference_dose)
     case.case_id = patient_label(patient_uid) or case.case_id
     prediction = logic.predict(case, args.model, args.steps, args.candidates, args.device, args.seed, args.scorecard)
     out = Path(args.out) / "".join(c if c.isalnum() or c in "-_." else "_" for c in case.case_id)
@@ -83,7 +70,9 @@ def main(argv: list[str]) -> int:
     from DoseDiffusionLib import dependencies
 
     dependencies.ensure_core_package()
-    logic = module_logic()
+    import DoseDiffusion  # the module's logic runs without its widget
+
+    logic = DoseDiffusion.DoseDiffusionLogic()
     failures = 0
     with DICOMUtils.TemporaryDICOMDatabase() as database:
         DICOMUtils.importDicom(args.dicom, database)

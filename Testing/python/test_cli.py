@@ -1,4 +1,4 @@
-"""The command lines on the bundled demo case: inspect's documented JSON, and conversions."""
+"""The command lines on the analytic phantom: inspect's documented JSON, and conversions."""
 
 import json
 
@@ -7,14 +7,11 @@ import pytest
 
 from dosediffusion.cli.main import main
 from dosediffusion.io.load import load_case
-from dosediffusion.resources import resource_path
 from dosediffusion_training.cli import main as train_main
 
-DEMO = resource_path("DemoCase")
 
-
-def test_inspect_json_on_the_bundled_demo_case(capsys):
-    assert main(["inspect", str(DEMO), "--json"]) == 0
+def test_inspect_json_on_the_phantom(phantom_dicom, capsys):
+    assert main(["inspect", str(phantom_dicom[0]), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["grid"]["shape"] == [48, 64, 80]
     assert summary["grid"]["spacing_mm"] == [2.5, 2.5, 2.5]
@@ -30,8 +27,8 @@ def test_inspect_json_on_the_bundled_demo_case(capsys):
     assert summary["warnings"] == []
 
 
-def test_inspect_text(capsys):
-    assert main(["inspect", str(DEMO)]) == 0
+def test_inspect_text(phantom_dicom, capsys):
+    assert main(["inspect", str(phantom_dicom[0])]) == 0
     out = capsys.readouterr().out
     assert "PTV_60" in out and "arc 181->161 CW" in out and "60 Gy in 30 fractions" in out
 
@@ -42,9 +39,9 @@ def test_missing_path_is_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("out_name", ["demo.npz", "demo_nrrd"])
-def test_convert_keeps_the_case(tmp_path, out_name):
-    assert train_main(["convert", str(DEMO), "--out", str(tmp_path / out_name)]) == 0
-    original, converted = load_case(DEMO), load_case(tmp_path / out_name)
+def test_convert_keeps_the_case(phantom_dicom, tmp_path, out_name):
+    assert train_main(["convert", str(phantom_dicom[0]), "--out", str(tmp_path / out_name)]) == 0
+    original, converted = load_case(phantom_dicom[0]), load_case(tmp_path / out_name)
     assert converted.grid.same_as(original.grid)
     np.testing.assert_array_equal(converted.dose, original.dose)
     for name, structure in original.structures.items():

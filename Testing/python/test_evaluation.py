@@ -52,13 +52,12 @@ def test_grids_must_match():
         masked_mae(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), np.ones((2, 2, 2), bool))
 
 
-def test_openkbp_scores_of_a_scaled_dose_are_known():
+def test_openkbp_scores_of_a_scaled_dose_are_known(phantom_dicom):
     from dosediffusion.io.load import load_case
     from dosediffusion.metrics.dvh import compute_dvh
     from dosediffusion.metrics.evaluation import dvh_points, openkbp_scores
-    from dosediffusion.resources import resource_path
 
-    case = load_case(resource_path("DemoCase"))
+    case = load_case(phantom_dicom[0])
     ref = case.dose.astype(np.float64)
     scores = openkbp_scores(ref * 1.02, ref, case)
     assert scores["dose_score_gy"] == pytest.approx(0.02 * ref[case.body.mask].mean(), rel=1e-6)
@@ -68,15 +67,14 @@ def test_openkbp_scores_of_a_scaled_dose_are_known():
     assert set(scores["dvh_points"]["PTV_60"]) == {"D99", "D95", "D1"}
 
 
-def test_evaluate_cli_on_identical_doses(tmp_path, capsys):
+def test_evaluate_cli_on_identical_doses(phantom_dicom, tmp_path, capsys):
     import json
 
     from dosediffusion.cli.main import main
     from dosediffusion.io.load import load_case
     from dosediffusion.io.volume_sidecar import write_volume
-    from dosediffusion.resources import resource_path
 
-    demo = resource_path("DemoCase")
+    demo = phantom_dicom[0]
     case = load_case(demo)
     write_volume(case.dose, case.grid, tmp_path / "dose.nrrd")
     assert main(["evaluate", "--pred", str(tmp_path / "dose.nrrd"), "--ref", str(demo / "RTDOSE.dcm"),

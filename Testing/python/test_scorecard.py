@@ -9,15 +9,12 @@ from dosediffusion.cli.main import main
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
 from dosediffusion.metrics.scorecard import load_template, score_case
-from dosediffusion.resources import resource_path
-
-DEMO = resource_path("DemoCase")
 
 
 @pytest.fixture(scope="module")
-def flat_case():
-    """The demo phantom with 60 Gy everywhere in the body (its PTV is prescribed 60 Gy)."""
-    case = load_case(DEMO)
+def flat_case(phantom_dicom):
+    """The analytic phantom with 60 Gy everywhere in the body (its PTV is prescribed 60 Gy)."""
+    case = load_case(phantom_dicom[0])
     case.dose = np.where(case.body.mask, 60.0, 0.0).astype(np.float32)
     return case
 
@@ -96,8 +93,8 @@ def test_esapi_layout_scores_like_the_same_template_in_ours(flat_case, tmp_path)
     assert a.entries[1].value == pytest.approx(100.0)  # the whole cord gets 60 Gy > 55 Gy
 
 
-def test_score_cli_json(capsys):
-    assert main(["score", str(DEMO), "--scorecard", "lung_60", "--json"]) == 0
+def test_score_cli_json(phantom_dicom, capsys):
+    assert main(["score", str(phantom_dicom[0]), "--scorecard", "lung_60", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["template"] == "Lung 60 Gy in 30 fractions" and "Heart MeanDose" in report["not_evaluable"]
-    assert main(["score", str(DEMO), "--scorecard", "nonexistent"]) == 2
+    assert main(["score", str(phantom_dicom[0]), "--scorecard", "nonexistent"]) == 2

@@ -252,6 +252,39 @@ def test_predicted_dose_node_geometry_values_and_rt_attributes(predicted):
     assert display.GetWindowLevelMax() == pytest.approx(max(60.0, float(prediction.dose_gy.max())))
 
 
+def test_dose_volume_is_marked_before_it_enters_the_scene():
+    """Subject hierarchy picks a node's owner plugin when the node is added; SlicerRT's RT dose plugin
+    claims it only if the dose attribute is already there."""
+    case = box_case()
+    mrml = slicer.vtkMRMLScene()
+    seen = []
+    mrml.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent,
+                     lambda caller, event: seen.append([n.GetAttribute("DicomRtImport.DoseVolume")
+                                                        for n in _volumes(caller)]))
+    node = scene.add_dose_to_scene(mrml, case.dose, case.grid, "dose")
+    assert seen and seen[0] == ["1"]  # the first node added is the dose, already marked
+    assert node.GetReferenceCount() < 5  # held by the scene, not leaked
+
+
+def _volumes(mrml):
+    return [mrml.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+            for i in range(mrml.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+
+
+def test_scene_inputs_skip_label_maps_doses_and_predictions():
+    case = box_case()
+    mrml = slicer.vtkMRMLScene()
+    assert scene.find_scene_inputs(mrml) == scene.SceneInputs()
+    mrml.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    scene.add_dose_to_scene(mrml, case.dose, case.grid, "an earlier prediction")
+    reference = volume_node_for(mrml, case.dose, case.grid, "RTDOSE")
+    reference.SetAttribute("DicomRtImport.DoseVolume", "1")
+    ct = volume_node_for(mrml, case.ct, case.grid, "CT")
+    segmentation = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", "RTSTRUCT")
+    found = scene.find_scene_inputs(mrml)
+    assert (found.ct, found.segmentation, found.reference_dose, found.plan) == (ct, segmentation, reference, None)
+
+
 def test_dose_node_on_a_rotated_grid_matches_ras_points():
     """A non-identity direction (FFS: x and z flipped) and a dose known at every point."""
     case, _ = make_phantom_case(spacing=(5.0, 5.0, 5.0), position="FFS")
@@ -453,9 +486,13 @@ def test_plan_adapter_static_beams_and_an_arc():
 
 def test_plan_adapter_control_point_isocenter_and_read_plan_rx():
     beam = FakeBeam("B", 45.0, iso_ras=(1.0, 2.0, 3.0))
-    reading = plan_adapter.read_plan(FakePlan([beam], rx=70.0), dicom_database=None)
+    plan = FakePlan([beam], rx=70.0)
+    plan.GetIsocenterPosition = lambda iso: pytest.fail("SlicerRT makes a POI markup when asked: not needed here")
+    reading = plan_adapter.read_plan(plan, dicom_database=None)
     assert reading.source == "node" and reading.beams[0].isocenter_mm == (-1.0, -2.0, 3.0)
     assert reading.prescription.levels_gy == [70.0]
+    # SlicerRT's untouched default RxDose (1 Gy) is no prescription
+    assert plan_adapter.read_plan(FakePlan([beam], rx=1.0), dicom_database=None).prescription.levels_gy == []
 
 
 class FakeDicomDatabase:
@@ -493,6 +530,14 @@ def test_rtplan_fallback_when_the_node_gives_no_beams(phantom_dicom):
         [(b.name, b.gantry_deg, b.arc_direction, b.isocenter_mm) for b in beams]
     assert reading.prescription.levels_gy == prescription.levels_gy == [60.0]
     assert reading.prescription.fractions == 30
+    # beams read from the node take the file's meterset weights (SlicerRT's import leaves them at 1.0)
+    node_beams = [FakeBeam(b.name, b.gantry_deg, iso_ras=(0.0, 0.0, 0.0), scene=FakeScene()) for b in reversed(beams)]
+    weighted = plan_adapter.read_plan(FakePlan(node_beams, scene=mrml, item=item), database)
+    assert weighted.source == "node" and [b.name for b in weighted.beams] == [b.name for b in reversed(beams)]
+    assert [b.meterset_weight for b in weighted.beams] == [b.meterset_weight for b in reversed(beams)] != [1.0] * len(beams)
+    renamed = plan_adapter.with_file_weights(
+        [Beam("other", 0.0, 0.0, 0.0, (0.0, 0.0, 0.0), meterset_weight=1.0)], beams)
+    assert renamed[0][0].meterset_weight == 1.0 and "differ" in renamed[1][0]
     # an unresolved proxy beam (its sequence browser gone) also falls back
     broken = FakePlan([FakeBeam("Arc : CP0", 181.0, scene=FakeScene())], scene=mrml, item=item)
     broken.GetIsocenterPosition = lambda iso: False
