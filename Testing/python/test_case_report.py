@@ -41,3 +41,14 @@ def test_suggested_scorecard_follows_the_prescription():
     low = type(case)(**{**case.__dict__, "structures": {**case.structures, "PTV_60": Structure("PTV_60", mask, "ptv", 40.0)},
                         "prescription": Prescription([40.0], 15)})
     assert suggest_template(low) is None
+
+
+def test_suggested_scorecard_follows_the_anatomy():
+    """The bundled demo case: a thorax (lungs, heart, cord, oesophagus) with PTVs of 66/59/53 Gy gets the
+    lung template, though its three levels are as many as the head-and-neck template's."""
+    from dosediffusion.io.load import load_case
+    from dosediffusion.resources import resource_path
+
+    case = load_case(resource_path("DemoCase"))
+    assert case.prescription.levels_gy == [66.0, 59.0, 53.0] and "Heart" in case.structures
+    assert suggest_template(case) == "lung_60"

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from dosediffusion.case import Structure
 from dosediffusion.cli.main import main
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
@@ -38,6 +39,25 @@ def test_scores_follow_the_points_and_missing_structures_are_not_evaluable(flat_
     assert "Brainstem MaxDose" in report.not_evaluable and "PTV level 2 DoseAtVolume" in report.not_evaluable
     assert report.total == pytest.approx(sum(e.score for e in report.entries if e.score is not None))
     assert report.max_total == pytest.approx(sum(e.max_score for e in report.entries if e.score is not None))
+
+
+def test_a_paired_organ_is_the_union_of_its_sides(flat_case):
+    """lung_60's ``Lungs`` entries on a case that has only Lung_L and Lung_R (as pyRadPlan phantoms do)."""
+    from dosediffusion.metrics.dvh import compute_dvh
+
+    case = flat_case
+    grid_x = np.arange(case.grid.shape[2])
+    left = np.broadcast_to(grid_x < case.grid.shape[2] // 3, case.grid.shape) & case.body.mask
+    right = np.broadcast_to(grid_x > 2 * case.grid.shape[2] // 3, case.grid.shape) & case.body.mask
+    dose = np.where(left, 30.0, np.where(right, 5.0, 0.0)).astype(np.float32)
+    lungs = {n: Structure(n, m, "oar", canonical=n) for n, m in (("Lung_L", left), ("Lung_R", right))}
+    paired = type(case)(**{**case.__dict__, "structures": {**case.structures, **lungs}})
+    v20 = next(e for e in score_case(paired, load_template("lung_60"), dose).entries
+               if e.structure == "Lungs" and e.metric == "VolumeAtDose")
+    union = Structure("Lungs", left | right, "oar")
+    assert v20.value == pytest.approx(compute_dvh(dose, case.grid, union).volume_at_dose_percent(20.0), abs=1e-3)  # entries round to 4 digits
+    assert v20.value == pytest.approx(100.0 * left.sum() / (left | right).sum(), abs=2.0)  # DVHs weigh edge voxels
+    assert "Lungs VolumeAtDose" in score_case(flat_case, load_template("lung_60")).not_evaluable
 
 
 def test_interpolation_between_points(flat_case, tmp_path):

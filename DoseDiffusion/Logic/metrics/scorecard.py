@@ -2,7 +2,8 @@
 
 A template (JSON, schema ``Resources/Scorecards/scorecard.schema.json``) lists entries:
 a structure (``{"name": "SpinalCord"}``, matched to the case through the alias table's canonical
-names, or ``{"ptv_level": 1}``, the PTV with the highest prescription), a metric
+names, or ``{"ptv_level": 1}``, the PTV with the highest prescription; a paired organ such as
+``Lungs`` is the union of the case's left and right ones when the case has no combined structure), a metric
 
 - ``DoseAtVolume`` (``volume`` in ``volume_unit`` % or cc) → dose,
 - ``VolumeAtDose`` (``dose`` in ``dose_unit`` Gy or %Rx) → volume in ``output_unit`` % or cc,
@@ -122,6 +123,11 @@ def load_template(name_or_path: str | Path) -> dict:
     return validate_template(template, str(path))
 
 
+#: Combined organs (TG-263 names) made of their left and right parts when a case has only those.
+PAIRED_ORGANS = {"Lungs": ("Lung_L", "Lung_R"), "Parotids": ("Parotid_L", "Parotid_R"),
+                 "Kidneys": ("Kidney_L", "Kidney_R"), "Femur_Heads": ("Femur_Head_L", "Femur_Head_R")}
+
+
 def find_structure(case: Case, spec: dict) -> Structure | None:
     """The case's structure for an entry's ``structure`` spec, or None."""
     if "ptv_level" in spec:
@@ -131,7 +137,17 @@ def find_structure(case: Case, spec: dict) -> Structure | None:
             return None
         wanted = levels[spec["ptv_level"] - 1]
         return max((s for s in ptvs if s.prescription_gy == wanted), key=lambda s: s.mask.sum())
-    key = normalise(spec["name"])
+    found = _named_structure(case, spec["name"])
+    if found is None and spec["name"] in PAIRED_ORGANS:
+        sides = [s for s in (_named_structure(case, side) for side in PAIRED_ORGANS[spec["name"]]) if s is not None]
+        if sides:
+            found = Structure(spec["name"], np.logical_or.reduce([s.mask for s in sides]), "oar",
+                              canonical=spec["name"])
+    return found
+
+
+def _named_structure(case: Case, name: str) -> Structure | None:
+    key = normalise(name)
     for s in case.structures.values():
         if s.mask.any() and key in (normalise(s.name), normalise(s.canonical or "")):
             return s
