@@ -167,8 +167,8 @@ def test_scorecard_with_reference_shows_both_and_the_difference(reports, tmp_pat
     report, reference, template = reports
     figure = plot_scorecard(report, tmp_path / "score.png", reference, template=template, labels=("AI", "clinical"))
     rows = table_text(figure)
-    assert rows[0] == ["Structure", "Metric", "Value (AI)", "Score (AI)", "Result (AI)", "Value (clinical)",
-                       "Score (clinical)", "Result (clinical)", "Δ score"]
+    assert rows[0] == ["Structure", "Metric", "Value\n(AI)", "Score\n(AI)", "Result\n(AI)", "Value\n(clinical)",
+                       "Score\n(clinical)", "Result\n(clinical)", "Δ score"]
     for row, mine, theirs in zip(rows[1:-1], report.entries, reference.entries, strict=True):
         if mine.score is None:
             assert row[5] == "not evaluable" and row[8] == ""

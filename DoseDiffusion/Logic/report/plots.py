@@ -182,7 +182,7 @@ def metric_label(entry: dict) -> str:
         return f"D{entry['volume']:g}{'%' if entry['volume_unit'] == '%' else 'cc'}"
     if metric == "VolumeAtDose":
         return f"V{entry['dose']:g}{entry['dose_unit']}"
-    return {"MeanDose": "Dmean", "MaxDose": "Dmax (0.03cc)", "MinDose": "Dmin"}.get(metric, metric)
+    return {"MeanDose": "Dmean", "MaxDose": "D0.03cc", "MinDose": "Dmin"}.get(metric, metric)
 
 
 def result_text(entry: EntryResult) -> str:
@@ -220,9 +220,9 @@ def scorecard_columns(labels: tuple[str, str] | None) -> list[str]:
     """Column headers of the scorecard table; with ``labels`` (this, reference) the comparison columns."""
     if labels is None:
         return ["Structure", "Metric", "Value", "Score / max", "Result"]
-    this, ref = labels
-    return ["Structure", "Metric", f"Value ({this})", f"Score ({this})", f"Result ({this})",
-            f"Value ({ref})", f"Score ({ref})", f"Result ({ref})", "Δ score"]
+    this, ref = labels  # on two lines: the nine columns are narrow
+    return ["Structure", "Metric", f"Value\n({this})", f"Score\n({this})", f"Result\n({this})",
+            f"Value\n({ref})", f"Score\n({ref})", f"Result\n({ref})", "Δ score"]
 
 
 def scorecard_rows(
