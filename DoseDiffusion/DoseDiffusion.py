@@ -517,7 +517,8 @@ class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def template(case, scorecard: str | None = SCORECARD_AUTO) -> dict | None:
-        """The scorecard template: ``auto`` (shipped, matching the prescription), ``none``, a name or a file."""
+        """The scorecard template: ``auto`` (the shipped one that fits the organs and prescription), ``none``,
+        a name or a file."""
         from dosediffusion.metrics.scorecard import load_template
         from dosediffusion.metrics.scorecard_choice import suggest_template
 

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--out", required=True, help="folder for cases.csv, summary.json, table.md")
     evaluate.add_argument("--steps", type=int, default=10)
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--scorecard", help="template for every case (default: matched to the prescription)")
+    evaluate.add_argument("--scorecard", help="template for every case (default: the shipped one that fits each case)")
     evaluate.add_argument("--max-cases", type=int, default=None)
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(run=_evaluate)

@@ -48,7 +48,8 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--scorecard", default=None,
-                        help="scorecard template name or file; default: the shipped one matching the prescription; 'none'")
+                        help="scorecard template name or file; default: the shipped one that fits the case's organs and "
+                             "prescription; 'none'")
     parser.add_argument("--no-report", action="store_true", help="skip report.png (no matplotlib needed)")
     parser.add_argument("--progress-json", action="store_true",
                         help="print progress as JSON lines on stdout (for a parent process)")
