@@ -324,9 +324,13 @@ def find_scene_inputs(scene) -> SceneInputs:
     """The first CT-like volume (a scalar volume that is neither an RT dose, nor a label map, nor one of
     this module's predictions), the first segmentation, the first SlicerRT plan and the first RT dose
     that is not a prediction (the reference): what a freshly loaded DICOM RT patient gives."""
+
     def volume(dose: bool):
-        return _first_node(scene, "vtkMRMLScalarVolumeNode", lambda v: not v.IsA("vtkMRMLLabelMapVolumeNode")
-                           and not v.GetAttribute(PREDICTION_ATTRIBUTE) and bool(v.GetAttribute(DOSE_VOLUME_ATTRIBUTE)) == dose)
+        def keep(v) -> bool:
+            is_dose = bool(v.GetAttribute(DOSE_VOLUME_ATTRIBUTE))
+            return not v.IsA("vtkMRMLLabelMapVolumeNode") and not v.GetAttribute(PREDICTION_ATTRIBUTE) and is_dose == dose
+
+        return _first_node(scene, "vtkMRMLScalarVolumeNode", keep)
 
     return SceneInputs(ct=volume(dose=False), segmentation=_first_node(scene, "vtkMRMLSegmentationNode"),
                        plan=_first_node(scene, "vtkMRMLRTPlanNode"), reference_dose=volume(dose=True))
