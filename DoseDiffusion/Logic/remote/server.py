@@ -45,6 +45,8 @@ MAX_WAIT_S = 30.0  # longest long poll of GET /jobs/{id}?wait_s=
 POLL_S = 0.02  # how often a long poll looks at its job
 
 
+NO_SUCH_JOB = "no such job (unknown, expired or already fetched)"
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1); other names are not."""
     if host == "localhost":
@@ -133,7 +135,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
             await asyncio.sleep(POLL_S)
             found = jobs.status(job_id)
         if found is None:
-            raise HTTPException(404, "no such job (unknown, expired or already fetched)")
+            raise HTTPException(404, NO_SUCH_JOB)
         return found
 
     @app.get("/jobs/{job_id}/result", dependencies=guarded)
@@ -141,7 +143,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
         jobs: JobQueue = request.app.state.jobs
         job = jobs.get(job_id)
         if job is None:
-            raise HTTPException(404, "no such job (unknown, expired or already fetched)")
+            raise HTTPException(404, NO_SUCH_JOB)
         if job.state != "done":
             raise HTTPException(409, f"job is {job.state}" + (f": {job.error}" if job.error else ""))
         body = encode_result(job.result, job.timing)
@@ -153,7 +155,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
         jobs: JobQueue = request.app.state.jobs
         job = jobs.cancel(job_id)
         if job is None:
-            raise HTTPException(404, "no such job (unknown, expired or already fetched)")
+            raise HTTPException(404, NO_SUCH_JOB)
         running = job.state == "running"
         state = "cancelling" if running else ("cancelled" if job.state == "cancelled" else "removed")
         return JSONResponse({"id": job_id, "state": state}, status_code=202 if running else 200)
