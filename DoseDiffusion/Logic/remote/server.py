@@ -43,9 +43,8 @@ SAFETENSORS = "application/octet-stream"
 NAME = "DoseDiffusion worker"
 MAX_WAIT_S = 30.0  # longest long poll of GET /jobs/{id}?wait_s=
 POLL_S = 0.02  # how often a long poll looks at its job
-
-
 NO_SUCH_JOB = "no such job (unknown, expired or already fetched)"
+
 
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1); other names are not."""
