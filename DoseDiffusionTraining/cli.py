@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from dosediffusion import __version__
+from dosediffusion.cli.runner import run_command
 from dosediffusion.errors import InputError
 from dosediffusion.io.gdp_hmm import write_gdp_hmm_npz
 from dosediffusion.io.load import load_case
@@ -164,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out", required=True, help="the merged pipeline folder to write")
     merge.set_defaults(run=_merge_lora)
     args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except InputError as error:
-        print(f"dosediffusion-train: error: {error}", file=sys.stderr)
-        return 2
+    return run_command("dosediffusion-train", args)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 #   - Debian: dicom3tools (dciodvfy validates our DICOM), plastimatch (writes DICOM RT sets we read)
 #   - pymedphys (gamma peer), and the peers' own environments where a script for them exists
 #     (Testing/peers/setup_peers.sh).
+# Python packages go through the committed constraints file (constraints.txt), the set the suite passed
+# with; Testing/refresh_constraints.sh sets DOSEDIFFUSION_UNCONSTRAINED=1 to take the newest instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+constrain=(-c constraints.txt)
+[ -z "${DOSEDIFFUSION_UNCONSTRAINED:-}" ] || constrain=()
 need=()
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v plastimatch >/dev/null || need+=(plastimatch)
@@ -13,11 +17,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # pymedphys' gamma (compared against ours) needs numba; both are test-only and leave torch alone
-python -c "import pymedphys, numba" 2>/dev/null || pip install -q "pymedphys==0.41.0" "numba>=0.60"
+python -c "import pymedphys, numba" 2>/dev/null || pip install -q "${constrain[@]}" "pymedphys==0.41.0" "numba>=0.60"
 if [ -f Testing/peers/setup_peers.sh ]; then
   bash Testing/peers/setup_peers.sh
 fi
 # slicer-core: a real MRML scene (volumes, segmentations, tables, plots) for the Slicer module's scene logic
-python -c "import slicer" 2>/dev/null || pip install -q slicer-core
+python -c "import slicer" 2>/dev/null || pip install -q "${constrain[@]}" slicer-core
 # pyRadPlan (the dose engine behind dosediffusion-train synth) in its own virtual environment
 bash DoseDiffusionTraining/synth/setup_engine_env.sh

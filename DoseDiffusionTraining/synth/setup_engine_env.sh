@@ -4,7 +4,11 @@
 # main environment, so it is never installed there: dosediffusion_training.synth.engine runs
 # pyradplan_worker.py with this environment's python and exchanges .npz files with it.
 # Location: ${DOSEDIFFUSION_ENGINE_ENV:-$HOME/.cache/dosediffusion-engine} (engine.engine_python() uses the same rule).
+# Installs go through engine-constraints.txt beside this script (the tested set; see
+# Testing/refresh_constraints.sh, which sets DOSEDIFFUSION_UNCONSTRAINED=1 to take the newest instead).
 set -euo pipefail
+constrain=(-c "$(cd "$(dirname "$0")" && pwd)/engine-constraints.txt")
+[ -z "${DOSEDIFFUSION_UNCONSTRAINED:-}" ] || constrain=()
 venv="${DOSEDIFFUSION_ENGINE_ENV:-$HOME/.cache/dosediffusion-engine}"
 python="${ENGINE_PYTHON:-python3}"
 packages=("pyradplan==0.5.0" "pydantic<2.14" "numpy<2.4")
@@ -26,6 +30,6 @@ rm -rf "$venv"
 mkdir -p "$(dirname "$venv")"
 "$python" -m venv "$venv" || { rm -rf "$venv"; "$python" -m venv "$venv"; }  # retry once: ensurepip can fail transiently
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q "${packages[@]}"
+"$venv/bin/python" -m pip install -q "${constrain[@]}" "${packages[@]}"
 "$venv/bin/python" -I -c "$check"
 echo "pyRadPlan engine installed: $venv"

@@ -3,7 +3,11 @@
 # dependencies clash with ours (idempotent: a working environment is left as it is).
 #   - dicompyler-core 0.5.6 (DVH peer): needs pydicom < 3, we need pydicom 3.
 # Location: ${DOSEDIFFUSION_PEERS:-$HOME/.cache/dosediffusion-peers}/<peer> (Testing/python/peers.py uses the same rule).
+# Installs go through dicompyler-constraints.txt beside this script (the tested set; see
+# Testing/refresh_constraints.sh, which sets DOSEDIFFUSION_UNCONSTRAINED=1 to take the newest instead).
 set -euo pipefail
+constrain=(-c "$(cd "$(dirname "$0")" && pwd)/dicompyler-constraints.txt")
+[ -z "${DOSEDIFFUSION_UNCONSTRAINED:-}" ] || constrain=()
 root="${DOSEDIFFUSION_PEERS:-$HOME/.cache/dosediffusion-peers}"
 venv="$root/dicompyler"
 python="${PEERS_PYTHON:-python3}"
@@ -21,6 +25,6 @@ rm -rf "$venv"
 mkdir -p "$root"
 "$python" -m venv "$venv" || { rm -rf "$venv"; "$python" -m venv "$venv"; }  # retry once: ensurepip can fail transiently
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q "${packages[@]}"
+"$venv/bin/python" -m pip install -q "${constrain[@]}" "${packages[@]}"
 "$venv/bin/python" -c "$check"
 echo "dicompyler-core peer installed: $venv"

@@ -1,6 +1,9 @@
 """The command lines on the analytic phantom: inspect's documented JSON, and conversions."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -36,6 +39,20 @@ def test_inspect_text(phantom_dicom, capsys):
 def test_missing_path_is_exit_2(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nothing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("program", ["dosediffusion.cli.main", "dosediffusion_training.cli"])
+def test_a_closed_pipe_ends_quietly(phantom_dicom, program, tmp_path):
+    """``dosediffusion inspect CASE | head``: the reader has gone before the first line is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    command = (["inspect", str(phantom_dicom[0])] if program == "dosediffusion.cli.main"
+               else ["convert", str(phantom_dicom[0]), "--out", str(tmp_path / "case.npz")])
+    with os.fdopen(write_end, "wb") as stdout:
+        done = subprocess.run([sys.executable, "-m", program, *command], stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 141  # as a shell reports a process ended by SIGPIPE
 
 
 @pytest.mark.parametrize("out_name", ["demo.npz", "demo_nrrd"])

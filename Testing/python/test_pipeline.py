@@ -37,7 +37,7 @@ def test_conditions_reach_the_prediction(case):
     pipe = tiny_pipeline()
     base = pipe(case, steps=2, seed=0).dose_gy
     no_beams = pipe(type(case)(**{**case.__dict__, "beams": []}), steps=2, seed=0).dose_gy
-    assert not np.array_equal(base, no_beams)
+    assert np.abs(base - no_beams).mean() > 1e-3 * np.abs(base).mean()  # a real effect, not rounding
 
 
 def test_save_load_round_trip_is_exact(case, tmp_path):

@@ -224,7 +224,7 @@ def test_stage_c_resumes_exactly_and_merges(tmp_path, data):
         plain = DoseDiffusionPipeline.from_pretrained(start).model(lat, t).sample["dose"]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(trained, expected, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(plain, expected)
+    assert (plain - expected).abs().mean() > 1e-3 * expected.abs().mean()  # the adapter changed the model
 
 
 def test_fit_command_runs_stage_c_and_merge_lora(tmp_path, data):

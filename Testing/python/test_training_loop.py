@@ -24,7 +24,7 @@ def data(tmp_path_factory):
 
 
 def _config(tmp_path, data, **train) -> RunConfig:
-    raw = {"data": {"folder": str(data)}, "preprocessing": {"crop_shape": [17, 32, 48], "spacing_mm": [5.0, 5.0, 5.0]},
+    raw = {"data": {"folder": str(data)}, "preprocessing": {"crop_shape": [9, 32, 32], "spacing_mm": [5.0, 5.0, 5.0]},
            "codec": {"type": "patch", "factors": [1, 4, 4]}, "model": {"size": "tiny", "patch_size": [1, 2, 2]},
            "train": {"steps": 4, "batch_size": 2, "learning_rate": 2e-3, "warmup_steps": 1, "checkpoint_every": 2, **train}}
     path = tmp_path / "run.yaml"
@@ -193,7 +193,7 @@ def test_two_process_ddp_on_cpu_runs(tmp_path, data):
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
-        "data": {"folder": str(data)}, "preprocessing": {"crop_shape": [17, 32, 48], "spacing_mm": [5.0, 5.0, 5.0]},
+        "data": {"folder": str(data)}, "preprocessing": {"crop_shape": [9, 32, 32], "spacing_mm": [5.0, 5.0, 5.0]},
         "codec": {"type": "patch", "factors": [1, 4, 4]}, "model": {"size": "tiny"},
         "train": {"steps": 2, "batch_size": 1, "learning_rate": 1e-3, "warmup_steps": 1, "checkpoint_every": 2,
                   "tensorboard": False}}))

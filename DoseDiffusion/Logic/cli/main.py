@@ -1,8 +1,8 @@
 """``dosediffusion``: the command-line entry point.
 
 Each sub-command lives in its own module of this package with ``add_parser(subparsers)`` and
-``run(args) -> int``. A user's mistake (:class:`~dosediffusion.errors.InputError`) prints one line
-``dosediffusion: error: <file>: <problem>`` and exits with code 2.
+``run(args) -> int``; :func:`~dosediffusion.cli.runner.run_command` runs it (a user's mistake prints
+one line ``dosediffusion: error: <file>: <problem>`` and exits with code 2).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from dosediffusion import __version__
-from dosediffusion.errors import InputError
+from dosediffusion.cli.runner import run_command
 
 COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict", "demo", "serve")
 
@@ -30,14 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except InputError as error:
-        print(f"dosediffusion: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dosediffusion: interrupted", file=sys.stderr)
-        return 130
+    return run_command("dosediffusion", args)
 
 
 if __name__ == "__main__":
