@@ -48,12 +48,38 @@ def test_truncated_file(phantom, capsys):
     path = phantom / "RTSTRUCT.dcm"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    _expect(phantom, DicomError, "truncated or corrupt", capsys, path)
+    _expect(phantom, DicomError, "truncated DICOM file", capsys, path)
+
+
+def _element_end(path, keyword):
+    """The byte offset where ``keyword``'s element ends in the file at ``path``."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    raw = ds.get_item(pydicom.datadict.tag_for_keyword(keyword))
+    return raw.value_tell + raw.length
+
+
+@pytest.mark.parametrize("cut", ["at an element boundary", "inside an element header", "inside the pixel data",
+                                 "before the pixel data"])
+def test_truncated_ct_slice_is_called_truncated(phantom, capsys, cut):
+    path = sorted(phantom.glob("CT*"))[5]
+    data = path.read_bytes()
+    offset = {"at an element boundary": _element_end(path, "ImagePositionPatient"),
+              "inside an element header": _element_end(path, "ImagePositionPatient") + 4,
+              "inside the pixel data": len(data) - 100,
+              "before the pixel data": _element_end(path, "RescaleSlope")}[cut]
+    path.write_bytes(data[:offset])
+    _expect(phantom, DicomError, "^[^:]*CT[^:]*: truncated DICOM file", capsys, path)
+
+
+def test_plan_cut_after_its_header_is_truncated_not_beamless(phantom, capsys):
+    path = phantom / "RTPLAN.dcm"
+    path.write_bytes(path.read_bytes()[: _element_end(path, "RTPlanLabel")])
+    _expect(phantom, DicomError, "RTPLAN without beams", capsys, path)
 
 
 def test_truncated_plan_from_pydicom():
     path = Path(get_testdata_file("rtplan_truncated.dcm"))
-    with pytest.raises(DicomError, match="truncated or corrupt") as error:
+    with pytest.raises(DicomError, match="truncated DICOM file") as error:
         read_rtplan(path)
     assert str(path) in str(error.value)
 

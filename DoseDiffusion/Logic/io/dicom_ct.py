@@ -63,6 +63,8 @@ def read_ct_series(items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarra
         try:
             ds = read_dataset(path)
             pixels = ds.pixel_array.astype(np.float32)
+        except DicomError:
+            raise
         except Exception as error:  # noqa: BLE001 - pixel decoding fails in many ways; all are the file's
             raise DicomError(f"cannot read CT pixel data ({error.__class__.__name__}: {error})", path) from None
         if pixels.shape != shape2d:

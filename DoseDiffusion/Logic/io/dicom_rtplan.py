@@ -23,6 +23,8 @@ def read_rtplan(path: Path) -> tuple[list[Beam], Prescription, list[str]]:
     ds = read_dataset(path)
     warnings: list[str] = []
     beam_items = ds.get("BeamSequence") or ds.get("IonBeamSequence") or []
+    if not beam_items:
+        raise DicomError("RTPLAN without beams (no BeamSequence): cut short, or not a treatment plan", path)
     fraction_group = (ds.get("FractionGroupSequence") or [None])[0]
     meterset = {}
     fractions = None

@@ -60,10 +60,11 @@ def read_dataset(path: Path, *, header_only: bool = False) -> pydicom.Dataset:
         raise
     except Exception as error:  # noqa: BLE001 - any parse failure is the file's fault
         raise DicomError(f"truncated or corrupt DICOM file ({error.__class__.__name__}: {error})", path) from None
+    problem = _cut_short(ds, path, header_only)
+    if problem:
+        raise DicomError(f"truncated DICOM file ({problem})", path)
     if "Modality" not in ds:
-        raise DicomError("DICOM file without a Modality", path)
-    if not header_only and _cut_short(ds, path):
-        raise DicomError("truncated or corrupt DICOM file (it ends inside its last element)", path)
+        raise DicomError("DICOM file without a Modality (cut short, or not an image, structure set, plan or dose)", path)
     return ds
 
 
@@ -71,21 +72,41 @@ _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _UNDEFINED = 0xFFFFFFFF
 
 
-def _cut_short(ds: pydicom.Dataset, path: Path) -> bool:
-    """True when the file ends before its last element does (pydicom reads such files silently)."""
+def _cut_short(ds: pydicom.Dataset, path: Path, header_only: bool) -> str | None:
+    """How the file ends early, or None. pydicom reads a file cut at an element boundary silently, and
+    one cut inside its last element without complaint; an image must still hold its pixel data."""
     tags = list(ds.keys())
     if not tags:
-        return True
+        return "it holds no data element"
     last = ds.get_item(tags[-1])
     length, start = getattr(last, "length", None), getattr(last, "value_tell", None)
     if length is None or start is None:
-        return False  # already converted: nothing recorded to check against
+        return None  # already converted: nothing recorded to check against
     size = Path(path).stat().st_size
-    if length == _UNDEFINED:  # a sequence or encapsulated data: it must end with its delimiter
+    if length == _UNDEFINED:  # a sequence or encapsulated data: read whole, it must end with its delimiter
+        if header_only and _is_image(ds):
+            return None  # stopped before the pixel data: what follows is not read here
         with open(path, "rb") as fh:
             fh.seek(max(size - 8, 0))
-            return fh.read(8) != _SEQUENCE_DELIMITER
-    return start + length > size
+            return None if fh.read(8) == _SEQUENCE_DELIMITER else "it ends inside its last element"
+    end = start + length
+    if end > size:
+        return "it ends inside its last element"
+    if end < size:  # pydicom stops early only before the pixel data (header_only) or at a cut element header
+        with open(path, "rb") as fh:
+            fh.seek(end)
+            group = fh.read(2)
+        return None if header_only and group in _PIXEL_GROUP else "it ends inside an element's header"
+    return "it ends before its pixel data" if _is_image(ds) and "PixelData" not in ds else None
+
+
+def _is_image(ds: pydicom.Dataset) -> bool:
+    return "Rows" in ds or str(ds.get("Modality", "")).upper() in _IMAGES
+
+
+#: Modalities whose objects carry pixel data; the group of (7FE0,0010) Pixel Data, little and big endian.
+_IMAGES = {"CT", "RTDOSE"}
+_PIXEL_GROUP = (b"\xe0\x7f", b"\x7f\xe0")
 
 
 def scan(paths: str | PathLike | list) -> DicomIndex:
