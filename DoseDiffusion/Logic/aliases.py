@@ -1,4 +1,5 @@
-"""Structure names → roles through the editable alias table ``Resources/structure_aliases.json``."""
+"""Structure names → roles through the editable alias table ``Resources/structure_aliases.json``
+(:mod:`dosediffusion.roles` applies it, after the user's own choices)."""
 
 from __future__ import annotations
 
@@ -82,33 +83,3 @@ def dose_from_name(name: str) -> float | None:
         if 5.0 <= value <= 150.0:
             return value
     return None
-
-
-def assign_roles(structures: dict, levels_gy: list[float], table: AliasTable | None = None) -> list[str]:
-    """Give each :class:`~dosediffusion.case.Structure` its role, canonical name and, for PTVs,
-    prescription, in place. Structures whose role is already not ``other`` keep it.
-
-    A PTV's prescription is the dose in its name, else the plan's single prescription level.
-    Returns warnings: unmatched names (role ``other``), PTVs left without a prescription.
-    """
-    table = table or default_table()
-    unmatched, no_dose = [], []
-    for structure in structures.values():
-        if structure.role != "other":
-            continue
-        found = table.match(structure.name)
-        structure.role, structure.canonical = found.role, found.canonical
-        if found.role == "ptv" and structure.prescription_gy is None:
-            structure.prescription_gy = found.prescription_gy
-            if structure.prescription_gy is None and len(levels_gy) == 1:
-                structure.prescription_gy = float(levels_gy[0])
-            if structure.prescription_gy is None:
-                no_dose.append(structure.name)
-        elif found.role == "other" and not found.ignored:
-            unmatched.append(structure.name)
-    warnings = []
-    if unmatched:
-        warnings.append(f"structures with no role in the alias table (kept as 'other'): {', '.join(sorted(unmatched))}")
-    if no_dose:
-        warnings.append(f"PTVs without a prescription (none in the name or plan): {', '.join(sorted(no_dose))}")
-    return warnings

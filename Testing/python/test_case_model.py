@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from dosediffusion.aliases import AliasTable, assign_roles, dose_from_name
+from dosediffusion.aliases import AliasTable, dose_from_name
 from dosediffusion.case import Beam, Case, Prescription, Structure
 from dosediffusion.errors import GeometryError, InputError
 from dosediffusion.geometry import Grid
+from dosediffusion.roles import assign_roles
 
 GRID = Grid((4, 5, 6), (2.0, 2.0, 3.0), (0.0, 0.0, 0.0))
 

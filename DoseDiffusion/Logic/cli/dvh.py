@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dosediffusion.cli.inspect import add_selection_arguments, selection
+from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import resample
-from dosediffusion.io.load import load_case
 from dosediffusion.io.volume_sidecar import read_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, homogeneity_index, paddick_conformity_index, standard_metrics
 from dosediffusion.metrics.dvh import DVH
@@ -33,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dose", help="a dose volume (NRRD/NIfTI, Gy) instead of the case's own dose")
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_plot_argument(parser, "also draw the cumulative DVHs into FILE; with --dose, the case's own dose dashed beside")
-    add_selection_arguments(parser)
+    add_case_arguments(parser)
     return parser
 
 
@@ -82,7 +81,7 @@ def write_dvh_plot(path: str, case, dvhs: dict[str, DVH], dose_file: str | None)
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path(args.plot)
-    case = load_case(args.path, **selection(args))
+    case = read_case(args.path, args)
     dose = load_dose(args.dose, case) if args.dose else case.dose
     if dose is None:
         raise InputError("the case has no dose; pass --dose FILE", args.path)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.cli.dvh import add_plot_argument, load_dose, wrote
 from dosediffusion.errors import InputError
 from dosediffusion.io.dicom_rtdose import read_rtdose
-from dosediffusion.io.load import load_case
 from dosediffusion.metrics.dose_metrics import case_dvhs
 from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
 from dosediffusion.report.plots import check_plot_path, plot_dvhs, plot_scorecard
@@ -35,6 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_plot_argument(parser, "also draw both doses' cumulative DVHs into FILE: predicted solid, reference dashed")
     add_plot_argument(parser, "also draw both doses' scorecards side by side as a table into FILE (needs --scorecard)",
                       flag="--scorecard-plot")
+    add_case_arguments(parser)
     return parser
 
 
@@ -76,6 +77,18 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = No
     return result
 
 
+#: What each headline figure of the text output is, printed beside it.
+MEANINGS = {
+    "gdp_hmm_mae_gy": "Gy: GDP-HMM challenge MAE: reference scaled to D97 of the high PTV = its prescription; "
+                      "|difference| summed where either dose exceeds 5 Gy in the body, per body voxel above 5 Gy "
+                      "in the reference",
+    "dose_score_gy": "Gy: OpenKBP dose score, mean |difference| over the body",
+    "dvh_score_gy": "Gy: OpenKBP DVH score, mean |difference| of the DVH points (OAR D0.1cc/mean, PTV D1/D95/D99)",
+    "psnr_db": "dB: peak signal-to-noise ratio inside the body",
+    "ssim": "3-D structural similarity inside the body (1 = identical)",
+}
+
+
 def _finite(value):
     """JSON has no infinity (PSNR of identical doses): such numbers become null."""
     if isinstance(value, dict):
@@ -109,7 +122,7 @@ def write_plots(args: argparse.Namespace, case, pred: np.ndarray, ref: np.ndarra
 def run(args: argparse.Namespace) -> int:
     _check_plot_options(args)
     template = load_template(args.scorecard) if args.scorecard else None
-    case = load_case(args.case)
+    case = read_case(args.case, args)
     pred, ref = _dose(args.pred, case), _dose(args.ref, case)
     if not np.any(ref > 0):
         raise InputError("the reference dose is zero everywhere", args.ref)
@@ -121,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for key in ("gdp_hmm_mae_gy", "dose_score_gy", "dvh_score_gy", "psnr_db", "ssim"):
         if key in result:
-            print(f"{key:<16} {result[key]:.4f}")
+            print(f"{key:<16} {result[key]:.4f}   {MEANINGS[key]}")
+    print("MAE inside each structure (Gy; mean |predicted - reference| over its voxels, no normalisation):")
+    width = max((len(name) for name in result["structure_mae_gy"]), default=0)
+    for name, mae in result["structure_mae_gy"].items():
+        print(f"  {name:<{width}} {mae:.2f}")
     for name, rate in result["gamma_pass_percent"].items():
         print(f"gamma {name:<10} {rate:.2f} %")
     if "scorecard" in result:

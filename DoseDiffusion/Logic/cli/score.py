@@ -10,10 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
+from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.cli.dvh import add_plot_argument, load_dose, wrote
-from dosediffusion.cli.inspect import add_selection_arguments, selection
 from dosediffusion.errors import InputError
-from dosediffusion.io.load import load_case
 from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
 from dosediffusion.report.plots import check_plot_path, plot_scorecard
 
@@ -28,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_plot_argument(parser, "also draw the scorecard as a table into FILE; with --dose, the case's own dose's "
                               "scores beside")
-    add_selection_arguments(parser)
+    add_case_arguments(parser)
     return parser
 
 
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path(args.plot)
     template = load_template(args.scorecard)
-    case = load_case(args.path, **selection(args))
+    case = read_case(args.path, args)
     dose = load_dose(args.dose, case) if args.dose else case.dose
     if dose is None:
         raise InputError("the case has no dose; pass --dose FILE", args.path)

@@ -6,10 +6,11 @@ folder holds several, pick by UID or get an error listing them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 
-from dosediffusion.aliases import AliasTable, assign_roles
+from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Case, Prescription
 from dosediffusion.errors import DicomError
 from dosediffusion.io.dicom_ct import read_ct_series
@@ -17,6 +18,7 @@ from dosediffusion.io.dicom_rtdose import read_rtdose
 from dosediffusion.io.dicom_rtplan import read_rtplan
 from dosediffusion.io.dicom_rtstruct import read_rtstruct
 from dosediffusion.io.dicom_scan import choose_object, choose_series, scan
+from dosediffusion.roles import RoleChoice, assign_roles
 
 #: Identifiers copied from the CT into ``Case.meta`` (DICOM keywords), for writers that reference them.
 META_KEYWORDS = (
@@ -34,8 +36,10 @@ def read_dicom_case(
     plan_uid: str | None = None,
     dose_uid: str | None = None,
     aliases: AliasTable | None = None,
+    roles: Mapping[str, RoleChoice] | None = None,
 ) -> Case:
-    """Read a case from DICOM files; see the module docstring for how objects are chosen."""
+    """Read a case from DICOM files; see the module docstring for how objects are chosen (``aliases``,
+    ``roles``: see :func:`~dosediffusion.roles.assign_roles`)."""
     source = path if not isinstance(path, (list, tuple)) else (Path(path[0]).parent if path else ".")
     index = scan(path)
     series = choose_series(index, series_uid, source)
@@ -65,7 +69,7 @@ def read_dicom_case(
     if chosen:
         dose, found = read_rtdose(chosen[0], grid, frame)
         warnings += found
-    warnings += assign_roles(structures, prescription.levels_gy, aliases)
+    warnings += assign_roles(structures, prescription.levels_gy, aliases, roles)
     if not prescription.levels_gy:
         named = sorted({s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy}, reverse=True)
         prescription = Prescription(named, prescription.fractions)

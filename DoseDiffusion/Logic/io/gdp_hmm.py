@@ -22,17 +22,19 @@ unpickler of :mod:`dosediffusion.io.safe_pickle`; never with ``allow_pickle=True
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
-from dosediffusion.aliases import assign_roles
+from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Beam, Case, Prescription, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid
 from dosediffusion.io.atomic import atomic_write_bytes
 from dosediffusion.io.safe_pickle import load_npz
+from dosediffusion.roles import RoleChoice, assign_roles
 
 DEFAULT_SPACING_MM = (2.5, 2.5, 2.0)  # (x, y, z) of the released challenge data
 _NOT_MASKS = {"img", "dose", "beam_plate", "angle_plate"}
@@ -73,7 +75,8 @@ def _beams(data: dict, grid: Grid, warnings: list[str]) -> list[Beam]:
 
 
 def read_gdp_hmm_case(
-    path: str | PathLike, *, ptv_dict: dict | None = None, spacing_mm: tuple[float, float, float] | None = None
+    path: str | PathLike, *, ptv_dict: dict | None = None, spacing_mm: tuple[float, float, float] | None = None,
+    aliases: AliasTable | None = None, roles: Mapping[str, RoleChoice] | None = None,
 ) -> Case:
     """A :class:`Case` from a GDP-HMM npz.
 
@@ -81,6 +84,7 @@ def read_gdp_hmm_case(
         ptv_dict: the file's entry of the challenge's ``PTV_DICT.json`` (``PTV_High`` etc. with
             ``PDose`` in Gy and ``OPTName``/``StructName``), giving the PTV prescriptions.
         spacing_mm: (x, y, z) voxel size when the file has none (default: the challenge's).
+        aliases, roles: see :func:`~dosediffusion.roles.assign_roles`.
     """
     path = Path(path)
     data = read_gdp_hmm_arrays(path)
@@ -104,7 +108,7 @@ def read_gdp_hmm_case(
                 structures[level[key]].role = "ptv"
                 structures[level[key]].prescription_gy = float(level["PDose"])
         levels.append(float(level["PDose"]))
-    warnings += assign_roles(structures, levels)
+    warnings += assign_roles(structures, levels, aliases, roles)
     if not levels:
         levels = sorted({s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy})
     empty = sorted(n for n, s in structures.items() if not s.mask.any())

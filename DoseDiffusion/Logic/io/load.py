@@ -8,15 +8,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
+from dosediffusion.roles import RoleChoice
 
 
-def load_case(path: str | Path, **selection: str | None) -> Case:
+def load_case(path: str | Path, *, aliases: AliasTable | None = None, roles: Mapping[str, RoleChoice] | None = None,
+              **selection: str | None) -> Case:
     """Read a case from ``path``; ``selection`` picks DICOM objects by UID when a folder holds
-    several (``series_uid``, ``struct_uid``, ``plan_uid``, ``dose_uid``)."""
+    several (``series_uid``, ``struct_uid``, ``plan_uid``, ``dose_uid``); ``aliases`` (default: the
+    shipped table) and the user's ``roles`` give the structures their roles
+    (:func:`~dosediffusion.roles.assign_roles`)."""
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path)
@@ -24,15 +30,12 @@ def load_case(path: str | Path, **selection: str | None) -> Case:
     if path.is_file() and suffixes.endswith(".npz"):
         from dosediffusion.io.gdp_hmm import read_gdp_hmm_case
 
-        return read_gdp_hmm_case(path)
-    if path.is_file() and suffixes.endswith(".json"):
+        return read_gdp_hmm_case(path, aliases=aliases, roles=roles)
+    sidecar = path if path.is_file() and suffixes.endswith(".json") else path / "case.json"
+    if sidecar.is_file():
         from dosediffusion.io.volume_sidecar import read_sidecar_case
 
-        return read_sidecar_case(path)
-    if path.is_dir() and (path / "case.json").is_file():
-        from dosediffusion.io.volume_sidecar import read_sidecar_case
-
-        return read_sidecar_case(path / "case.json")
+        return read_sidecar_case(sidecar, aliases=aliases, roles=roles)
     from dosediffusion.io.dicom_case import read_dicom_case
 
-    return read_dicom_case(path, **selection)
+    return read_dicom_case(path, aliases=aliases, roles=roles, **selection)

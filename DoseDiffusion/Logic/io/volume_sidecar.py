@@ -25,17 +25,19 @@ through the alias table.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from dosediffusion.aliases import assign_roles
+from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Beam, Case, Prescription, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid, resample
 from dosediffusion.io.atomic import atomic_write
+from dosediffusion.roles import RoleChoice, assign_roles
 
 FORMAT = "dosediffusion-case"
 VERSION = 1
@@ -115,8 +117,10 @@ def _beam(entry: dict, index: int, sidecar: Path) -> Beam:
         raise InputError(f"beams[{index}] has a bad value ({error})", sidecar) from None
 
 
-def read_sidecar_case(json_path: str | PathLike) -> Case:
-    """A :class:`Case` from a ``case.json`` sidecar and its volumes."""
+def read_sidecar_case(json_path: str | PathLike, *, aliases: AliasTable | None = None,
+                      roles: Mapping[str, RoleChoice] | None = None) -> Case:
+    """A :class:`Case` from a ``case.json`` sidecar and its volumes (``aliases``, ``roles``: see
+    :func:`~dosediffusion.roles.assign_roles`)."""
     sidecar = Path(json_path)
     folder = sidecar.parent
     try:
@@ -154,7 +158,7 @@ def read_sidecar_case(json_path: str | PathLike) -> Case:
 
     rx = doc.get("prescription") or {}
     prescription = Prescription(rx.get("levels_gy", []), rx.get("fractions"))
-    warnings += assign_roles(structures, prescription.levels_gy)
+    warnings += assign_roles(structures, prescription.levels_gy, aliases, roles)
     if not prescription.levels_gy:
         prescription = Prescription(
             [s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy],

@@ -1,0 +1,138 @@
+"""How each structure gets its role: the user's choices first, then the alias table.
+
+Every reader (DICOM, case sidecar, GDP-HMM) and the Slicer scene call :func:`assign_roles`, so one
+rule gives the same :class:`~dosediffusion.case.Case` whether roles come from the command line
+(``--role NAME=ptv:50``), the Slicer roles table or the alias table (the shipped one or an
+institution's own, ``--aliases FILE``).
+
+A user's role is one of :data:`USER_ROLES`: ``ptv`` (with its prescription in Gy, optional when the
+name or a single plan level gives it), ``oar``, ``body``, or ``ignore`` (kept in the case as
+``other``: it gets a DVH, the model does not use it). Nothing is dropped: a structure without a
+role stays in the case as ``other`` and is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dosediffusion.aliases import AliasTable, default_table, dose_from_name, normalise
+from dosediffusion.errors import InputError
+
+USER_ROLES: tuple[str, ...] = ("ptv", "oar", "body", "ignore")
+
+
+@dataclass(frozen=True)
+class RoleChoice:
+    """A role for one structure: ``role`` of :data:`USER_ROLES`; a PTV's ``prescription_gy`` (Gy, total)."""
+
+    role: str
+    prescription_gy: float | None = None
+
+    def __post_init__(self):
+        if self.role not in USER_ROLES:
+            raise InputError(f"role must be one of {', '.join(USER_ROLES)}, got {self.role!r}")
+        if self.prescription_gy is not None and (self.role != "ptv" or not 0 < self.prescription_gy <= 150):
+            raise InputError(f"a prescription (0-150 Gy) goes with role ptv only, got {self.role}:{self.prescription_gy:g}")
+
+
+def parse_role(text: str) -> tuple[str, RoleChoice]:
+    """``NAME=ptv[:DOSE_GY]``, ``NAME=oar``, ``NAME=body`` or ``NAME=ignore`` → (name, choice)."""
+    name, equals, spec = text.rpartition("=")
+    if not equals or not name.strip():
+        raise InputError(f"--role {text!r}: write NAME=ROLE, ROLE one of ptv[:DOSE_GY], oar, body, ignore")
+    role, colon, dose = spec.strip().lower().partition(":")
+    try:
+        prescription = float(dose) if colon else None
+    except ValueError:
+        raise InputError(f"--role {text!r}: the dose after 'ptv:' must be a number of Gy, got {dose!r}") from None
+    try:
+        return name.strip(), RoleChoice(role, prescription)
+    except InputError as error:
+        raise InputError(f"--role {text!r}: {error.problem}") from None
+
+
+def parse_roles(texts: list[str] | None) -> dict[str, RoleChoice]:
+    """Repeated ``--role`` options → name → choice; a name given twice is an error."""
+    choices: dict[str, RoleChoice] = {}
+    for text in texts or []:
+        name, choice = parse_role(text)
+        if name in choices:
+            raise InputError(f"--role gives structure {name!r} twice")
+        choices[name] = choice
+    return choices
+
+
+def suggested_role(name: str, levels_gy: list[float], table: AliasTable | None = None) -> tuple[RoleChoice, bool]:
+    """The alias table's role for ``name`` (``ignore`` when it has none) and whether the name was one
+    it knows (a helper structure it ignores on purpose counts as known)."""
+    found = (table or default_table()).match(name)
+    if found.role == "ptv":
+        return RoleChoice("ptv", ptv_dose(name, levels_gy)), True
+    if found.role in ("oar", "body"):
+        return RoleChoice(found.role), True
+    return RoleChoice("ignore"), found.ignored
+
+
+def ptv_dose(name: str, levels_gy: list[float]) -> float | None:
+    """A PTV's prescription when nothing else gives it: the dose in its name, else the single level."""
+    dose = dose_from_name(name.strip().lower())
+    return dose if dose is not None else (float(levels_gy[0]) if len(levels_gy) == 1 else None)
+
+
+def _resolve(structures: Mapping, choices: Mapping[str, RoleChoice]) -> dict[str, RoleChoice]:
+    """``choices`` by the structures' own names: exact, else the one name equal after :func:`normalise`."""
+    resolved = {}
+    for name, choice in choices.items():
+        if name not in structures:
+            same = [s for s in structures if normalise(s) == normalise(name)]
+            if len(same) != 1:
+                raise InputError(f"--role names structure {name!r}, which the case does not have; its structures: "
+                                 f"{', '.join(sorted(structures)) or 'none'}")
+            name = same[0]
+        resolved[name] = choice
+    return resolved
+
+
+def assign_roles(structures: Mapping, levels_gy: list[float], table: AliasTable | None = None,
+                 choices: Mapping[str, RoleChoice] | None = None) -> list[str]:
+    """Give each :class:`~dosediffusion.case.Structure` its role, canonical name and, for PTVs, its
+    prescription, in place: the user's ``choices`` first; then structures whose source gave a role
+    (a sidecar, the GDP-HMM PTV list) keep it; the rest get the alias table's.
+
+    A PTV's prescription is the dose chosen, else the one its source gave, else the dose in its
+    name, else the plan's single prescription level. Returns warnings: names without a role (kept as
+    ``other``), PTVs left without a prescription.
+    """
+    table = table or default_table()
+    chosen = _resolve(structures, choices or {})
+    unmatched, no_dose = [], []
+    for structure in structures.values():
+        structure.canonical = table.match(structure.name).canonical
+        choice = chosen.get(structure.name)
+        if choice is None and structure.role != "other":
+            continue
+        if choice is None:
+            choice, known = suggested_role(structure.name, levels_gy, table)
+            if not known:
+                unmatched.append(structure.name)
+        if choice.role == "ptv":
+            structure.prescription_gy = (choice.prescription_gy or structure.prescription_gy
+                                         or ptv_dose(structure.name, levels_gy))
+            if structure.prescription_gy is None:
+                no_dose.append(structure.name)
+        else:
+            structure.prescription_gy = None
+        structure.role = "other" if choice.role == "ignore" else choice.role
+    bodies = [n for n, c in chosen.items() if c.role == "body"]
+    for structure in structures.values():  # a body the user names is the only one
+        if bodies and structure.role == "body" and structure.name not in bodies:
+            structure.role = "other"
+    warnings = []
+    if unmatched:
+        warnings.append(f"structures with no role in the alias table (kept as 'other'; give one with --role "
+                        f"NAME=ROLE): {', '.join(sorted(unmatched))}")
+    if no_dose:
+        warnings.append(f"PTVs without a prescription (none in the name or plan; give one with --role NAME=ptv:GY): "
+                        f"{', '.join(sorted(no_dose))}")
+    return warnings
