@@ -22,11 +22,12 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from dosediffusion.cli.predict import model_folder
+from dosediffusion.errors import InputError
 from dosediffusion.metrics.evaluation import gdp_hmm_mae, psnr, ssim3d
-from dosediffusion.metrics.scorecard import load_template, score_case
-from dosediffusion.metrics.scorecard_choice import suggest_template
-from dosediffusion.model.pipeline import load_pipeline
+from dosediffusion.metrics.scorecard import score_case
+from dosediffusion.prediction.checks import check_predictable
+from dosediffusion.prediction.predictors import LocalPredictor
+from dosediffusion.prediction.scorecard import choose_scorecard
 from dosediffusion_training.data.dataset import load_any
 
 COLUMNS = ("mae_body_gy", "gdp_hmm_mae_gy", "score_pred", "score_ref", "score_diff", "psnr_db", "ssim", "seconds")
@@ -45,15 +46,20 @@ def case_metrics(case, pred: np.ndarray, template: dict) -> dict:
 
 def evaluate_model(model: str, paths: Sequence[Path], steps: int, seed: int, scorecard: str | None,
                    device: str = "cpu") -> list[dict]:
-    """Per-case rows of ``model`` (a pipeline folder or ``demo``) on the cases at ``paths``."""
-    pipe = load_pipeline(model_folder(model))
+    """Per-case rows of ``model`` (a pipeline folder or ``demo``) on the cases at ``paths``, through the
+    prediction layer (the same checks and scorecard choice as ``dosediffusion predict``); a case no
+    scorecard fits is an error naming it, not scored with another site's."""
+    predictor = LocalPredictor(model, device)
     rows = []
     for path in tqdm(paths, desc=Path(model).name, unit="case"):
         case = load_any(path)
-        template = load_template(scorecard or suggest_template(case) or "lung_60")
+        check_predictable(case)
+        choice = choose_scorecard(scorecard, case)
+        if choice.template is None:
+            raise InputError(f"no scorecard for this case: {choice.reason}", path)
         start = time.perf_counter()
-        pred = pipe(case, steps=steps, seed=seed, device=device).dose_gy
-        rows.append({**case_metrics(case, pred, template), "seconds": time.perf_counter() - start})
+        pred = predictor(case, steps=steps, seed=seed).dose_gy
+        rows.append({**case_metrics(case, pred, choice.template), "seconds": time.perf_counter() - start})
     return rows
 
 

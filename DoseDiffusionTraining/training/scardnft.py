@@ -56,14 +56,15 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm import tqdm
 
 from dosediffusion.case import Case
-from dosediffusion.conditioning.prepare import ModelInputs, prepare, restore
+from dosediffusion.conditioning.prepare import ModelInputs, prepare
+from dosediffusion.conditioning.restore import restore
 from dosediffusion.errors import InputError
-from dosediffusion.metrics.scorecard import load_template, score_case
-from dosediffusion.metrics.scorecard_choice import suggest_template
+from dosediffusion.metrics.scorecard import score_case
 from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, to_velocity
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion.model.sampling import euler_sample
+from dosediffusion.prediction.scorecard import check_scorecard_option, choose_scorecard
 from dosediffusion_training.data.dataset import PreparedCases, collate, list_cases, load_any
 from dosediffusion_training.training.config import RunConfig, TrainSettings
 from dosediffusion_training.training.loop import (
@@ -80,8 +81,6 @@ from dosediffusion_training.training.reward import hard_violation, masked_mae, o
 
 #: Tags of the derived noise streams (the ground-truth term uses the run's seed itself, as stage B).
 CANDIDATE_NOISE, NFT_NOISE = 1, 2
-#: ``train.scorecard`` value that picks each case's shipped template by its prescription.
-AUTO = "auto"
 
 
 class ScoredCases(PreparedCases):
@@ -198,34 +197,18 @@ def scardnft_loss(model, unwrapped: Any2AnyDiT, state: PolicyState, settings: Tr
     return loss, {"diffusion": diffusion.item(), "nft": nft.item(), "reference": reference.item()}
 
 
-class Templates:
-    """The reward's scorecard of a case: ``spec`` names one template (shipped name or file) for
-    every case, or is ``auto``: the shipped template that fits the case's prescription
-    (:func:`~dosediffusion.metrics.scorecard_choice.suggest_template`); None when none fits, and
-    then the case's reward is −λ_mae · MAE alone."""
-
-    def __init__(self, spec: str):
-        self.spec = spec
-        self._loaded: dict[str, dict] = {} if spec == AUTO else {spec: load_template(spec)}
-
-    def __call__(self, case: Case) -> dict | None:
-        name = suggest_template(case) if self.spec == AUTO else self.spec
-        if name is None:
-            return None
-        if name not in self._loaded:
-            self._loaded[name] = load_template(name)
-        return self._loaded[name]
-
-
 def candidate_rewards(pipeline: DoseDiffusionPipeline, dataset: ScoredCases, indices, candidates: torch.Tensor,
-                      templates: Templates, settings: TrainSettings) -> np.ndarray:
-    """Rewards (B, K) of the candidate latents (B·K, ...) of the cases ``indices`` (B)."""
+                      settings: TrainSettings) -> np.ndarray:
+    """Rewards (B, K) of the candidate latents (B·K, ...) of the cases ``indices`` (B). Each case is scored
+    with the scorecard ``settings.scorecard`` chooses for it, as a prediction would be
+    (:func:`~dosediffusion.prediction.scorecard.choose_scorecard`); where none fits, the reward is
+    −λ_mae · MAE alone."""
     volumes = pipeline.codec.decode(candidates).float().cpu().numpy()[:, 0]
     k = len(volumes) // len(indices)
     rewards = np.zeros((len(indices), k))
     for b, index in enumerate(indices):
         case, inputs = dataset.case(int(index)), dataset.inputs(int(index))
-        template = templates(case)
+        template = choose_scorecard(settings.scorecard, case).template
         body = case.body.mask if case.body is not None else None
         for j in range(k):
             dose = restore(volumes[b * k + j], case, inputs)
@@ -244,7 +227,7 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     settings = config.train
     if settings.stage != "C":
         raise InputError(f"train_scardnft runs stage C, the configuration says stage {settings.stage!r}")
-    templates = Templates(settings.scorecard)
+    check_scorecard_option(settings.scorecard)
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[unused])
@@ -292,7 +275,7 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
         with policy(unwrapped, "old", state), accelerator.autocast():
             candidates = euler_sample(unwrapped, _repeat(latents, k), target, start, pipeline.scheduler,
                                       settings.candidate_steps).to(x0.dtype)
-        rewards = candidate_rewards(pipeline, dataset, local, candidates, templates, settings)
+        rewards = candidate_rewards(pipeline, dataset, local, candidates, settings)
         every = accelerator.gather(torch.from_numpy(rewards).to(accelerator.device)).cpu().numpy()
         state.reward_scale = update_scale(state.reward_scale, every, settings.reward_scale_decay)
         r = torch.from_numpy(optimality(rewards, state.reward_scale).reshape(-1)).float().to(accelerator.device)

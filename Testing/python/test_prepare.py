@@ -5,7 +5,8 @@ import pytest
 from case_builders import box_case
 
 from dosediffusion.case import Structure
-from dosediffusion.conditioning.prepare import MODALITIES, PrepareConfig, prepare, restore
+from dosediffusion.conditioning.prepare import MODALITIES, PrepareConfig, prepare
+from dosediffusion.conditioning.restore import restore
 from dosediffusion.errors import InputError
 
 SMALL = PrepareConfig(crop_shape=(9, 16, 32), spacing_mm=None)

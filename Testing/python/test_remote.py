@@ -379,4 +379,4 @@ def test_predict_remote_writes_the_local_files(worker, phantom_dicom, tmp_path):
     assert np.array_equal(local, remote)
     summary = json.loads((tmp_path / "remote" / folder.name / "summary.json").read_text())
     assert summary["device"] == "cpu (remote)"
-    assert main(["predict", *common, "--out", str(tmp_path / "x"), "--remote", url]) == 1  # no token: 401, reported
+    assert main(["predict", *common, "--out", str(tmp_path / "x"), "--remote", url]) == 2  # no token: 401, reported

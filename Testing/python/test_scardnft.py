@@ -26,7 +26,7 @@ from dosediffusion_training.training.lora import (
     policy,
 )
 from dosediffusion_training.training.reward import hard_violation, masked_mae, optimality, reward, update_scale
-from dosediffusion_training.training.scardnft import Templates, nft_loss, scardnft_loss, train_scardnft
+from dosediffusion_training.training.scardnft import nft_loss, scardnft_loss, train_scardnft
 
 # ---- reward -------------------------------------------------------------------------------------
 
@@ -67,10 +67,11 @@ def test_optimality_and_running_scale():
 def test_auto_scorecard_follows_the_prescription():
     from dosediffusion.metrics.scorecard import load_template
     from dosediffusion.metrics.scorecard_choice import suggest_template
+    from dosediffusion.prediction.scorecard import choose_scorecard
 
     case = make_phantom(0, shape=(12, 32, 40))
-    assert Templates("auto")(case) == load_template(suggest_template(case))
-    assert Templates("prostate_78")(case)["name"].startswith("Prostate")
+    assert choose_scorecard("auto", case).template == load_template(suggest_template(case))
+    assert choose_scorecard("prostate_78", case).template["name"].startswith("Prostate")
 
 
 # ---- the NFT loss -------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """``dosediffusion demo [--out DIR] [--steps N] [--device auto|cpu|cuda]``: predict the bundled demo
-case (``Resources/DemoCase``) with the bundled demo model, as ``predict`` does."""
+case (``Resources/DemoCase``) with the bundled demo model, as ``predict`` does (its previous output
+is replaced)."""
 
 from __future__ import annotations
 
 import argparse
 
-from dosediffusion.cli.predict import find_cases, predict_cases
+from dosediffusion.cli.predict import check_arguments, find_cases, predict_cases
 from dosediffusion.resources import resource_path
 
 
@@ -19,5 +20,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     options = argparse.Namespace(model="demo", out=args.out, steps=args.steps, candidates=1, seed=0,
-                                 device=args.device, scorecard=None, no_report=False)
+                                 device=args.device, scorecard="auto", no_report=False, overwrite=True)
+    check_arguments(options)
     return predict_cases(find_cases(resource_path("DemoCase")), options)

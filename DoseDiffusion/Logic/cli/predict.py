@@ -1,14 +1,18 @@
 """``dosediffusion predict PATH --model DIR|demo --out DIR [--steps N] [--candidates K] [--seed S]
-[--device auto|cpu|cuda] [--scorecard NAME|FILE|none] [--remote URL [--token-file F]]``: predict the
-dose of one case or a batch, here or on a remote GPU worker (``dosediffusion serve``).
+[--device auto|cpu|cuda] [--scorecard auto|none|NAME|FILE] [--role NAME=ROLE ...] [--aliases FILE]
+[--overwrite] [--remote URL [--token-file F]]``: predict the dose of one case or a batch, here or on a
+remote GPU worker (``dosediffusion serve``), through the one prediction layer
+(:mod:`dosediffusion.prediction`).
 
 ``PATH`` is a case (DICOM RT folder, case JSON, GDP-HMM .npz) or a folder of cases (each
-sub-folder or .npz/.json file one case). Each case's files go to ``OUT/<case name>/`` (see
-:mod:`dosediffusion.prediction_outputs`). The scorecard defaults to the shipped template that
-matches the case's prescription levels; ``none`` turns it off. A case that fails is reported and
-skipped; the exit code is then 1. ``--progress-json`` prints each progress report as one JSON line on
-stdout, ``{"event": "progress", "case": NAME, "fraction": 0.0-1.0, "message": TEXT}`` (flushed), for a
-parent process such as the Slicer module that shows a progress bar.
+sub-folder or .npz/.json file one case). Each case is read and checked before the model is loaded:
+a case that cannot be predicted (no structures, no target, a target without a prescription, no
+body) is refused with exit code 2 and the reason. Each case's files go to ``OUT/<case name>/`` (see
+:mod:`dosediffusion.prediction.outputs`); an existing one is replaced only with ``--overwrite``. In a
+batch a failing case is reported and skipped; the exit code is then 1. What the command does (model,
+scorecard and why, warnings) is said on stderr. ``--progress-json`` prints each progress report as
+one JSON line on stdout, ``{"event": "progress", "case": NAME, "fraction": 0.0-1.0, "message":
+TEXT}`` (flushed), for a parent process such as the Slicer module that shows a progress bar.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
-from dosediffusion.io.load import load_case
-from dosediffusion.metrics.scorecard import load_template
-from dosediffusion.metrics.scorecard_choice import suggest_template
-from dosediffusion.resources import resource_path
-
-DEMO_MODEL = ("Models", "demo")
+from dosediffusion.prediction.case_prediction import check_sampling_options
+from dosediffusion.prediction.checks import check_predictable
+from dosediffusion.prediction.outputs import check_output_folder
+from dosediffusion.prediction.predictors import LocalPredictor, RemotePredictor
+from dosediffusion.prediction.run import predict_to_folder
+from dosediffusion.prediction.scorecard import check_scorecard_option, choose_scorecard
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,6 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="run the model on the worker at URL (dosediffusion serve); --model and --device are then "
                              "the worker's")
     parser.add_argument("--token-file", help="file holding the worker's bearer token (with --remote)")
+    add_case_arguments(parser)
     return parser
 
 
@@ -44,24 +50,16 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help="pipeline folder, or 'demo' for the bundled demo model")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps, 1-50 (default 10)")
-    parser.add_argument("--candidates", type=int, default=1, help="best-of-K candidates (default 1)")
+    parser.add_argument("--candidates", type=int, default=1, help="best-of-K candidates, 1-16 (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--scorecard", default=None,
-                        help="scorecard template name or file; default: the shipped one that fits the case's organs and "
-                             "prescription; 'none'")
+    parser.add_argument("--scorecard", default="auto",
+                        help="scorecard template name or file; 'auto' (default): the shipped one that fits the case's "
+                             "organs and prescription; 'none'")
+    parser.add_argument("--overwrite", action="store_true", help="replace a case's existing output folder")
     parser.add_argument("--no-report", action="store_true", help="skip report.png (no matplotlib needed)")
     parser.add_argument("--progress-json", action="store_true",
                         help="print progress as JSON lines on stdout (for a parent process)")
-
-
-def model_folder(name: str) -> Path:
-    """``demo`` → the bundled demo model; anything else is a folder."""
-    folder = resource_path(*DEMO_MODEL) if name == "demo" else Path(name)
-    if not (folder / "model_index.json").is_file():
-        what = "the bundled demo model is missing" if name == "demo" else "not a DoseDiffusion pipeline folder"
-        raise InputError(f"{what} (no model_index.json)", folder)
-    return folder
 
 
 def find_cases(path: Path) -> list[Path]:
@@ -78,56 +76,71 @@ def find_cases(path: Path) -> list[Path]:
     return cases
 
 
-def _template(option: str | None, case) -> dict | None:
-    if option == "none":
-        return None
-    name = option or suggest_template(case)
-    return load_template(name) if name else None
+def say(message: str) -> None:
+    """A status line for the user, on stderr (stdout carries the results and ``--progress-json``)."""
+    print(f"dosediffusion: {message}", file=sys.stderr, flush=True)
 
 
-def _predictor(args: argparse.Namespace):
-    """``predict(case, **options)`` → DosePrediction: the local pipeline, or the worker of ``--remote``."""
-    url = getattr(args, "remote", None)
-    if url:
-        from dosediffusion.remote.client import predict_remote, read_token
+def _predictor(args: argparse.Namespace) -> LocalPredictor | RemotePredictor:
+    if getattr(args, "remote", None):
+        return RemotePredictor(args.remote, getattr(args, "token_file", None))
+    return LocalPredictor(args.model, args.device)
 
-        token = read_token(args.token_file) if getattr(args, "token_file", None) else None
-        return lambda case, **options: predict_remote(case, url, token, **options)
-    from dosediffusion.model.pipeline import default_device, load_pipeline  # torch and diffusers: only when predicting
 
-    pipeline = load_pipeline(model_folder(args.model))
-    device = default_device() if args.device == "auto" else args.device
-    return lambda case, **options: pipeline(case, device=device, **options)
+def _progress_bar(args: argparse.Namespace, name: str):
+    """A tqdm bar over the steps and the progress callback that drives it (and ``--progress-json``)."""
+    bar = tqdm(total=args.steps, desc=name, unit="step", leave=False)
+
+    def progress(fraction: float, message: str) -> None:
+        if getattr(args, "progress_json", False):
+            print(json.dumps({"event": "progress", "case": name, "fraction": round(float(fraction), 4),
+                              "message": message}), flush=True)
+        bar.set_postfix_str(message)
+        bar.n = int(args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))
+        bar.refresh()
+
+    return bar, progress
+
+
+def predict_one(path: Path, args: argparse.Namespace, predictor, out: Path) -> dict:
+    """Read and check the case at ``path``, then predict it into ``out``; every refusal comes before the
+    model is loaded."""
+    name = path.stem if path.is_file() else path.name
+    say(f"{name}: reading the case")
+    case = read_case(path, args)
+    check_predictable(case)
+    check_output_folder(out, args.overwrite)
+    scorecard = choose_scorecard(args.scorecard, case)
+    for warning in case.warnings:
+        say(f"{name}: warning: {warning}")
+    say(f"{name}: scorecard: {scorecard.name or 'none'} ({scorecard.reason})")
+    if not predictor.loaded:
+        say(f"loading the model: {predictor}")
+        predictor.pipeline()
+    bar, progress = _progress_bar(args, name)
+    with bar:
+        return predict_to_folder(case, predictor, out, scorecard, steps=args.steps, seed=args.seed,
+                                 candidates=args.candidates, report=not args.no_report, overwrite=args.overwrite,
+                                 progress=progress)
 
 
 def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
-    from dosediffusion.prediction_outputs import write_prediction
-
-    predict = _predictor(args)
-    out = Path(args.out)
-    failures = 0
-    for path in tqdm(cases, desc="cases", unit="case", disable=len(cases) == 1):
-        name = path.stem if path.is_file() else path.name
+    """Predict every case; one case's input error ends the command (exit 2), a batch's is reported and
+    skipped (exit 1)."""
+    predictor = _predictor(args)
+    say(f"model: {predictor}")
+    out, failures = Path(args.out), 0
+    for path in cases:
+        folder = out / (path.stem if path.is_file() else path.name)
         try:
-            case = load_case(path)
-            template = _template(args.scorecard, case)
-            with tqdm(total=args.steps, desc=f"{name}", unit="step", leave=False) as bar:
-                def progress(fraction: float, message: str, bar=bar, name=name) -> None:
-                    if getattr(args, "progress_json", False):
-                        print(json.dumps({"event": "progress", "case": name, "fraction": round(float(fraction), 4),
-                                          "message": message}), flush=True)
-                    bar.set_postfix_str(message)
-                    bar.n = int(args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))
-                    bar.refresh()
-
-                prediction = predict(case, steps=args.steps, seed=args.seed, num_candidates=args.candidates,
-                                     scorecard=template, progress=progress)
-            summary = write_prediction(case, prediction, out / name, template, report=not args.no_report)
+            summary = predict_one(path, args, predictor, folder)
         except InputError as error:
+            if len(cases) == 1:
+                raise
             failures += 1
             print(f"dosediffusion: error: {error}", file=sys.stderr)
             continue
-        print(format_summary(summary, out / name))
+        print(format_summary(summary, folder))
     return 1 if failures else 0
 
 
@@ -143,13 +156,18 @@ def format_summary(summary: dict, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.candidates < 1:
-        raise InputError(f"--candidates must be at least 1, got {args.candidates}")
-    if args.token_file and not args.remote:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before any case is read, options that cannot work."""
+    check_sampling_options(args.steps, args.candidates)
+    check_scorecard_option(args.scorecard)
+    if getattr(args, "token_file", None) and not getattr(args, "remote", None):
         raise InputError("--token-file goes with --remote")
     if not args.no_report:
         from dosediffusion.report.plots import require_matplotlib
 
         require_matplotlib()
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     return predict_cases(find_cases(Path(args.path)), args)

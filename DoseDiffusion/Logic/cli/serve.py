@@ -66,14 +66,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"the worker needs the 'serve' extra: pip install 'dosediffusion[serve]' ({error})") from None
     import torch
 
-    from dosediffusion.cli.predict import model_folder
     from dosediffusion.model.pipeline import default_device, load_pipeline
+    from dosediffusion.prediction.model_folder import resolve_model_folder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = str(default_device()) if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
-    pipeline = load_pipeline(model_folder(args.model))
+    pipeline = load_pipeline(resolve_model_folder(args.model))
     app = create_app(pipeline, token, int(args.max_request_mb * 2**20), device, args.max_queue, args.result_ttl_s)
     scheme = "https" if args.ssl_certfile else "http"
     logging.getLogger("dosediffusion.remote").info("serving on %s://%s:%d (%s, auth %s)", scheme, args.host,

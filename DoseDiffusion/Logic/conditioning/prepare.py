@@ -1,7 +1,7 @@
-"""From a Case to the model's inputs, and the predicted dose back to the CT grid.
+"""From a Case to the model's inputs.
 
-``prepare(case, config)`` and ``restore(dose_channel, case, inputs)`` are the one pair used by
-training, prediction and evaluation alike.
+``prepare(case, config)`` and :func:`~dosediffusion.conditioning.restore.restore` (the predicted
+dose back onto the CT grid) are the one pair used by training, prediction and evaluation alike.
 
 Field of view: a ``crop_shape`` (z, y, x) box at ``spacing_mm`` (or the CT's own spacing) centred
 on the plan isocenter (the first beam's; the PTV centroid without beams), in the CT's orientation.
@@ -22,9 +22,9 @@ Channels, each float32 (D, H, W) in [−1, 1] (background −1):
 - ``body``: the body mask;
 - ``beam_plate``: :func:`~dosediffusion.conditioning.plates.beam_plate` divided by its maximum;
 - ``angle_plate``: :func:`~dosediffusion.conditioning.plates.angle_plate` (0/1);
-- ``dose``: ``2 · dose / dose_reference_gy − 1``, not clipped, so :func:`restore` inverts it
-  exactly. ``dose_reference_gy`` defaults to 1.2 × the highest prescription (the challenge clips
-  doses at 1.2 × the high prescription), so clinical doses fall inside [−1, 1].
+- ``dose``: ``2 · dose / dose_reference_gy − 1``, not clipped, so ``restore`` inverts it exactly.
+  ``dose_reference_gy`` defaults to 1.2 × the highest prescription (the challenge clips doses at
+  1.2 × the high prescription), so clinical doses fall inside [−1, 1].
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class PrepareConfig:
 
 @dataclass
 class ModelInputs:
-    """What :func:`prepare` makes: channels on the crop grid and what :func:`restore` needs."""
+    """What :func:`prepare` makes: channels on the crop grid and what ``restore`` needs."""
 
     channels: dict[str, np.ndarray]
     crop_grid: Grid
@@ -194,16 +194,3 @@ def prepare(case: Case, config: PrepareConfig, *, include_dose: bool = True) -> 
         dose = to_crop(np.asarray(case.dose, dtype=np.float32), case, inputs)
         channels["dose"] = (dose * np.float32(2.0 / inputs.dose_reference_gy) - 1.0).astype(np.float32)
     return inputs
-
-
-def restore(dose_channel: np.ndarray, case: Case, inputs: ModelInputs) -> np.ndarray:
-    """A dose channel on the crop grid → dose in Gy on the CT grid, zero outside the body (and
-    outside the field of view); negative doses are set to zero."""
-    dose_channel = np.asarray(dose_channel, dtype=np.float32)
-    if dose_channel.shape != inputs.crop_grid.shape:
-        raise InputError(f"dose channel shape {dose_channel.shape} does not match the crop {inputs.crop_grid.shape}")
-    gy = (dose_channel + 1.0) * np.float32(inputs.dose_reference_gy / 2.0)
-    dose = np.clip(from_crop(gy, case, inputs), 0.0, None)
-    if case.body is not None:
-        dose[~case.body.mask] = 0.0
-    return dose

@@ -7,8 +7,6 @@ written into a temporary sibling and renamed at the end, so it never holds half 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from os import PathLike
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
+from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.io.dicom_common import CT_IMAGE, RT_PLAN, RT_STRUCTURE_SET, ensure_identifiers, new_dataset, save
 from dosediffusion.io.rtdose_write import write_rtdose
 
@@ -209,9 +208,7 @@ def write_case_dicom(case: Case, folder: str | PathLike) -> dict[str, Path | lis
         raise InputError("output folder exists already", folder)
     meta = ensure_identifiers(case.meta)
     meta.setdefault("CTSeriesInstanceUID", generate_uid())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         ct = write_ct_series(case, staging, meta)
         written: dict[str, Path | list[Path]] = {"ct": [p for p, _ in ct]}
         if case.structures:
@@ -222,8 +219,4 @@ def write_case_dicom(case: Case, folder: str | PathLike) -> dict[str, Path | lis
             written["rtplan"] = write_rtplan(case, staging / "RTPLAN.dcm", meta)
         if case.dose is not None:
             written["rtdose"] = write_rtdose(case.dose, case.grid, staging / "RTDOSE.dcm", meta)
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {k: ([folder / p.name for p in v] if isinstance(v, list) else folder / v.name) for k, v in written.items()}

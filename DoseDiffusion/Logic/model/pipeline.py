@@ -15,12 +15,7 @@ import anything else.
 from __future__ import annotations
 
 import json
-import resource
-import shutil
-import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,36 +24,18 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from dosediffusion import __version__
 from dosediffusion.case import Case
-from dosediffusion.conditioning.prepare import PrepareConfig, prepare, restore
+from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import InputError
+from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.codecs import CODECS, PatchCodec, WanVAECodec
 from dosediffusion.model.sampling import euler_sample, initial_noise
-from dosediffusion.model.selection import Selector, resolve_selector
+from dosediffusion.model.selection import Selector
+from dosediffusion.prediction.case_prediction import Clock, DosePrediction, Progress, predict_case
 
 MODEL_INDEX = "model_index.json"
 PREPROCESSING = "preprocessing.json"
 COMPONENTS = {"codec": set(CODECS), "model": {"Any2AnyDiT"}, "scheduler": {"FlowMatchEulerDiscreteScheduler"}}
-Progress = Callable[[float, str], None]
-
-
-@dataclass
-class DosePrediction:
-    """A prediction: ``dose_gy`` (z, y, x) on the case's CT grid, the candidates it was chosen from
-    (with their selection scores), and what it cost (seconds per stage, peak memory in MiB)."""
-
-    dose_gy: np.ndarray
-    candidates_gy: list[np.ndarray]
-    selected: int
-    selection_scores: list[float] | None
-    timing_s: dict[str, float]
-    peak_memory_mib: float
-    memory_kind: str
-    device: str
-    dtype: str
-    steps: int
-    seed: int
-    warnings: list[str] = field(default_factory=list)
 
 
 def default_device() -> torch.device:
@@ -146,7 +123,7 @@ class DoseDiffusionPipeline:
         dtype: torch.dtype | None = None,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
-        clock: _Clock | None = None,
+        clock: Clock | None = None,
     ) -> np.ndarray:
         """The model's part of a prediction: condition channels (D, H, W) on the crop (as
         :func:`~dosediffusion.conditioning.prepare.prepare` makes them) → ``num_candidates`` target
@@ -166,7 +143,7 @@ class DoseDiffusionPipeline:
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         report = progress or (lambda fraction, message: None)
-        clock = clock or _Clock(device)
+        clock = clock or _DeviceClock(device)
         self.model.to(device)
         self.codec.to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -202,7 +179,7 @@ class DoseDiffusionPipeline:
         :func:`predict_case`; other arguments as :meth:`sample_channels`."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        clock = _Clock(device)
+        clock = _DeviceClock(device)
 
         def sample(channels, steps, seed, num_candidates, progress=None, cancel=None):
             return self.sample_channels(channels, steps, seed, num_candidates, device, dtype, progress, cancel, clock)
@@ -211,48 +188,6 @@ class DoseDiffusionPipeline:
                                   progress, cancel, clock)
         prediction.device, prediction.dtype = str(device), str(dtype).replace("torch.", "")
         return prediction
-
-
-Sampler = Callable[..., np.ndarray]
-
-
-def predict_case(
-    sample: Sampler,
-    case: Case,
-    preprocessing: PrepareConfig,
-    steps: int = 10,
-    seed: int = 0,
-    num_candidates: int = 1,
-    selection: str | Selector | None = None,
-    scorecard: str | dict | None = None,
-    progress: Progress | None = None,
-    cancel: Callable[[], bool] | None = None,
-    clock: _Clock | None = None,
-) -> DosePrediction:
-    """Prepare ``case`` with ``preprocessing``, let ``sample`` (a pipeline's
-    :meth:`~DoseDiffusionPipeline.sample_channels`, or a remote worker's: called as
-    ``sample(channels, steps, seed, num_candidates, progress=, cancel=)``) make the candidate dose
-    channels, restore each onto the CT grid and choose among them by ``selection`` (see
-    :mod:`.selection`; needed only for several candidates)."""
-    if num_candidates < 1:
-        raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
-    selector = resolve_selector(selection, case, scorecard) if num_candidates > 1 else None
-    report = progress or (lambda fraction, message: None)
-    clock = clock or _Clock(torch.device("cpu"))
-    report(0.0, "preparing inputs")
-    inputs = prepare(case, preprocessing, include_dose=False)
-    clock.lap("prepare")
-    volumes = sample(inputs.channels, steps, seed, num_candidates, progress=report, cancel=cancel)
-    if "decode" not in clock.laps:  # a sampler that keeps its own time (a remote worker)
-        clock.lap("model")
-    report(0.95, "restoring the dose onto the CT grid")
-    candidates = [restore(v, case, inputs) for v in volumes]
-    selected, scores = selector(candidates, case) if selector else (0, None)
-    clock.lap("restore_select")
-    report(1.0, "done")
-    peak, kind = clock.peak_memory_mib()
-    return DosePrediction(candidates[selected], candidates, selected, scores, clock.laps, peak, kind, "cpu",
-                          "float32", steps, seed)
 
 
 def check_condition_channels(channels: dict[str, np.ndarray], allowed: set[str], crop: tuple[int, int, int]) -> None:
@@ -271,26 +206,12 @@ def check_condition_channels(channels: dict[str, np.ndarray], allowed: set[str],
 def write_pipeline_folder(folder: str | Path, index: dict, preprocessing: PrepareConfig, components: dict) -> Path:
     """Write ``model_index.json``, ``preprocessing.json`` and each component's ``save_pretrained``
     sub-folder into a staging folder, then put it in place of ``folder`` (replaced whole)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder, replace=True) as staging:
         for name, component in components.items():
             component.save_pretrained(staging / name)
         (staging / PREPROCESSING).write_text(json.dumps(preprocessing.to_dict(), indent=2))
         (staging / MODEL_INDEX).write_text(json.dumps(index, indent=2))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def load_pipeline(folder: str | Path, torch_dtype: torch.dtype | None = None):
@@ -312,25 +233,21 @@ def load_pipeline(folder: str | Path, torch_dtype: torch.dtype | None = None):
     return DoseDiffusionPipeline.from_pretrained(folder, torch_dtype)
 
 
-class _Clock:
-    """Seconds per stage (CUDA synchronised) and the peak memory of the run."""
+class _DeviceClock(Clock):
+    """The :class:`Clock` of a run on ``device``: CUDA work synchronised before each lap, and CUDA's peak
+    allocated memory."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.laps: dict[str, float] = {}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        self._start = self._last = time.perf_counter()
+        super().__init__()
 
-    def lap(self, name: str) -> None:
+    def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.laps[name] = now - self._last
-        self.laps["total"] = now - self._start
-        self._last = now
 
     def peak_memory_mib(self) -> tuple[float, str]:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+        return super().peak_memory_mib()

@@ -103,7 +103,7 @@ class RegressionPipeline:
     def __call__(self, case: Case, steps: int = 1, seed: int = 0, num_candidates: int = 1,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None, selection=None,
                  scorecard=None, progress=None, cancel=None):
-        from dosediffusion.model.pipeline import predict_case
+        from dosediffusion.prediction.case_prediction import predict_case
 
         def sample(channels, steps, seed, num_candidates, progress=None, cancel=None):
             return self.sample_channels(channels, steps, seed, num_candidates, device, dtype, progress, cancel)

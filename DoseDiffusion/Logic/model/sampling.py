@@ -14,18 +14,16 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from dosediffusion.errors import Cancelled, InputError
+from dosediffusion.errors import Cancelled
 from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.flow_matching import to_velocity
-
-MAX_STEPS = 50
+from dosediffusion.prediction.case_prediction import check_sampling_options
 
 
 def sigma_grid(scheduler: FlowMatchEulerDiscreteScheduler, steps: int,
                device: torch.device | str = "cpu") -> FlowMatchEulerDiscreteScheduler:
     """A fresh copy of ``scheduler`` set to ``steps`` Euler steps on the shifted grid from s = 1."""
-    if not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+    check_sampling_options(steps, 1)
     fresh = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
     fresh.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1].tolist(), device=device)
     return fresh

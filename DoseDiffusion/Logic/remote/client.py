@@ -2,7 +2,7 @@
 
 The case is prepared here, only its condition channels travel (see :mod:`.wire`), and the
 candidates come back to be restored and selected here, through the same
-:func:`~dosediffusion.model.pipeline.predict_case` as a local prediction: the same model and seed
+:func:`~dosediffusion.prediction.case_prediction.predict_case` as a local prediction: the same model and seed
 give the same numbers. Idempotent requests are retried on connection errors (``retries`` times,
 backoff doubling from ``backoff_s``); a submission only when the connection could not be made.
 """
@@ -23,8 +23,8 @@ import numpy as np
 from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import Cancelled, InputError
-from dosediffusion.model.pipeline import DosePrediction, Progress, predict_case
 from dosediffusion.model.selection import Selector
+from dosediffusion.prediction.case_prediction import DosePrediction, Progress, predict_case
 from dosediffusion.remote.wire import decode_result, encode_request
 
 

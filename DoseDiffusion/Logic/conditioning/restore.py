@@ -1,0 +1,23 @@
+"""The predicted dose channel back onto the CT grid: the inverse of
+:func:`~dosediffusion.conditioning.prepare.prepare`'s ``dose`` channel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dosediffusion.case import Case
+from dosediffusion.conditioning.prepare import ModelInputs, from_crop
+from dosediffusion.errors import InputError
+
+
+def restore(dose_channel: np.ndarray, case: Case, inputs: ModelInputs) -> np.ndarray:
+    """A dose channel on the crop grid → dose in Gy on the CT grid, zero outside the body (and
+    outside the field of view); negative doses are set to zero."""
+    dose_channel = np.asarray(dose_channel, dtype=np.float32)
+    if dose_channel.shape != inputs.crop_grid.shape:
+        raise InputError(f"dose channel shape {dose_channel.shape} does not match the crop {inputs.crop_grid.shape}")
+    gy = (dose_channel + 1.0) * np.float32(inputs.dose_reference_gy / 2.0)
+    dose = np.clip(from_crop(gy, case, inputs), 0.0, None)
+    if case.body is not None:
+        dose[~case.body.mask] = 0.0
+    return dose

@@ -1,0 +1,111 @@
+"""One case through a sampler: prepare the inputs, sample the dose channels (a local pipeline's or a
+remote worker's), restore them onto the CT grid and choose among the candidates."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dosediffusion.case import Case
+from dosediffusion.conditioning.prepare import PrepareConfig, prepare
+from dosediffusion.conditioning.restore import restore
+from dosediffusion.errors import InputError
+from dosediffusion.model.selection import Selector, resolve_selector
+
+#: The sampling limits every caller is held to (the remote worker's wire format uses the same).
+MAX_STEPS, MAX_CANDIDATES = 50, 16
+
+Progress = Callable[[float, str], None]
+#: ``sample(channels, steps, seed, num_candidates, progress=, cancel=)`` → candidate dose channels
+#: (N, D, H, W) on the crop: a pipeline's ``sample_channels`` or a remote worker's.
+Sampler = Callable[..., np.ndarray]
+
+
+@dataclass
+class DosePrediction:
+    """A prediction: ``dose_gy`` (z, y, x) on the case's CT grid, the candidates it was chosen from
+    (with their selection scores), and what it cost (seconds per stage, peak memory in MiB)."""
+
+    dose_gy: np.ndarray
+    candidates_gy: list[np.ndarray]
+    selected: int
+    selection_scores: list[float] | None
+    timing_s: dict[str, float]
+    peak_memory_mib: float
+    memory_kind: str
+    device: str
+    dtype: str
+    steps: int
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_sampling_options(steps: int, num_candidates: int) -> None:
+    """Raise :class:`InputError` unless 1 ≤ ``steps`` ≤ :data:`MAX_STEPS` and 1 ≤ ``num_candidates`` ≤
+    :data:`MAX_CANDIDATES`."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+    if not 1 <= num_candidates <= MAX_CANDIDATES:
+        raise InputError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {num_candidates}")
+
+
+class Clock:
+    """Seconds per stage and the peak memory of the run (the process's maximum RSS); a device
+    pipeline subclasses it to synchronise and to report the device's memory."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work before a lap is read (nothing to wait for on the CPU)."""
+
+    def lap(self, name: str) -> None:
+        self.synchronize()
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self.laps["total"] = now - self._start
+        self._last = now
+
+    def peak_memory_mib(self) -> tuple[float, str]:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+def predict_case(
+    sample: Sampler,
+    case: Case,
+    preprocessing: PrepareConfig,
+    steps: int = 10,
+    seed: int = 0,
+    num_candidates: int = 1,
+    selection: str | Selector | None = None,
+    scorecard: str | dict | None = None,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    clock: Clock | None = None,
+) -> DosePrediction:
+    """Prepare ``case`` with ``preprocessing``, let ``sample`` make the candidate dose channels,
+    restore each onto the CT grid and choose among them by ``selection`` (see
+    :mod:`dosediffusion.model.selection`; needed only for several candidates)."""
+    check_sampling_options(steps, num_candidates)
+    selector = resolve_selector(selection, case, scorecard) if num_candidates > 1 else None
+    report = progress or (lambda fraction, message: None)
+    clock = clock or Clock()
+    report(0.0, "preparing inputs")
+    inputs = prepare(case, preprocessing, include_dose=False)
+    clock.lap("prepare")
+    volumes = sample(inputs.channels, steps, seed, num_candidates, progress=report, cancel=cancel)
+    if "decode" not in clock.laps:  # a sampler that keeps its own time (a remote worker)
+        clock.lap("model")
+    report(0.95, "restoring the dose onto the CT grid")
+    candidates = [restore(v, case, inputs) for v in volumes]
+    selected, scores = selector(candidates, case) if selector else (0, None)
+    clock.lap("restore_select")
+    report(1.0, "done")
+    peak, kind = clock.peak_memory_mib()
+    return DosePrediction(candidates[selected], candidates, selected, scores, clock.laps, peak, kind, "cpu",
+                          "float32", steps, seed)

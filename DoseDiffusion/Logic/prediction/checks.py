@@ -1,0 +1,57 @@
+"""Whether a case can be predicted, decided before the model or torch is touched.
+
+A case without structures, without a target, with a target that has no prescription or no voxels,
+or without a body (when none can be derived from the CT) is refused with an
+:class:`~dosediffusion.errors.InputError` that says how to fix it: the model would return a
+plausible-looking dose for it, which nobody should see.
+"""
+
+from __future__ import annotations
+
+from dosediffusion.case import Case, Structure
+from dosediffusion.errors import InputError
+from dosediffusion.prediction.body import BODY_THRESHOLD_HU, body_from_ct
+
+#: The name of a body derived from the CT.
+DERIVED_BODY = "Body (from CT)"
+
+
+def _names(structures) -> str:
+    return ", ".join(sorted(s.name for s in structures))
+
+
+def check_predictable(case: Case) -> None:
+    """Raise :class:`InputError` when ``case`` cannot be predicted. Otherwise add what the prediction
+    needs and the user should know, in place: a body derived from the CT when the case has none (with
+    a warning), and warnings for the structures the model does not use and for a case without beams."""
+    if not case.structures:
+        raise InputError("no structures: a prediction needs the structure set (RTSTRUCT, or masks) with the "
+                         "target; add the one the plan was made on", case.case_id)
+    targets = case.with_role("ptv")
+    if not targets:
+        raise InputError(f"no target: none of the structures ({_names(case.structures.values())}) is a PTV; name "
+                         "it with --role NAME=ptv:DOSE_GY (or in the Slicer roles table, or the alias table)", case.case_id)
+    no_dose = [s for s in targets if not s.prescription_gy]
+    if no_dose:
+        raise InputError(f"target without a prescription: {_names(no_dose)}; give each its dose with "
+                         "--role NAME=ptv:DOSE_GY", case.case_id)
+    empty = [s for s in targets if not s.mask.any()]
+    if empty:
+        raise InputError(f"target with no voxel on the CT grid: {_names(empty)}; check its contours, or give it "
+                         "--role NAME=ignore", case.case_id)
+    if case.body is None:
+        mask = body_from_ct(case.ct, case.grid.voxel_volume_cc)
+        if mask is None:
+            raise InputError(f"no body structure, and none can be derived from the CT (no region above "
+                             f"{BODY_THRESHOLD_HU:g} HU): add the body outline, or name it with --role NAME=body",
+                             case.case_id)
+        case.structures[DERIVED_BODY] = Structure(DERIVED_BODY, mask, "body")
+        case.warnings.append(f"no body structure: '{DERIVED_BODY}' derived from the CT (largest region above "
+                             f"{BODY_THRESHOLD_HU:g} HU, holes filled)")
+    elif not case.body.mask.any():
+        raise InputError(f"the body structure {case.body.name!r} has no voxel on the CT grid", case.case_id)
+    unused = [s for s in case.structures.values() if s.role == "other"]
+    if unused:
+        case.warnings.append(f"structures the model does not use (role 'other'): {_names(unused)}")
+    if not case.beams:
+        case.warnings.append("no treatment beams (no RTPLAN): the dose is predicted from the anatomy alone")

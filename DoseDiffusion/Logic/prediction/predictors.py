@@ -1,0 +1,65 @@
+"""Where the model runs: in this process (the pipeline loaded once, when first needed, so that a bad
+case is refused before the model is loaded) or on a remote worker (``dosediffusion serve``).
+
+A predictor is called as ``predictor(case, steps=, seed=, num_candidates=, scorecard=, progress=,
+cancel=)`` and returns a :class:`~dosediffusion.prediction.case_prediction.DosePrediction`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dosediffusion.case import Case
+from dosediffusion.prediction.case_prediction import DosePrediction
+from dosediffusion.prediction.model_folder import ModelDescription, describe_model_folder, resolve_model_folder
+
+
+class LocalPredictor:
+    """The pipeline folder ``model`` (``demo``, or a folder) on ``device`` (``auto``: CUDA when present)."""
+
+    def __init__(self, model: str | Path | None = None, device: str = "auto"):
+        self.folder = resolve_model_folder(model)
+        self.description: ModelDescription = describe_model_folder(self.folder)
+        self.device = device
+        self._pipeline = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipeline is not None
+
+    def pipeline(self):
+        """The loaded pipeline (loaded on the first call: torch and diffusers are imported then)."""
+        if self._pipeline is None:
+            from dosediffusion.model.pipeline import load_pipeline
+
+            self._pipeline = load_pipeline(self.folder)
+        return self._pipeline
+
+    def __call__(self, case: Case, **options) -> DosePrediction:
+        from dosediffusion.model.pipeline import default_device
+
+        device = default_device() if self.device == "auto" else self.device
+        return self.pipeline()(case, device=device, **options)
+
+    def __str__(self) -> str:
+        return str(self.description)
+
+
+class RemotePredictor:
+    """The model of the worker at ``url``; the token is read from ``token_file`` now, before any work."""
+
+    def __init__(self, url: str, token_file: str | Path | None = None):
+        from dosediffusion.remote.client import read_token
+
+        self.url = url
+        self.token = read_token(token_file) if token_file else None
+        self.description = None
+        self.loaded = True  # nothing to load here
+
+    def __call__(self, case: Case, **options) -> DosePrediction:
+        from dosediffusion.remote.client import predict_remote
+
+        return predict_remote(case, self.url, self.token, **options)
+
+    def __str__(self) -> str:
+        return f"the model of the remote worker at {self.url}"
