@@ -42,7 +42,6 @@ from slicer.util import VTKObservationMixin
 #: QSettings keys of the remote worker (the token never goes into the scene).
 SETTINGS_REMOTE_URL = "DoseDiffusion/RemoteURL"
 SETTINGS_REMOTE_TOKEN = "DoseDiffusion/RemoteToken"
-ROLE_CHOICES = ("ptv", "oar", "body", "ignore")
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "remote")
 SCORECARD_AUTO, SCORECARD_NONE, SCORECARD_FILE = "auto", "none", "file"
 
@@ -254,25 +253,28 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """One row per segment of ``segmentation`` (default: the parameter node's): name, role combo
         (ptv/oar/body/ignore), PTV dose; from the saved roles, or (``reset`` or new names) suggested from
         the names by the alias table."""
-        from DoseDiffusionLib.scene import segment_names, suggest_roles
+        from DoseDiffusionLib.scene import segment_names
+
+        from dosediffusion.roles import USER_ROLES, suggested_role
 
         if segmentation is None and self._parameterNode:
             segmentation = self._parameterNode.segmentation
         self._tableSegmentation = segmentation
         names = segment_names(segmentation) if segmentation else []
         saved = {} if reset else self._savedRoles()
-        suggested = suggest_roles([n for n in names if n not in saved], [self.ui.prescriptionSpinBox.value])
+        levels = [self.ui.prescriptionSpinBox.value] if self.ui.prescriptionSpinBox.value else []
+        suggested = {n: suggested_role(n, levels)[0] for n in names if n not in saved}
         table = self.ui.structureTable
         self._updatingRoles = True
         try:
             table.setRowCount(len(names))
             for row, name in enumerate(names):
-                role, dose = saved.get(name) or suggested.get(name, ("ignore", None))
+                role, dose = saved.get(name) or (suggested[name].role, suggested[name].prescription_gy)
                 item = qt.QTableWidgetItem(name)
                 item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
                 table.setItem(row, 0, item)
                 combo = qt.QComboBox()
-                combo.addItems(list(ROLE_CHOICES))
+                combo.addItems(list(USER_ROLES))
                 combo.currentText = role
                 combo.connect("currentIndexChanged(int)", lambda _index: self.onRolesEdited())
                 table.setCellWidget(row, 1, combo)
@@ -290,26 +292,29 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (ValueError, TypeError, IndexError):
             return {}
 
-    def tableRoles(self) -> tuple[dict[str, str], dict[str, float]]:
-        """(segment name → role, PTV name → dose in Gy) as the table shows them."""
-        roles, doses = {}, {}
+    def tableRoles(self) -> dict[str, tuple[str, float | None]]:
+        """Segment name → (role, PTV dose in Gy or None) as the table shows them."""
+        roles = {}
         table = self.ui.structureTable
         for row in range(table.rowCount):
-            name = table.item(row, 0).text()
-            roles[name] = table.cellWidget(row, 1).currentText
             text = table.item(row, 2).text().strip() if table.item(row, 2) else ""
             try:
-                if text:
-                    doses[name] = float(text)
+                dose = float(text) if text else None
             except ValueError:
-                pass
-        return roles, doses
+                dose = None
+            roles[table.item(row, 0).text()] = (table.cellWidget(row, 1).currentText, dose)
+        return roles
+
+    def roleChoices(self) -> dict:
+        """The table's roles as the core's ``RoleChoice``s (what ``--role NAME=ROLE`` gives on a command line)."""
+        from dosediffusion.roles import RoleChoice
+
+        return {name: RoleChoice(role, dose if role == "ptv" else None) for name, (role, dose) in self.tableRoles().items()}
 
     def onRolesEdited(self) -> None:
         if self._updatingRoles or not self._parameterNode:
             return
-        roles, doses = self.tableRoles()
-        self._parameterNode.roles = json.dumps({n: [r, doses.get(n)] for n, r in roles.items()})
+        self._parameterNode.roles = json.dumps({n: [r, d] for n, (r, d) in self.tableRoles().items()})
 
     # ------------------------------------------------------------------ model, scorecard, device
 
@@ -344,9 +349,11 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             p.modelFolder = self.ui.modelPathLineEdit.currentPath
             p.scorecardFile = self.ui.scorecardPathLineEdit.currentPath
-            roles, doses = self.tableRoles()
-            case = self.logic.caseFromScene(p.ctVolume, p.segmentation, p.plan, roles, p.prescriptionGy, p.fractions,
-                                            doses, p.referenceDose)
+            case = self.logic.caseFromScene(p.ctVolume, p.segmentation, p.plan, self.roleChoices(), p.prescriptionGy,
+                                            p.fractions, p.referenceDose)
+            from dosediffusion.prediction.checks import check_predictable
+
+            check_predictable(case)  # what cannot be predicted is refused now, before a process starts
             for warning in case.warnings:
                 logging.warning(f"DoseDiffusion: {warning}")
             work = Path(tempfile.mkdtemp(prefix="DoseDiffusion-"))
@@ -357,11 +364,10 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             scorecard = self._scorecardOption()
             command = dependencies.predict_command(
                 casePath, work / "out", self.logic.modelFolder(p.modelFolder), p.steps, p.candidates,
-                "auto" if device == "remote" else device, None if scorecard == SCORECARD_AUTO else scorecard)
+                "auto" if device == "remote" else device, scorecard)
             if device == "remote":
                 command += self._remoteArguments(work)
-            self._startProcess(command, {"case": case, "work": work, "casePath": casePath,
-                                         "scorecard": scorecard})
+            self._startProcess(command, {"work": work, "casePath": casePath})
 
     def _remoteArguments(self, work: Path) -> list[str]:
         url = self.ui.remoteUrlLineEdit.text.strip()
@@ -436,8 +442,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showResults(self, job: dict[str, Any]) -> None:
         p = self._parameterNode
         folder = job["work"] / "out" / job["casePath"].parent.name
-        doseNode, chart, table = self.logic.addPredictionFromFolder(job["case"], folder, job["scorecard"],
-                                                                    p.ctVolume, p.prescriptionGy)
+        doseNode, chart, table = self.logic.addPredictionFolder(folder, p.ctVolume, p.prescriptionGy)
         p.predictedDose, p.dvhChart, p.scorecardTable = doseNode, chart, table
         slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=doseNode, foregroundOpacity=0.5)
         layoutManager = slicer.app.layoutManager()
@@ -481,22 +486,24 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
     """Everything the module computes, without Qt: usable from the Python console and batch scripts.
 
-    ``case = logic.caseFromScene(ct, segmentation)``; ``prediction = logic.predict(case)``;
-    ``logic.addResults(case, prediction.dose_gy)`` → (dose node, DVH chart, scorecard table).
+    ``case = logic.caseFromScene(ct, segmentation)``; ``logic.predict(case, folder)``;
+    ``logic.addPredictionFolder(folder)`` → (dose node, DVH chart, scorecard table).
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self._predictors: dict = {}
 
     def getParameterNode(self):
         return DoseDiffusionParameterNode(super().getParameterNode())
 
     @staticmethod
     def modelFolder(folder: str | None = None) -> Path:
-        """The pipeline folder: ``folder``, or the bundled demo model when empty or ``demo``."""
-        from dosediffusion.resources import resource_path
+        """The pipeline folder: ``folder``, or the bundled demo model when empty or ``demo`` (an error when
+        it is not a pipeline folder)."""
+        from dosediffusion.prediction.model_folder import resolve_model_folder
 
-        return resource_path("Models", "demo") if not folder or folder == "demo" else Path(folder)
+        return resolve_model_folder(folder)
 
     @staticmethod
     def shippedScorecards() -> list[str]:
@@ -506,71 +513,39 @@ class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
         return sorted(p.stem for p in resource_path("Scorecards").glob("*.json") if p.stem != "scorecard.schema")
 
     def caseFromScene(self, ctVolume, segmentation, plan=None, roles=None, prescriptionGy=None, fractions=None,
-                      ptvDosesGy=None, referenceDose=None):
-        """The core Case of the scene's nodes (see ``DoseDiffusionLib.scene.case_from_scene``)."""
+                      referenceDose=None, aliases=None):
+        """The core Case of the scene's nodes (see ``DoseDiffusionLib.scene.case_from_scene``): ``roles`` maps
+        segment names to ``dosediffusion.roles.RoleChoice``; ``aliases`` is an alias table (default: shipped)."""
         from DoseDiffusionLib.scene import case_from_scene
 
         if not ctVolume or not segmentation:
             raise ValueError("select a CT volume and its segmentation")
-        return case_from_scene(ctVolume, segmentation, plan, roles, prescriptionGy or None, fractions, ptvDosesGy,
-                               referenceDose, dicom_database=getattr(slicer, "dicomDatabase", None))
+        return case_from_scene(ctVolume, segmentation, plan, roles, prescriptionGy or None, fractions, referenceDose,
+                               dicom_database=getattr(slicer, "dicomDatabase", None), aliases=aliases)
+
+    def predict(self, case, outFolder, modelFolder: str | None = None, steps: int = 10, candidates: int = 1,
+                device: str = "auto", seed: int = 0, scorecard: str | None = SCORECARD_AUTO, progress=None,
+                cancel=None, overwrite: bool = False, report: bool = False) -> dict:
+        """Predict in this process (blocks; for the console, batch mode and the self-test) through the core's
+        one prediction path, which checks the case first and writes ``outFolder`` exactly as ``dosediffusion
+        predict`` does; returns its summary. Show the result with :meth:`addPredictionFolder`."""
+        from dosediffusion.prediction.predictors import LocalPredictor
+        from dosediffusion.prediction.run import predict_to_folder
+
+        predictor = self._predictors.get((modelFolder, device))
+        if predictor is None:  # loaded once per model and device, for a batch of patients
+            predictor = self._predictors[(modelFolder, device)] = LocalPredictor(modelFolder, device)
+        return predict_to_folder(case, predictor, outFolder, scorecard, steps=steps, seed=seed, candidates=candidates,
+                                 report=report, overwrite=overwrite, progress=progress, cancel=cancel,
+                                 status=lambda message: logging.info(f"DoseDiffusion: {message}"))
 
     @staticmethod
-    def template(case, scorecard: str | None = SCORECARD_AUTO) -> dict | None:
-        """The scorecard template: ``auto`` (the shipped one that fits the organs and prescription), ``none``,
-        a name or a file."""
-        from dosediffusion.metrics.scorecard import load_template
-        from dosediffusion.metrics.scorecard_choice import suggest_template
+    def addPredictionFolder(folder, referenceVolume=None, prescriptionGy: float | None = None):
+        """The prediction folder's dose volume (RT dose), DVH chart and scorecard table (None without a
+        scorecard) in the scene (``DoseDiffusionLib.prediction_folder``); returns the three nodes."""
+        from DoseDiffusionLib.prediction_folder import add_prediction_folder
 
-        if not scorecard or scorecard == SCORECARD_NONE:
-            return None
-        name = suggest_template(case) if scorecard == SCORECARD_AUTO else scorecard
-        return load_template(name) if name else None
-
-    def predict(self, case, modelFolder: str | None = None, steps: int = 10, candidates: int = 1,
-                device: str = "auto", seed: int = 0, scorecard: str | None = SCORECARD_AUTO, progress=None,
-                cancel=None):
-        """Predict in this process (blocks; for the console, batch mode and the self-test).
-        Returns ``dosediffusion.model.pipeline.DosePrediction`` (dose in Gy on the CT grid)."""
-        from dosediffusion.model.pipeline import DoseDiffusionPipeline, default_device
-
-        pipeline = DoseDiffusionPipeline.from_pretrained(self.modelFolder(modelFolder))
-        return pipeline(case, steps=steps, seed=seed, num_candidates=candidates,
-                        device=default_device() if device == "auto" else device,
-                        scorecard=self.template(case, scorecard), progress=progress, cancel=cancel)
-
-    def addResults(self, case, doseGy, scorecard: str | None = SCORECARD_AUTO, referenceVolume=None,
-                   prescriptionGy: float | None = None, name: str = "Predicted dose"):
-        """Add the dose volume (RT dose), the DVH chart (predicted solid, reference dashed) and the
-        scorecard table (None without a template) to the scene; returns the three nodes."""
-        from DoseDiffusionLib import scene
-
-        from dosediffusion.metrics.dose_metrics import case_dvhs
-        from dosediffusion.metrics.scorecard import score_case
-
-        mrml = slicer.mrmlScene
-        doseNode = scene.add_dose_to_scene(mrml, doseGy, case.grid, name, referenceVolume,
-                                           prescriptionGy or case.prescription.high_gy)
-        reference = case_dvhs(case) if case.dose is not None else None
-        chart = scene.add_dvh_chart(mrml, case_dvhs(case, doseGy), reference)
-        template = self.template(case, scorecard)
-        table = None
-        if template is not None:
-            report = score_case(case, template, doseGy)
-            referenceReport = score_case(case, template) if case.dose is not None else None
-            table = scene.add_scorecard_table(mrml, report, referenceReport)
-        return doseNode, chart, table
-
-    def addPredictionFromFolder(self, case, folder, scorecard=SCORECARD_AUTO, referenceVolume=None,
-                                prescriptionGy=None):
-        """Load ``dose.nrrd`` written by ``dosediffusion predict`` into ``folder`` and add the results."""
-        from dosediffusion.geometry import resample
-        from dosediffusion.io.volume_sidecar import read_volume
-
-        dose, grid = read_volume(Path(folder) / "dose.nrrd")
-        if not grid.same_as(case.grid):
-            dose = resample(dose, grid, case.grid)
-        return self.addResults(case, dose, scorecard, referenceVolume, prescriptionGy)
+        return add_prediction_folder(slicer.mrmlScene, folder, referenceVolume, prescriptionGy)
 
     @staticmethod
     def exportRtDose(doseNode, ctVolume=None, plan=None, path: str | os.PathLike = "RTDOSE.dcm") -> Path:
@@ -607,10 +582,7 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Starting the test")
         logic = DoseDiffusionLogic()
-        model = logic.modelFolder("demo")
-        if not (model / "model_index.json").is_file():
-            self.delayDisplay(f"Demo model not found in {model}: test skipped")
-            return
+        logic.modelFolder("demo")  # the bundled demo model must be there: an error names what is missing
         from DICOMLib import DICOMUtils
 
         with DICOMUtils.TemporaryDICOMDatabase() as database:
@@ -630,8 +602,12 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
             # built while the temporary DICOM database is open: it finds the RTPLAN file and the UIDs
             case = logic.caseFromScene(ct, found.segmentation, found.plan, referenceDose=found.reference_dose)
         self.assertTrue(case.structures)
-        prediction = logic.predict(case, "demo", steps=2, device="cpu")
-        doseNode, chart, table = logic.addResults(case, prediction.dose_gy, referenceVolume=ct)
+        outFolder = Path(tempfile.mkdtemp(prefix="DoseDiffusionTest-")) / "prediction"
+        try:
+            logic.predict(case, outFolder, "demo", steps=2, device="cpu")
+            doseNode, chart, table = logic.addPredictionFolder(outFolder, ct)
+        finally:
+            shutil.rmtree(outFolder.parent, ignore_errors=True)
 
         self.assertEqual(doseNode.GetAttribute("DicomRtImport.DoseVolume"), "1")
         array = slicer.util.arrayFromVolume(doseNode)

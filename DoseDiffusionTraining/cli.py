@@ -30,11 +30,11 @@ import sys
 from pathlib import Path
 
 from dosediffusion import __version__
-from dosediffusion.cli.runner import run_command
 from dosediffusion.errors import InputError
 from dosediffusion.io.gdp_hmm import write_gdp_hmm_npz
 from dosediffusion.io.load import load_case
 from dosediffusion.io.volume_sidecar import write_sidecar_case
+from dosediffusion.program import run_command
 
 
 def _convert(args: argparse.Namespace) -> int:

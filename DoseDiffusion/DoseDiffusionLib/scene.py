@@ -22,9 +22,11 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Case, Prescription, Structure
 from dosediffusion.errors import GeometryError, InputError
 from dosediffusion.geometry import Grid, resample
+from dosediffusion.roles import RoleChoice, assign_roles
 
 #: RAS ↔ LPS (its own inverse).
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -36,9 +38,6 @@ DOSE_UNIT_VALUE_ATTRIBUTE = "DicomRtImport.DoseUnitValue"
 DOSE_COLOR_TABLE_NAME = "Dose_ColorTable"
 #: Our marker on nodes this module made (predicted dose, DVH chart and table, scorecard).
 PREDICTION_ATTRIBUTE = "DoseDiffusion.Prediction"
-
-#: Roles a user can give a segment in the module; ``ignore`` leaves it out of the case.
-SCENE_ROLES = ("ptv", "oar", "body", "ignore")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -196,33 +195,17 @@ def segment_masks(segmentation_node, volume_node, names: Sequence[str] | None = 
 # ----------------------------------------------------------------------------- scene → Case
 
 
-def suggest_roles(names: Sequence[str], levels_gy: Sequence[float] = ()) -> dict[str, tuple[str, float | None]]:
-    """Role (``ptv``/``oar``/``body``/``ignore``) and PTV dose (Gy) for each structure name, from the
-    alias table (``dosediffusion.aliases``); names it does not know are ``ignore``."""
-    from dosediffusion.aliases import default_table
-
-    table = default_table()
-    roles = {}
-    for name in names:
-        found = table.match(name)
-        dose = found.prescription_gy
-        if found.role == "ptv" and dose is None and len(levels_gy) == 1:
-            dose = float(levels_gy[0])
-        roles[name] = (found.role if found.role in ("ptv", "oar", "body") else "ignore", dose)
-    return roles
-
-
 def case_from_scene(
     volume_node,
     segmentation_node,
     plan_node=None,
-    roles: Mapping[str, str] | None = None,
+    roles: Mapping[str, RoleChoice] | None = None,
     prescription: float | Sequence[float] | None = None,
     fractions: int | None = None,
-    ptv_doses_gy: Mapping[str, float] | None = None,
     reference_dose_node=None,
     case_id: str | None = None,
     dicom_database=None,
+    aliases: AliasTable | None = None,
 ) -> Case:
     """The :class:`Case` of a CT volume node, its segmentation and (optional) RT plan and dose.
 
@@ -230,11 +213,13 @@ def case_from_scene(
         volume_node: the CT (vtkMRMLScalarVolumeNode, HU); its voxels become the case grid.
         segmentation_node: structures (vtkMRMLSegmentationNode); masks are exported onto the CT.
         plan_node: a SlicerRT vtkMRMLRTPlanNode (beams, see :mod:`.plan_adapter`), or None.
-        roles: segment name → ``ptv``/``oar``/``body``/``ignore``; None: from the alias table.
-            Segments not named here, or ``ignore``, are left out.
+        roles: segment name → :class:`dosediffusion.roles.RoleChoice` (the roles table, or the batch
+            script's ``--role``); segments not named here get the role of ``aliases`` (default: the
+            shipped alias table), as every reader does (:func:`dosediffusion.roles.assign_roles`).
+            Every segment is in the case: ``ignore`` and unknown names as ``other``, which the model
+            does not use.
         prescription: prescribed dose level(s) in Gy (total); None: the plan's, else the PTV doses.
         fractions: number of fractions; None: the plan's.
-        ptv_doses_gy: PTV name → its prescribed dose in Gy (default: from the name or the single level).
         reference_dose_node: the plan's own dose (Gy), resampled onto the CT grid; or None.
         case_id: label of the case (default: the CT node's name).
         dicom_database: Slicer's ``ctkDICOMDatabase`` to find the RTPLAN file and identifiers
@@ -258,31 +243,10 @@ def case_from_scene(
             levels = list(plan_reading.prescription.levels_gy)
         if fractions is None:
             fractions = plan_reading.prescription.fractions
-    suggested = suggest_roles(names, levels)
-    if roles is None:
-        roles = {name: role for name, (role, _) in suggested.items()}
-    doses = {name: dose for name, (_, dose) in suggested.items() if dose is not None}
-    doses.update(ptv_doses_gy or {})
-    chosen = [n for n in names if roles.get(n, "ignore") != "ignore"]
-    for name in chosen:
-        if roles[name] not in ("ptv", "oar", "body", "other"):
-            raise InputError(f"segment {name!r}: role must be one of {SCENE_ROLES}, got {roles[name]!r}")
-
-    masks = segment_masks(segmentation_node, volume_node, chosen, warnings)
-    from dosediffusion.aliases import default_table
-
-    table = default_table()
-    structures = {}
-    for name in chosen:
-        if name not in masks:
-            continue
-        role = roles[name]
-        dose = doses.get(name) if role == "ptv" else None
-        if role == "ptv" and dose is None:
-            warnings.append(f"PTV {name!r} has no prescribed dose")
-        structures[name] = Structure(name, masks[name], role, dose, canonical=table.match(name).canonical)
-        if not masks[name].any():
-            warnings.append(f"segment {name!r} is empty on the CT grid")
+    masks = segment_masks(segmentation_node, volume_node, names, warnings)
+    structures = {name: Structure(name, masks[name]) for name in names if name in masks}
+    warnings += [f"segment {name!r} is empty on the CT grid" for name, s in structures.items() if not s.mask.any()]
+    warnings += assign_roles(structures, levels, aliases, roles)
     if not levels:
         levels = sorted({s.prescription_gy for s in structures.values() if s.prescription_gy}, reverse=True)
 
@@ -435,30 +399,30 @@ def _column(table, name: str, values: Sequence, kind: str = "double"):
     return array
 
 
-def dvh_columns(dvhs_pred: Mapping[str, Any], dvhs_ref: Mapping[str, Any] | None = None,
+Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+def dvh_columns(curves_pred: Curves, curves_ref: Curves | None = None,
                 step_gy: float = 0.1) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A common dose axis (Gy, ``step_gy`` steps from 0 to the highest maximum) and, per curve
+    """A common dose axis (Gy, ``step_gy`` steps from 0 past the highest dose) and, per curve
     ``"<structure> (predicted)"``/``"<structure> (reference)"``, the cumulative volume (%) on it."""
-    curves = {f"{n} (predicted)": d for n, d in dvhs_pred.items()}
-    curves.update({f"{n} (reference)": d for n, d in (dvhs_ref or {}).items()})
-    top = max((d.max_gy for d in curves.values()), default=0.0)
+    curves = {f"{n} (predicted)": c for n, c in curves_pred.items()}
+    curves.update({f"{n} (reference)": c for n, c in (curves_ref or {}).items()})
+    top = max((float(dose[-1]) for dose, _ in curves.values() if len(dose)), default=0.0)
     axis = np.arange(0.0, top + 2 * step_gy, step_gy)
-    columns = {}
-    for label, dvh in curves.items():
-        dose, volume = dvh.cumulative(step_gy)
-        columns[label] = np.interp(axis, dose, volume, right=0.0)
-    return axis, columns
+    return axis, {label: np.interp(axis, dose, volume, right=0.0) for label, (dose, volume) in curves.items()}
 
 
-def add_dvh_chart(scene, dvhs_pred: Mapping[str, Any], dvhs_ref: Mapping[str, Any] | None = None,
+def add_dvh_chart(scene, curves_pred: Curves, curves_ref: Curves | None = None,
                   name: str = "DoseDiffusion DVH", colors: Mapping[str, Sequence[float]] | None = None):
     """A DVH plot chart: one vtkMRMLTableNode (``Dose (Gy)`` + one volume-% column per curve) and a
     vtkMRMLPlotSeriesNode per structure and source, predicted solid, reference dashed.
 
-    ``dvhs_pred``/``dvhs_ref``: structure name → :class:`dosediffusion.metrics.dvh.DVH`;
-    ``colors``: structure name → RGB in [0, 1] (e.g. the segment colours). Returns the chart node.
+    ``curves_pred``/``curves_ref``: structure name → (dose in Gy, cumulative volume in %), as a
+    prediction folder's ``dvh.csv`` holds them; ``colors``: structure name → RGB in [0, 1] (e.g. the
+    segment colours). Returns the chart node.
     """
-    axis, columns = dvh_columns(dvhs_pred, dvhs_ref)
+    axis, columns = dvh_columns(curves_pred, curves_ref)
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
     table_node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
     table = table_node.GetTable()
@@ -473,7 +437,7 @@ def add_dvh_chart(scene, dvhs_pred: Mapping[str, Any], dvhs_ref: Mapping[str, An
     chart.SetTitle("Dose-volume histograms")
     chart.SetXAxisTitle("Dose (Gy)")
     chart.SetYAxisTitle("Volume (%)")
-    palette = _palette(sorted(set(dvhs_pred) | set(dvhs_ref or {})))
+    palette = _palette(sorted(set(curves_pred) | set(curves_ref or {})))
     palette.update({k: tuple(v) for k, v in (colors or {}).items()})
     for label in columns:
         structure, source = label.rsplit(" (", 1)

@@ -27,6 +27,7 @@ from dosediffusion.case import Beam, Case  # noqa: E402
 from dosediffusion.io.dicom_rtplan import read_rtplan  # noqa: E402
 from dosediffusion.metrics.dose_metrics import case_dvhs  # noqa: E402
 from dosediffusion.metrics.scorecard import load_template, score_case  # noqa: E402
+from dosediffusion.roles import RoleChoice  # noqa: E402
 
 _factory = slicer.vtkSegmentationConverterFactory.GetInstance()
 for _rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
@@ -188,21 +189,14 @@ def test_case_from_scene_user_roles_ignore_and_resampled_dose(phantom):
 
     coarse = Grid((12, 16, 20), (10.0, 10.0, 10.0), tuple(np.asarray(case.grid.origin) + 2.5))
     dose_node = volume_node_for(mrml, resample(case.dose, case.grid, coarse), coarse, "dose")
-    built = scene.case_from_scene(ct, segmentation, roles={"PTV_60": "ptv", "BODY": "body", "Esophagus": "ignore",
-                                                           "SpinalCord": "oar"},
-                                  ptv_doses_gy={"PTV_60": 66.0}, reference_dose_node=dose_node)
-    assert "Esophagus" not in built.structures
+    roles = {"PTV_60": RoleChoice("ptv", 66.0), "BODY": RoleChoice("body"), "Esophagus": RoleChoice("ignore"),
+             "SpinalCord": RoleChoice("oar")}
+    built = scene.case_from_scene(ct, segmentation, roles=roles, reference_dose_node=dose_node)
+    assert built.structures["Esophagus"].role == "other"  # ignored by the model, never dropped
     assert built.structures["PTV_60"].prescription_gy == 66.0 and built.prescription.levels_gy == [66.0]
     assert built.dose.shape == case.grid.shape
     expected = resample(resample(case.dose, case.grid, coarse), coarse, case.grid)
     assert np.allclose(built.dose, np.clip(expected, 0, None), atol=1e-3)
-
-
-def test_suggest_roles_from_aliases():
-    roles = scene.suggest_roles(["PTV_70", "Spinal Cord", "External", "ring_opt", "zz unknown"], [70.0])
-    assert roles["PTV_70"] == ("ptv", 70.0)
-    assert roles["Spinal Cord"][0] == "oar" and roles["External"][0] == "body"
-    assert roles["ring_opt"][0] == "ignore" and roles["zz unknown"][0] == "ignore"
 
 
 def test_shared_labelmap_segments_are_separated():
@@ -313,10 +307,35 @@ def test_dose_reuses_the_ct_study_and_keeps_its_units():
     assert sh.GetItemAttribute(study, "DicomRtImport.DoseUnitName") == "GY"
 
 
+def test_prediction_folder_becomes_dose_chart_and_table(predicted, tmp_path):
+    """The folder the CLI, the background process and the batch script write is what the module shows."""
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    from dosediffusion.prediction.outputs import read_dvh_csv, write_prediction
+    from dosediffusion.prediction.scorecard import choose_scorecard
+
+    mrml, ct, _, scene_case, prediction = predicted
+    choice = choose_scorecard("lung_60", scene_case)
+    write_prediction(scene_case, prediction, tmp_path / "out", choice, report=False)
+    dose_node, chart, table = add_prediction_folder(mrml, tmp_path / "out", ct)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(dose_node), prediction.dose_gy, atol=1e-5)
+    curves = read_dvh_csv(tmp_path / "out" / "dvh.csv")
+    assert set(curves) == {"predicted", "case"} and chart.GetNumberOfPlotSeriesNodes() == 2 * len(curves["predicted"])
+    dvh_table = chart.GetNthPlotSeriesNode(0).GetTableNode().GetTable()
+    body = dvh_table.GetColumnByName("BODY (predicted)")
+    dose, volume = curves["predicted"]["BODY"]
+    assert [body.GetValue(r) for r in range(len(volume))] == pytest.approx(volume, abs=1e-6)
+    rows = scene.table_rows(table)
+    expected = score_case(scene_case, choice.template, prediction.dose_gy)
+    assert rows[-1]["Predicted"] == pytest.approx(expected.total)
+    assert rows[-1]["Reference"] == pytest.approx(score_case(scene_case, choice.template).total)
+
+
 def test_dvh_chart_series_and_table(predicted):
     mrml, _, _, scene_case, prediction = predicted
-    pred = case_dvhs(scene_case, prediction.dose_gy)
-    ref = case_dvhs(scene_case)
+    pred = {n: d.cumulative(0.1) for n, d in case_dvhs(scene_case, prediction.dose_gy).items()}
+    dvhs_ref = case_dvhs(scene_case)
+    ref = {n: d.cumulative(0.1) for n, d in dvhs_ref.items()}
     chart = scene.add_dvh_chart(mrml, pred, ref)
     assert chart.IsA("vtkMRMLPlotChartNode")
     assert chart.GetNumberOfPlotSeriesNodes() == 2 * len(pred) == 8
@@ -331,10 +350,10 @@ def test_dvh_chart_series_and_table(predicted):
     table = table_node.GetTable()
     assert table.GetNumberOfColumns() == 1 + 8
     dose_axis = np.array([table.GetValue(r, 0).ToDouble() for r in range(table.GetNumberOfRows())])
-    assert dose_axis[0] == 0.0 and dose_axis[-1] >= max(d.max_gy for d in list(pred.values()) + list(ref.values()))
+    assert dose_axis[0] == 0.0 and dose_axis[-1] >= max(d[-1] for d, _ in list(pred.values()) + list(ref.values()))
     column = table.GetColumnByName("BODY (reference)")
     volume = np.array([column.GetValue(r) for r in range(table.GetNumberOfRows())])
-    dose, expected = ref["BODY"].cumulative(0.1)
+    dose, expected = ref["BODY"]
     assert np.allclose(volume[:len(expected)], expected, atol=1e-6) and volume[0] == pytest.approx(100.0)
     assert np.all(np.diff(volume) <= 1e-9)
 

@@ -1,7 +1,7 @@
 """``dosediffusion``: the command-line entry point.
 
 Each sub-command lives in its own module of this package with ``add_parser(subparsers)`` and
-``run(args) -> int``; :func:`~dosediffusion.cli.runner.run_command` runs it (a user's mistake prints
+``run(args) -> int``; :func:`~dosediffusion.program.run_command` runs it (a user's mistake prints
 one line ``dosediffusion: error: <file>: <problem>`` and exits with code 2).
 """
 
@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from dosediffusion import __version__
-from dosediffusion.cli.runner import run_command
+from dosediffusion.program import run_command
 
 COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict", "demo", "serve")
 

@@ -27,11 +27,9 @@ from tqdm import tqdm
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
 from dosediffusion.prediction.case_prediction import check_sampling_options
-from dosediffusion.prediction.checks import check_predictable
-from dosediffusion.prediction.outputs import check_output_folder
 from dosediffusion.prediction.predictors import LocalPredictor, RemotePredictor
 from dosediffusion.prediction.run import predict_to_folder
-from dosediffusion.prediction.scorecard import check_scorecard_option, choose_scorecard
+from dosediffusion.prediction.scorecard import check_scorecard_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -87,41 +85,41 @@ def _predictor(args: argparse.Namespace) -> LocalPredictor | RemotePredictor:
     return LocalPredictor(args.model, args.device)
 
 
-def _progress_bar(args: argparse.Namespace, name: str):
-    """A tqdm bar over the steps and the progress callback that drives it (and ``--progress-json``)."""
-    bar = tqdm(total=args.steps, desc=name, unit="step", leave=False)
+class _ProgressBar:
+    """A tqdm bar over the steps, opened at the first progress report (after the status lines), that
+    also prints ``--progress-json`` lines."""
 
-    def progress(fraction: float, message: str) -> None:
-        if getattr(args, "progress_json", False):
-            print(json.dumps({"event": "progress", "case": name, "fraction": round(float(fraction), 4),
+    def __init__(self, args: argparse.Namespace, name: str):
+        self.args, self.name, self.bar = args, name, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if getattr(self.args, "progress_json", False):
+            print(json.dumps({"event": "progress", "case": self.name, "fraction": round(float(fraction), 4),
                               "message": message}), flush=True)
-        bar.set_postfix_str(message)
-        bar.n = int(args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))
-        bar.refresh()
+        if self.bar is None:
+            self.bar = tqdm(total=self.args.steps, desc=self.name, unit="step", leave=False)
+        self.bar.set_postfix_str(message)
+        self.bar.n = int(self.args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))
+        self.bar.refresh()
 
-    return bar, progress
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def predict_one(path: Path, args: argparse.Namespace, predictor, out: Path) -> dict:
-    """Read and check the case at ``path``, then predict it into ``out``; every refusal comes before the
-    model is loaded."""
+    """Read the case at ``path`` and predict it into ``out`` (every refusal comes before the model is
+    loaded)."""
     name = path.stem if path.is_file() else path.name
     say(f"{name}: reading the case")
     case = read_case(path, args)
-    check_predictable(case)
-    check_output_folder(out, args.overwrite)
-    scorecard = choose_scorecard(args.scorecard, case)
-    for warning in case.warnings:
-        say(f"{name}: warning: {warning}")
-    say(f"{name}: scorecard: {scorecard.name or 'none'} ({scorecard.reason})")
-    if not predictor.loaded:
-        say(f"loading the model: {predictor}")
-        predictor.pipeline()
-    bar, progress = _progress_bar(args, name)
-    with bar:
-        return predict_to_folder(case, predictor, out, scorecard, steps=args.steps, seed=args.seed,
+    progress = _ProgressBar(args, name)
+    try:
+        return predict_to_folder(case, predictor, out, args.scorecard, steps=args.steps, seed=args.seed,
                                  candidates=args.candidates, report=not args.no_report, overwrite=args.overwrite,
-                                 progress=progress)
+                                 progress=progress, status=lambda message: say(f"{name}: {message}"))
+    finally:
+        progress.close()
 
 
 def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:

@@ -67,6 +67,14 @@ class ScoreReport:
     def not_evaluable(self) -> list[str]:
         return [f"{e.structure} {e.metric}" for e in self.entries if e.score is None]
 
+    @classmethod
+    def from_dict(cls, document: dict) -> ScoreReport:
+        """The report that :meth:`to_dict` wrote (``scorecard.json`` of a prediction folder)."""
+        try:
+            return cls(str(document["template"]), [EntryResult(**entry) for entry in document["entries"]])
+        except (KeyError, TypeError) as error:
+            raise InputError(f"not a scorecard report ({error!r})") from None
+
     def to_dict(self) -> dict:
         return {
             "template": self.template,

@@ -43,6 +43,21 @@ def write_dvh_csv(path: Path, curves: dict[str, dict[str, DVH]]) -> None:
                 writer.writerows([name, source, f"{d:.2f}", f"{v:.3f}"] for d, v in zip(dose, volume, strict=True))
 
 
+def read_dvh_csv(path: str | Path) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """What :func:`write_dvh_csv` wrote: source → structure → (dose in Gy, volume in %)."""
+    rows: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    try:
+        with Path(path).open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                dose, volume = rows.setdefault(row["source"], {}).setdefault(row["structure"], ([], []))
+                dose.append(float(row["dose_gy"]))
+                volume.append(float(row["volume_percent"]))
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise InputError(f"unreadable DVH table ({error!r})", path) from None
+    return {source: {name: (np.array(d), np.array(v)) for name, (d, v) in curves.items()}
+            for source, curves in rows.items()}
+
+
 def _summary(case: Case, prediction: DosePrediction, dvhs: dict[str, DVH], score, scorecard: ScorecardChoice | None,
              model: ModelDescription | None) -> dict:
     summary = {"case_id": case.case_id, "steps": prediction.steps, "seed": prediction.seed,
@@ -50,6 +65,7 @@ def _summary(case: Case, prediction: DosePrediction, dvhs: dict[str, DVH], score
                "device": prediction.device, "dtype": prediction.dtype,
                "timing_s": {k: round(v, 3) for k, v in prediction.timing_s.items()},
                "peak_memory_mib": round(prediction.peak_memory_mib, 1), "warnings": case.warnings + prediction.warnings,
+               "prescription": {"levels_gy": case.prescription.levels_gy, "fractions": case.prescription.fractions},
                "structures": {n: {k: round(v, 3) for k, v in standard_metrics(d).items()} for n, d in dvhs.items()}}
     if model is not None:
         summary["model"] = {"folder": str(model.folder), "kind": model.kind, "version": model.version, "demo": model.demo}

@@ -27,7 +27,7 @@ class LocalPredictor:
     def loaded(self) -> bool:
         return self._pipeline is not None
 
-    def pipeline(self):
+    def load(self):
         """The loaded pipeline (loaded on the first call: torch and diffusers are imported then)."""
         if self._pipeline is None:
             from dosediffusion.model.pipeline import load_pipeline
@@ -39,7 +39,7 @@ class LocalPredictor:
         from dosediffusion.model.pipeline import default_device
 
         device = default_device() if self.device == "auto" else self.device
-        return self.pipeline()(case, device=device, **options)
+        return self.load()(case, device=device, **options)
 
     def __str__(self) -> str:
         return str(self.description)
@@ -55,6 +55,9 @@ class RemotePredictor:
         self.token = read_token(token_file) if token_file else None
         self.description = None
         self.loaded = True  # nothing to load here
+
+    def load(self) -> None:
+        """Nothing to load: the worker holds the model."""
 
     def __call__(self, case: Case, **options) -> DosePrediction:
         from dosediffusion.remote.client import predict_remote

@@ -1,5 +1,6 @@
-"""A checked case through a predictor into its output folder: what ``dosediffusion predict``, the
-Slicer batch script and the Slicer background process do for each case."""
+"""A case that has been read, through the whole prediction journey into its output folder: what
+``dosediffusion predict``, the Slicer module (its logic and its background process) and the Slicer
+batch script do for each case."""
 
 from __future__ import annotations
 
@@ -8,17 +9,32 @@ from pathlib import Path
 
 from dosediffusion.case import Case
 from dosediffusion.prediction.case_prediction import Progress
-from dosediffusion.prediction.outputs import write_prediction
-from dosediffusion.prediction.scorecard import ScorecardChoice
+from dosediffusion.prediction.checks import check_predictable
+from dosediffusion.prediction.outputs import check_output_folder, write_prediction
+from dosediffusion.prediction.scorecard import AUTO, choose_scorecard
 
 
-def predict_to_folder(case: Case, predictor, out_dir: str | Path, scorecard: ScorecardChoice, *, steps: int = 10,
+def predict_to_folder(case: Case, predictor, out_dir: str | Path, scorecard: str | None = AUTO, *, steps: int = 10,
                       seed: int = 0, candidates: int = 1, report: bool = True, overwrite: bool = False,
-                      progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> dict:
-    """Predict ``case`` (already through :func:`~dosediffusion.prediction.checks.check_predictable`) with
-    ``predictor`` (:mod:`.predictors`), best of ``candidates`` by ``scorecard``'s template, and write its
-    files into ``out_dir``; returns the summary."""
-    prediction = predictor(case, steps=steps, seed=seed, num_candidates=candidates, scorecard=scorecard.template,
+                      progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+                      status: Callable[[str], None] | None = None) -> dict:
+    """Check ``case`` (:func:`~dosediffusion.prediction.checks.check_predictable`: what cannot be
+    predicted is refused here, before the model is loaded) and its output folder, choose its scorecard
+    (``scorecard``: ``auto``, ``none``, a name or a file), predict with ``predictor``
+    (:mod:`.predictors`; best of ``candidates`` by that scorecard) and write the files into
+    ``out_dir``. ``status`` hears what happens in words (warnings, the scorecard and why, the model
+    loading). Returns the summary."""
+    tell = status or (lambda message: None)
+    check_predictable(case)
+    check_output_folder(out_dir, overwrite)
+    choice = choose_scorecard(scorecard, case)
+    for warning in case.warnings:
+        tell(f"warning: {warning}")
+    tell(f"scorecard: {choice.name or 'none'} ({choice.reason})")
+    if not predictor.loaded:
+        tell(f"loading the model: {predictor}")
+        predictor.load()
+    prediction = predictor(case, steps=steps, seed=seed, num_candidates=candidates, scorecard=choice.template,
                            progress=progress, cancel=cancel)
-    return write_prediction(case, prediction, out_dir, scorecard, report=report, overwrite=overwrite,
+    return write_prediction(case, prediction, out_dir, choice, report=report, overwrite=overwrite,
                             model=predictor.description)

@@ -1,0 +1,43 @@
+"""A prediction's output folder (``dosediffusion.prediction.outputs``) as scene nodes.
+
+The background process, the Python console and the batch script all write the same folder; the
+module shows what is in it instead of computing DVHs and scores again: ``dose.nrrd`` → an RT dose
+volume, ``dvh.csv`` → the DVH chart (predicted solid, the case's own dose dashed), ``scorecard.json``
+→ the scorecard table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dosediffusion.errors import InputError
+from dosediffusion.io.volume_sidecar import read_volume
+from dosediffusion.metrics.scorecard import ScoreReport
+from dosediffusion.prediction.outputs import read_dvh_csv
+
+from .scene import add_dose_to_scene, add_dvh_chart, add_scorecard_table
+
+
+def add_prediction_folder(scene, folder: str | Path, reference_volume_node=None, prescription_gy: float | None = None,
+                          name: str = "Predicted dose"):
+    """Add the folder's dose (on the grid it was written on: the CT's), DVH chart and scorecard table
+    (None when the folder has no scorecard) to ``scene``; the dose's colour scale follows
+    ``prescription_gy`` (default: the highest level of the folder's ``summary.json``). Returns the
+    three nodes."""
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"not a prediction folder ({error})", folder) from None
+    levels = summary.get("prescription", {}).get("levels_gy") or [None]
+    dose, grid = read_volume(folder / "dose.nrrd")
+    dose_node = add_dose_to_scene(scene, dose, grid, name, reference_volume_node, prescription_gy or levels[0])
+    curves = read_dvh_csv(folder / "dvh.csv")
+    chart = add_dvh_chart(scene, curves.get("predicted", {}), curves.get("case"))
+    table = None
+    if (folder / "scorecard.json").is_file():
+        document = json.loads((folder / "scorecard.json").read_text())
+        reference = ScoreReport.from_dict(document["case"]) if "case" in document else None
+        table = add_scorecard_table(scene, ScoreReport.from_dict(document["predicted"]), reference)
+    return dose_node, chart, table
