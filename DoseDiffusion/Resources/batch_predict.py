@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     dependencies.ensure_core_package()
     import DoseDiffusion  # the module's logic runs without its widget
     from dosediffusion.aliases import AliasTable
-    from dosediffusion.prediction.case_prediction import check_sampling_options
+    from dosediffusion.prediction.options import check_sampling_options
     from dosediffusion.prediction.scorecard import check_scorecard_option
     from dosediffusion.roles import parse_roles
 

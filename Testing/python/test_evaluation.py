@@ -84,3 +84,24 @@ def test_evaluate_cli_on_identical_doses(phantom_dicom, tmp_path, capsys):
     assert result["gamma_pass_percent"] == {"3%/3mm": 100.0, "2%/2mm": 100.0}
     assert result["scorecard"]["diff"] == pytest.approx(0.0, abs=1e-3)
     assert result["ssim"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_evaluate_text_gives_each_structure_and_what_each_figure_means(phantom_dicom, tmp_path, capsys):
+    from dosediffusion.cli.main import main
+    from dosediffusion.io.load import load_case
+    from dosediffusion.io.volume_sidecar import write_volume
+
+    folder = phantom_dicom[0]
+    case = load_case(folder)
+    shifted = case.dose + 2.0 * case.structures["PTV_60"].mask  # 2 Gy more inside the PTV only
+    write_volume(shifted, case.grid, tmp_path / "dose.nrrd")
+    assert main(["evaluate", "--pred", str(tmp_path / "dose.nrrd"), "--ref", str(folder / "RTDOSE.dcm"),
+                 "--case", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("gdp_hmm_mae_gy") and "D97 of the high PTV" in line for line in lines)
+    assert any(line.startswith("dose_score_gy") and "mean |difference| over the body" in line for line in lines)
+    start = lines.index("MAE inside each structure (Gy; mean |predicted - reference| over its voxels, no normalisation):")
+    rows = dict(line.split() for line in lines[start + 1:start + 1 + len(case.structures)])
+    assert set(rows) == set(case.structures)
+    assert float(rows["PTV_60"]) == pytest.approx(2.0, abs=0.01)  # RTDOSE storage precision only
+    assert float(rows["SpinalCord"]) < 0.01

@@ -14,7 +14,6 @@ from dosediffusion.metrics.scorecard import EntryResult, ScoreReport
 from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.configs import TINY
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
-from dosediffusion_training.synth.phantom import make_phantom
 from dosediffusion_training.training.config import RunConfig, TrainSettings
 from dosediffusion_training.training.lora import (
     PolicyState,
@@ -62,16 +61,6 @@ def test_optimality_and_running_scale():
     np.testing.assert_allclose(r, [[0.0, 1.0], [0.5, 0.5]])  # ±1 / 0.5 clipped to ±1
     np.testing.assert_allclose(optimality([[1.0, 1.5]], 1.0), [[0.375, 0.625]])
     np.testing.assert_allclose(optimality([[1.0, 3.0]], 0.0), [[0.5, 0.5]])
-
-
-def test_auto_scorecard_follows_the_prescription():
-    from dosediffusion.metrics.scorecard import load_template
-    from dosediffusion.metrics.scorecard_choice import suggest_template
-    from dosediffusion.prediction.scorecard import choose_scorecard
-
-    case = make_phantom(0, shape=(12, 32, 40))
-    assert choose_scorecard("auto", case).template == load_template(suggest_template(case))
-    assert choose_scorecard("prostate_78", case).template["name"].startswith("Prostate")
 
 
 # ---- the NFT loss -------------------------------------------------------------------------------

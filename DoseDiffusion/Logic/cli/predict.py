@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
-from dosediffusion.prediction.case_prediction import check_sampling_options
+from dosediffusion.prediction.options import check_sampling_options
 from dosediffusion.prediction.predictors import LocalPredictor, RemotePredictor
 from dosediffusion.prediction.run import predict_to_folder
 from dosediffusion.prediction.scorecard import check_scorecard_option

@@ -13,11 +13,8 @@ import numpy as np
 from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.conditioning.restore import restore
-from dosediffusion.errors import InputError
 from dosediffusion.model.selection import Selector, resolve_selector
-
-#: The sampling limits every caller is held to (the remote worker's wire format uses the same).
-MAX_STEPS, MAX_CANDIDATES = 50, 16
+from dosediffusion.prediction.options import check_sampling_options
 
 Progress = Callable[[float, str], None]
 #: ``sample(channels, steps, seed, num_candidates, progress=, cancel=)`` → candidate dose channels
@@ -42,15 +39,6 @@ class DosePrediction:
     steps: int
     seed: int
     warnings: list[str] = field(default_factory=list)
-
-
-def check_sampling_options(steps: int, num_candidates: int) -> None:
-    """Raise :class:`InputError` unless 1 ≤ ``steps`` ≤ :data:`MAX_STEPS` and 1 ≤ ``num_candidates`` ≤
-    :data:`MAX_CANDIDATES`."""
-    if not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-    if not 1 <= num_candidates <= MAX_CANDIDATES:
-        raise InputError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {num_candidates}")
 
 
 class Clock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,9 +26,11 @@ from dosediffusion.io.volume_sidecar import write_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, standard_metrics
 from dosediffusion.metrics.dvh import DVH
 from dosediffusion.metrics.scorecard import score_case
-from dosediffusion.prediction.case_prediction import DosePrediction
 from dosediffusion.prediction.model_folder import ModelDescription
 from dosediffusion.prediction.scorecard import ScorecardChoice
+
+if TYPE_CHECKING:
+    from dosediffusion.prediction.case_prediction import DosePrediction
 
 DVH_STEP_GY = 0.1
 

@@ -8,10 +8,13 @@ cancel=)`` and returns a :class:`~dosediffusion.prediction.case_prediction.DoseP
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dosediffusion.case import Case
-from dosediffusion.prediction.case_prediction import DosePrediction
 from dosediffusion.prediction.model_folder import ModelDescription, describe_model_folder, resolve_model_folder
+
+if TYPE_CHECKING:  # torch comes with it: imported when a prediction runs, not before
+    from dosediffusion.prediction.case_prediction import DosePrediction
 
 
 class LocalPredictor:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dosediffusion.case import Case
-from dosediffusion.prediction.case_prediction import Progress
 from dosediffusion.prediction.checks import check_predictable
 from dosediffusion.prediction.outputs import check_output_folder, write_prediction
 from dosediffusion.prediction.scorecard import AUTO, choose_scorecard
+
+if TYPE_CHECKING:
+    from dosediffusion.prediction.case_prediction import Progress
 
 
 def predict_to_folder(case: Case, predictor, out_dir: str | Path, scorecard: str | None = AUTO, *, steps: int = 10,

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from dosediffusion.errors import InputError
-from dosediffusion.prediction.case_prediction import MAX_CANDIDATES, MAX_STEPS
+from dosediffusion.prediction.options import MAX_CANDIDATES, MAX_STEPS
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 REQUEST_DTYPES = {"F16": np.float16, "F32": np.float32}
