@@ -199,6 +199,39 @@ def test_case_from_scene_user_roles_ignore_and_resampled_dose(phantom):
     assert np.allclose(built.dose, np.clip(expected, 0, None), atol=1e-3)
 
 
+def test_roles_table_and_role_flags_give_the_same_case(phantom, phantom_dicom, tmp_path):
+    """The Slicer roles table and ``--role`` on a command line go through one rule: the same roles,
+    prescriptions and canonical names for the same structure names."""
+    import shutil
+
+    import pydicom
+
+    from dosediffusion.io.load import load_case
+    from dosediffusion.roles import parse_roles
+
+    rename = {"PTV_60": "OuterTarget", "SpinalCord": "Core"}
+    case, _ = phantom
+    renamed = Case(**{**case.__dict__, "structures": {rename.get(n, n): type(s)(rename.get(n, n), s.mask)
+                                                      for n, s in case.structures.items()}})
+    mrml, ct, segmentation = scene_from_case(renamed)
+    flags = parse_roles(["OuterTarget=ptv:60", "Core=oar", "Esophagus=ignore"])
+    from_scene = scene.case_from_scene(ct, segmentation, roles=flags)
+    folder = tmp_path / "dicom"
+    shutil.copytree(phantom_dicom[0], folder)
+    ds = pydicom.dcmread(folder / "RTSTRUCT.dcm")
+    for roi in ds.StructureSetROISequence:
+        roi.ROIName = rename.get(roi.ROIName, roi.ROIName)
+    ds.save_as(folder / "RTSTRUCT.dcm")
+    from_files = load_case(folder, roles=flags)
+
+    def roles(c):
+        return {n: (s.role, s.prescription_gy, s.canonical) for n, s in c.structures.items()}
+
+    assert roles(from_scene) == roles(from_files)
+    assert roles(from_scene)["OuterTarget"] == ("ptv", 60.0, None) and roles(from_scene)["Esophagus"][0] == "other"
+    assert from_scene.prescription.levels_gy == from_files.prescription.levels_gy == [60.0]
+
+
 def test_shared_labelmap_segments_are_separated():
     """Two segments in one labelmap layer (label values 1 and 2) give two separate masks."""
     case = box_case()
