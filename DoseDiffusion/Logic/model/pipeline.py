@@ -32,8 +32,8 @@ from dosediffusion.model.codecs import CODECS, PatchCodec, WanVAECodec
 from dosediffusion.model.sampling import euler_sample, initial_noise
 from dosediffusion.model.selection import Selector
 from dosediffusion.prediction.case_prediction import Clock, DosePrediction, Progress, predict_case
+from dosediffusion.prediction.model_folder import MODEL_INDEX
 
-MODEL_INDEX = "model_index.json"
 PREPROCESSING = "preprocessing.json"
 COMPONENTS = {"codec": set(CODECS), "model": {"Any2AnyDiT"}, "scheduler": {"FlowMatchEulerDiscreteScheduler"}}
 
