@@ -79,7 +79,7 @@ def test_a_case_that_cannot_be_predicted_exits_2_before_the_model(phantom_dicom,
     code, err, seconds = _cli("predict", str(folder), "--model", str(model_dir), "--out", str(out))
     assert code == 2, err
     errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
+    assert len(errors) == 1 and f"{folder}: {message}" in errors[0] and "Traceback" not in err
     assert "loading the model" not in err and "torch imported: False" in err
     assert not out.exists()  # nothing written, not even an empty folder
     assert seconds < 10

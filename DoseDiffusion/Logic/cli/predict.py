@@ -117,7 +117,7 @@ def predict_one(path: Path, args: argparse.Namespace, predictor, out: Path) -> d
     try:
         return predict_to_folder(case, predictor, out, args.scorecard, steps=args.steps, seed=args.seed,
                                  candidates=args.candidates, report=not args.no_report, overwrite=args.overwrite,
-                                 progress=progress, status=lambda message: say(f"{name}: {message}"))
+                                 progress=progress, status=lambda message: say(f"{name}: {message}"), source=path)
     finally:
         progress.close()
 

@@ -8,6 +8,8 @@ plausible-looking dose for it, which nobody should see.
 
 from __future__ import annotations
 
+from os import PathLike
+
 from dosediffusion.case import Case, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.prediction.body import BODY_THRESHOLD_HU, body_from_ct
@@ -20,36 +22,38 @@ def _names(structures) -> str:
     return ", ".join(sorted(s.name for s in structures))
 
 
-def check_predictable(case: Case) -> None:
-    """Raise :class:`InputError` when ``case`` cannot be predicted. Otherwise add what the prediction
-    needs and the user should know, in place: a body derived from the CT when the case has none (with
-    a warning), and warnings for the structures the model does not use and for a case without beams."""
+def check_predictable(case: Case, source: str | PathLike | None = None) -> None:
+    """Raise :class:`InputError` (naming ``source``, the file or folder the case was read from, else the
+    case id) when ``case`` cannot be predicted. Otherwise add what the prediction needs and the user
+    should know, in place: a body derived from the CT when the case has none (with a warning), and
+    warnings for the structures the model does not use and for a case without beams."""
+    source = source or case.case_id
     if not case.structures:
         raise InputError("no structures: a prediction needs the structure set (RTSTRUCT, or masks) with the "
-                         "target; add the one the plan was made on", case.case_id)
+                         "target; add the one the plan was made on", source)
     targets = case.with_role("ptv")
     if not targets:
         raise InputError(f"no target: none of the structures ({_names(case.structures.values())}) is a PTV; name "
-                         "it with --role NAME=ptv:DOSE_GY (or in the Slicer roles table, or the alias table)", case.case_id)
+                         "it with --role NAME=ptv:DOSE_GY (or in the Slicer roles table, or the alias table)", source)
     no_dose = [s for s in targets if not s.prescription_gy]
     if no_dose:
         raise InputError(f"target without a prescription: {_names(no_dose)}; give each its dose with "
-                         "--role NAME=ptv:DOSE_GY", case.case_id)
+                         "--role NAME=ptv:DOSE_GY", source)
     empty = [s for s in targets if not s.mask.any()]
     if empty:
         raise InputError(f"target with no voxel on the CT grid: {_names(empty)}; check its contours, or give it "
-                         "--role NAME=ignore", case.case_id)
+                         "--role NAME=ignore", source)
     if case.body is None:
         mask = body_from_ct(case.ct, case.grid.voxel_volume_cc)
         if mask is None:
             raise InputError(f"no body structure, and none can be derived from the CT (no region above "
                              f"{BODY_THRESHOLD_HU:g} HU): add the body outline, or name it with --role NAME=body",
-                             case.case_id)
+                             source)
         case.structures[DERIVED_BODY] = Structure(DERIVED_BODY, mask, "body")
         case.warnings.append(f"no body structure: '{DERIVED_BODY}' derived from the CT (largest region above "
                              f"{BODY_THRESHOLD_HU:g} HU, holes filled)")
     elif not case.body.mask.any():
-        raise InputError(f"the body structure {case.body.name!r} has no voxel on the CT grid", case.case_id)
+        raise InputError(f"the body structure {case.body.name!r} has no voxel on the CT grid", source)
     unused = [s for s in case.structures.values() if s.role == "other"]
     if unused:
         case.warnings.append(f"structures the model does not use (role 'other'): {_names(unused)}")

@@ -20,15 +20,15 @@ if TYPE_CHECKING:
 def predict_to_folder(case: Case, predictor, out_dir: str | Path, scorecard: str | None = AUTO, *, steps: int = 10,
                       seed: int = 0, candidates: int = 1, report: bool = True, overwrite: bool = False,
                       progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
-                      status: Callable[[str], None] | None = None) -> dict:
+                      status: Callable[[str], None] | None = None, source: str | Path | None = None) -> dict:
     """Check ``case`` (:func:`~dosediffusion.prediction.checks.check_predictable`: what cannot be
     predicted is refused here, before the model is loaded) and its output folder, choose its scorecard
     (``scorecard``: ``auto``, ``none``, a name or a file), predict with ``predictor``
     (:mod:`.predictors`; best of ``candidates`` by that scorecard) and write the files into
     ``out_dir``. ``status`` hears what happens in words (warnings, the scorecard and why, the model
-    loading). Returns the summary."""
+    loading); errors name ``source`` (where the case was read from) when given. Returns the summary."""
     tell = status or (lambda message: None)
-    check_predictable(case)
+    check_predictable(case, source)
     check_output_folder(out_dir, overwrite)
     choice = choose_scorecard(scorecard, case)
     for warning in case.warnings:
