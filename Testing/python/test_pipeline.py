@@ -121,7 +121,8 @@ def test_channels_are_checked_before_sampling(case):
     good = np.zeros(crop, np.float32)
     assert pipe.sample_channels({"ct": good}, steps=1).shape == (1, *crop)
     for channels, message in (({"dose": good}, "not conditions"), ({"mri": good}, "not conditions"),
-                              ({"ct": good[:-1]}, "crop is"), ({"ct": np.full(crop, np.nan, np.float32)}, "finite"),
+                              ({"ct": good[:-1]}, "crop is"), ({"ct": np.full(crop, np.nan, np.float32)}, r"in \[-1, 1\]"),
+                              ({"ct": np.full(crop, 1.5, np.float32)}, r"in \[-1, 1\]"),
                               ({"ct": good.astype(np.int16)}, "floating")):
         with pytest.raises(InputError, match=message):
             pipe.sample_channels(channels, steps=1)

@@ -89,11 +89,11 @@ def client(url, **kwargs):
 def test_wire_round_trip_and_checks(channels):
     crop = next(iter(channels.values())).shape
     body = wire.encode_request(channels, steps=3, seed=-7, num_candidates=2)
-    decoded, options = wire.decode_request(body, crop)
+    decoded, options = wire.decode_request(body, crop, set(channels))
     assert options == {"steps": 3, "seed": -7, "num_candidates": 2}
     assert all(np.array_equal(decoded[m], channels[m]) and decoded[m].dtype == np.float32 for m in channels)
     half = save({"ct": channels["ct"].astype(np.float16)}, metadata={"options": json.dumps(options)})
-    assert wire.decode_request(half, crop)[0]["ct"].dtype == np.float32
+    assert wire.decode_request(half, crop, {"ct"})[0]["ct"].dtype == np.float32
     candidates = np.random.default_rng(0).random((2, *crop), dtype=np.float32)
     back, timing = wire.decode_result(wire.encode_result(candidates, {"run_s": 1.5}), crop)
     assert np.array_equal(back, candidates) and timing == {"run_s": 1.5}
@@ -154,7 +154,8 @@ def test_queue_runs_one_job_at_a_time_and_forgets_results():
 def test_health_needs_no_token_and_tells_nothing_else(worker):
     url, _ = worker
     response = httpx.get(f"{url}/health")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.status_code == 200 and response.json() == {"status": "ok", "instance": response.headers[
+        "X-DoseDiffusion-Instance"]}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         assert httpx.get(f"{url}/model", headers=headers).status_code == 401
         assert httpx.post(f"{url}/jobs", content=b"x", headers=headers).status_code == 401
@@ -177,7 +178,8 @@ def test_oversized_bodies_are_refused(worker, channels):
         assert raw.recv(200).startswith(b"HTTP/1.1 413")
     headers = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.post(f"{url}/jobs", content=b"x" * (LIMIT + 1), headers=headers).status_code == 413
-    chunks = (b"x" * 2**16 for _ in range(LIMIT // 2**16 + 2))  # no Content-Length: counted while streaming
+    header_length = wire.MAX_HEADER_BYTES.to_bytes(8, "little")  # a header that never ends, no Content-Length:
+    chunks = (header_length + b"x" * 2**16 for _ in range(LIMIT // 2**16 + 2))  # counted while streaming
     assert httpx.post(f"{url}/jobs", content=chunks, headers=headers).status_code == 413
     big = {m: np.zeros((9, 32, 32), np.float32) for m in ("ct", "ptv", "oar", "body", "beam_plate")}
     with pytest.raises(RemoteRequestTooLarge):  # the client checks the limit before sending
@@ -197,7 +199,8 @@ def test_malformed_requests_get_422_with_the_reason(worker, channels):
         "float64": (save({"ct": ct.astype(np.float64)}, options), "dtype 'F64'"),
         "unknown channel": (save({"mri": ct}, options), "not conditions"),
         "the target": (save({"dose": ct}, options), "not conditions"),
-        "nan": (save({"ct": np.full_like(ct, np.nan)}, options), "finite"),
+        "nan": (save({"ct": np.full_like(ct, np.nan)}, options), "values in \\[-1, 1\\]"),
+        "3e38": (save({"ct": np.full_like(ct, 3e38)}, options), "values in \\[-1, 1\\]"),
         "no options": (save({"ct": ct}), "exactly 'options'"),
         "extra metadata": (save({"ct": ct}, {**options, "path": "/etc/passwd"}), "exactly 'options'"),
         "options not JSON": (save({"ct": ct}, {"options": "{"}), "not JSON"),
@@ -327,12 +330,16 @@ def test_client_retries_connection_errors_then_explains():
 
 # ---- the serve command --------------------------------------------------------------------------------
 def test_serve_refuses_unsafe_settings(tmp_path, capsys):
-    short = tmp_path / "short"
+    short, shared = tmp_path / "short", tmp_path / "shared"
     short.write_text("abc\n")
+    short.chmod(0o600)
+    shared.write_text(TOKEN)
+    shared.chmod(0o644)
     for argv, message in ((["--host", "0.0.0.0"], "non-loopback host '0.0.0.0' without --token-file"),
                           (["--host", "0.0.0.0", "--no-auth"], "non-loopback"),
                           ([], "give --token-file"),
                           (["--token-file", str(short)], "shorter than 16"),
+                          (["--token-file", str(shared)], "readable by every user of this machine: chmod 600"),
                           (["--token-file", str(tmp_path / "missing")], "cannot read the token file")):
         assert main(["serve", "--model", str(tmp_path), *argv]) == 2
         assert message in capsys.readouterr().err
@@ -345,6 +352,7 @@ def test_serve_command_runs_a_worker(tmp_path):
         port = probe.getsockname()[1]
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
     process = subprocess.Popen([sys.executable, "-m", "dosediffusion.cli.main", "serve", "--model", str(model),
                                 "--port", str(port), "--token-file", str(token), "--device", "cpu"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -35,6 +35,8 @@ from dosediffusion.prediction.case_prediction import Clock, DosePrediction, Prog
 from dosediffusion.prediction.model_folder import MODEL_INDEX
 
 PREPROCESSING = "preprocessing.json"
+#: Condition channels are scaled to [−1, 1]; this leaves room for float16 rounding.
+CHANNEL_LIMIT = 1.001
 COMPONENTS = {"codec": set(CODECS), "model": {"Any2AnyDiT"}, "scheduler": {"FlowMatchEulerDiscreteScheduler"}}
 
 
@@ -192,15 +194,18 @@ class DoseDiffusionPipeline:
 
 def check_condition_channels(channels: dict[str, np.ndarray], allowed: set[str], crop: tuple[int, int, int]) -> None:
     """Raise :class:`InputError` naming the problem unless ``channels`` are ``allowed`` modalities,
-    each a finite floating array of the ``crop`` shape."""
+    each a floating array of the ``crop`` shape with values in [−1, 1] (as
+    :func:`~dosediffusion.conditioning.prepare.prepare` makes them; NaN and infinity are outside)."""
     unknown = sorted(set(channels) - allowed)
     if unknown:
         raise InputError(f"channels {unknown} are not conditions of this model; allowed: {sorted(allowed)}")
     for name, array in channels.items():
         if tuple(np.shape(array)) != crop:
             raise InputError(f"channel {name!r} has shape {tuple(np.shape(array))}, the model's crop is {crop}")
-        if not np.issubdtype(np.asarray(array).dtype, np.floating) or not np.all(np.isfinite(array)):
-            raise InputError(f"channel {name!r} must hold finite floating-point values")
+        if not np.issubdtype(np.asarray(array).dtype, np.floating):
+            raise InputError(f"channel {name!r} must hold floating-point values")
+        if not np.all(np.abs(array) <= CHANNEL_LIMIT):  # False for NaN too
+            raise InputError(f"channel {name!r} must hold values in [-1, 1] (as prepare() scales them)")
 
 
 def write_pipeline_folder(folder: str | Path, index: dict, preprocessing: PrepareConfig, components: dict) -> Path:

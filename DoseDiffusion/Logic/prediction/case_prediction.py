@@ -13,6 +13,7 @@ import numpy as np
 from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.conditioning.restore import restore
+from dosediffusion.errors import InputError
 from dosediffusion.model.selection import Selector, resolve_selector
 from dosediffusion.prediction.options import check_sampling_options
 
@@ -39,6 +40,14 @@ class DosePrediction:
     steps: int
     seed: int
     warnings: list[str] = field(default_factory=list)
+
+
+def check_finite_result(volumes: np.ndarray) -> None:
+    """Raise :class:`InputError` when the model's output holds NaN or infinity: such a result is never
+    turned into a dose."""
+    if not np.isfinite(volumes).all():
+        raise InputError("the model's result is not finite (NaN or infinity); no dose is returned. Check the "
+                         "inputs, and report the case if they are right")
 
 
 class Clock:
@@ -87,6 +96,7 @@ def predict_case(
     inputs = prepare(case, preprocessing, include_dose=False)
     clock.lap("prepare")
     volumes = sample(inputs.channels, steps, seed, num_candidates, progress=report, cancel=cancel)
+    check_finite_result(volumes)
     if "decode" not in clock.laps:  # a sampler that keeps its own time (a remote worker)
         clock.lap("model")
     report(0.95, "restoring the dose onto the CT grid")

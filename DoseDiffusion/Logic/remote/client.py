@@ -10,6 +10,7 @@ backoff doubling from ``backoff_s``); a submission only when the connection coul
 from __future__ import annotations
 
 import contextlib
+import random
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import Cancelled, InputError
 from dosediffusion.model.selection import Selector
 from dosediffusion.prediction.case_prediction import DosePrediction, Progress, predict_case
-from dosediffusion.remote.wire import decode_result, encode_request
+from dosediffusion.remote.wire import INSTANCE_HEADER, decode_result, encode_request
 
 
 class RemoteError(InputError):
@@ -49,7 +50,9 @@ class RemoteRejected(RemoteError):
 
 
 class RemoteBusy(RemoteError):
-    """503: the worker's queue is full."""
+    """503: the worker's queue is full; ``retry_after_s`` is when it said to ask again."""
+
+    retry_after_s: float = 5.0
 
 
 class RemoteJobNotFound(RemoteError):
@@ -82,6 +85,11 @@ def read_token(path: str | PathLike) -> str:
 class RemoteClient:
     """Talks to one worker at ``url`` (``http://host:port`` or ``https://``).
 
+    A busy worker (503) is asked again after the ``Retry-After`` seconds it names, with random jitter
+    so that waiting clients do not come back together, for at most ``busy_wait_s`` seconds. A worker
+    that restarted (a new instance id, see :mod:`.server`) has forgotten its jobs: :meth:`sample`
+    submits a lost job again, at most ``resubmits`` times, and says so in :attr:`warnings`.
+
     Args:
         token: the bearer token (None for a ``--no-auth`` loopback worker).
         retries: extra attempts after a connection error. timeout: seconds per request.
@@ -93,7 +101,7 @@ class RemoteClient:
 
     def __init__(self, url: str, token: str | None = None, retries: int = 3, timeout: float = 60.0,
                  backoff_s: float = 0.5, poll_s: float = 1.0, verify: bool | str | ssl.SSLContext = True,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, busy_wait_s: float = 600.0, resubmits: int = 2):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if isinstance(verify, str):  # a CA bundle (e.g. the worker's self-signed certificate)
             verify = ssl.create_default_context(cafile=verify)
@@ -102,6 +110,10 @@ class RemoteClient:
                                  transport=transport)
         self._info: dict[str, Any] | None = None
         self.last_timing: dict[str, float] = {}
+        self.busy_wait_s, self.resubmits = busy_wait_s, resubmits
+        self.instance: str | None = None  # the worker instance of the last response
+        self.warnings: list[str] = []
+        self._random = random.Random()
 
     def __enter__(self) -> RemoteClient:
         return self
@@ -129,7 +141,16 @@ class RemoteClient:
         if limit is not None and len(body) > limit:
             raise RemoteRequestTooLarge(f"the request is {len(body)} bytes, the worker accepts at most {limit}",
                                         self.url)
-        return self._request("POST", "/jobs", idempotent=False, content=body).json()["id"]
+        waited = 0.0
+        while True:
+            try:
+                return self._request("POST", "/jobs", idempotent=False, content=body).json()["id"]
+            except RemoteBusy as error:
+                pause = error.retry_after_s * self._random.uniform(0.5, 1.5)
+                if waited + pause > self.busy_wait_s:
+                    raise
+                time.sleep(pause)
+                waited += pause
 
     def status(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """``GET /jobs/{id}``: state (queued/running/done/failed/cancelled), step, steps, progress…;
@@ -173,15 +194,26 @@ class RemoteClient:
 
     def sample(self, channels: Mapping[str, np.ndarray], steps: int, seed: int, num_candidates: int = 1,
                progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
-        """A sampler for :func:`predict_case`: channels (D, H, W) → candidates (N, D, H, W) float32."""
-        job_id = self.submit(channels, steps, seed, num_candidates)
-        try:
-            self.wait(job_id, progress, cancel)
-        except BaseException:  # interrupted, failed or cancelled: the worker need not keep the job
-            self._forget(job_id)
-            raise
-        candidates, self.last_timing = self.result(job_id)
-        return candidates
+        """A sampler for :func:`predict_case`: channels (D, H, W) → candidates (N, D, H, W) float32. A job
+        that a restarted worker lost is submitted again (the same seed gives the same result)."""
+        for attempt in range(self.resubmits + 1):
+            job_id = self.submit(channels, steps, seed, num_candidates)
+            submitted_to = self.instance
+            try:
+                self.wait(job_id, progress, cancel)
+                candidates, self.last_timing = self.result(job_id)
+                return candidates
+            except RemoteJobNotFound:
+                if self.instance == submitted_to or attempt == self.resubmits:
+                    raise
+                message = "the worker restarted and lost the job; it was submitted again"
+                self.warnings.append(message)
+                if progress is not None:
+                    progress(0.05, message)
+            except BaseException:  # interrupted, failed or cancelled: the worker need not keep the job
+                self._forget(job_id)
+                raise
+        raise AssertionError("unreachable")
 
     # ---- transport -----------------------------------------------------------------------------
     def _request(self, method: str, path: str, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
@@ -198,6 +230,7 @@ class RemoteClient:
             except httpx.TransportError as error:
                 raise RemoteConnectionError(f"the connection failed during {method} {path} "
                                             f"({type(error).__name__}); not retried", self.url) from None
+        self.instance = response.headers.get(INSTANCE_HEADER, self.instance)
         if response.status_code < 400:
             return response
         try:
@@ -205,7 +238,11 @@ class RemoteClient:
         except ValueError:
             detail = response.text[:200]
         kind = STATUS_ERRORS.get(response.status_code, RemoteServerError if response.status_code >= 500 else RemoteError)
-        raise kind(f"{method} {path}: {response.status_code} {detail}", self.url)
+        error = kind(f"{method} {path}: {response.status_code} {detail}", self.url)
+        if isinstance(error, RemoteBusy):
+            retry_after = response.headers.get("retry-after", "")
+            error.retry_after_s = float(retry_after) if retry_after.isdigit() else 5.0
+        raise error
 
     def _forget(self, job_id: str) -> None:
         with contextlib.suppress(RemoteError):
@@ -236,5 +273,6 @@ def predict_remote(
         prediction = predict_case(client.sample, case, preprocessing, steps, seed, num_candidates, selection,
                                   scorecard, progress, cancel)
         prediction.device, prediction.dtype = f"{info['device']} (remote)", info["dtype"]
+        prediction.warnings += client.warnings
         prediction.timing_s.update({f"remote_{k.removesuffix('_s')}": v for k, v in client.last_timing.items()})
         return prediction

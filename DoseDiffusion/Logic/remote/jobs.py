@@ -91,18 +91,36 @@ class JobQueue:
         self.waiting: deque[str] = deque()
         self.lock = threading.Condition()
         self.closed = False
+        self.mean_run_s = 5.0  # a running mean of the jobs' run time, for Retry-After
+        self.running: Job | None = None
         self.thread = threading.Thread(target=self._work, name="dosediffusion-worker", daemon=True)
         self.thread.start()
 
     # ---- requests -------------------------------------------------------------------------------
+    def full(self) -> bool:
+        """True when a job submitted now would be refused: ``max_queued`` jobs wait besides a running one."""
+        with self.lock:
+            return self._full()
+
+    def _full(self) -> bool:
+        return self.closed or len(self.waiting) + (self.running is not None) > self.max_queued
+
+    def full_message(self) -> str:
+        return "the worker is shutting down" if self.closed else \
+            f"the queue is full ({self.max_queued} jobs waiting); try again after Retry-After seconds"
+
+    def retry_after_s(self) -> int:
+        """Seconds after which a refused client may try again: the waiting jobs' expected run time (from the
+        recent jobs' mean), at least 1 and at most 60."""
+        with self.lock:
+            return int(min(60.0, max(1.0, (len(self.waiting) + 1) * self.mean_run_s)))
+
     def submit(self, channels: dict[str, np.ndarray], options: dict[str, int]) -> Job:
         """Queue a job; raise :class:`QueueFull` when ``max_queued`` jobs already wait."""
         with self.lock:
             self._expire()
-            if self.closed:
-                raise QueueFull("the worker is shutting down")
-            if len(self.waiting) >= self.max_queued:
-                raise QueueFull(f"the queue is full ({self.max_queued} jobs waiting); try again later")
+            if self._full():
+                raise QueueFull(self.full_message())
             job = Job(secrets.token_urlsafe(16), channels, dict(options), created=self.clock())
             self.jobs[job.id] = job
             self.waiting.append(job.id)
@@ -173,6 +191,7 @@ class JobQueue:
                     return
                 job = self.jobs[self.waiting.popleft()]
                 job.state, job.started, job.message = "running", self.clock(), "starting"
+                self.running = job
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -191,6 +210,7 @@ class JobQueue:
             if outcome == "done":
                 job.result = result
             self._finish(job, outcome, detail)
+            self.running = None
 
     def _finish(self, job: Job, state: str, detail: str | None) -> None:
         job.state, job.finished, job.channels = state, self.clock(), None
@@ -200,6 +220,8 @@ class JobQueue:
             job.message, job.error = detail or state, detail if state == "failed" else None
         job.timing = {"queued_s": (job.started or job.finished) - job.created,
                       "run_s": job.finished - job.started if job.started is not None else 0.0}
+        if state == "done":
+            self.mean_run_s = 0.8 * self.mean_run_s + 0.2 * job.timing["run_s"]
         log.info("job %s %s after %.2f s", job.id, state, job.timing["queued_s"] + job.timing["run_s"])
 
     def _expire(self) -> None:

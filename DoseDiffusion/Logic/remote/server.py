@@ -10,7 +10,13 @@ made with ``token=None``, which ``dosediffusion serve`` allows only on loopback 
     GET    /jobs/{id}/result   200 safetensors (see :mod:`.wire`), then the job is gone; 409 not done; 404
     DELETE /jobs/{id}          200 cancelled or removed, 202 running job asked to stop; 404
 
-Logs name jobs by their random id only (never a patient, a structure name or a file).
+Every response carries the worker's instance id (header ``X-DoseDiffusion-Instance``, also in
+``/health`` and ``/model``): a new id means the worker restarted and forgot its jobs. A request body
+is checked header first (:func:`~.wire.request_layout`: channel names, dtypes, shapes, options) before
+any tensor byte is read, must arrive within ``body_timeout_s``, and may be no larger than the
+model's own input needs (with headroom) unless the operator says otherwise. A result that is not
+finite fails its job with the reason. Logs name jobs by their random id only (never a patient, a
+structure name or a file); a client that disconnects mid-upload costs one log line.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -32,11 +39,22 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from dosediffusion.errors import InputError
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.prediction.case_prediction import check_finite_result
+from dosediffusion.remote.connection_guard import ConnectionGuard, guarded_protocol
 from dosediffusion.remote.jobs import FINISHED, Job, JobQueue, QueueFull
-from dosediffusion.remote.wire import MAX_CANDIDATES, decode_request, encode_result
+from dosediffusion.remote.logs import configure_worker_logs
+from dosediffusion.remote.wire import (
+    INSTANCE_HEADER,
+    MAX_CANDIDATES,
+    decode_request,
+    encode_result,
+    header_size,
+    request_layout,
+)
 
 log = logging.getLogger("dosediffusion.remote")
 SAFETENSORS = "application/octet-stream"
@@ -44,6 +62,18 @@ NAME = "DoseDiffusion worker"
 MAX_WAIT_S = 30.0  # longest long poll of GET /jobs/{id}?wait_s=
 POLL_S = 0.02  # how often a long poll looks at its job
 NO_SUCH_JOB = "no such job (unknown, expired or already fetched)"
+#: Room for the safetensors header of a request, on top of its tensors.
+HEADER_HEADROOM_BYTES = 64 * 2**10
+BODY_TIMEOUT_S = 60.0  # a request body must have arrived whole by then
+
+
+def request_limit(crop_shape: tuple[int, ...], conditions: int) -> int:
+    """The largest legal request body for a model: every condition channel as float32 on the crop, plus
+    header room."""
+    voxels = 1
+    for n in crop_shape:
+        voxels *= int(n)
+    return conditions * voxels * 4 + HEADER_HEADROOM_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -56,19 +86,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_bytes: int = 512 * 2**20,
-               device: str = "cuda", max_queued: int = 8, ttl_s: float = 3600.0) -> FastAPI:
+def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_bytes: int | None = None,
+               device: str = "cuda", max_queued: int = 8, ttl_s: float = 3600.0,
+               body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """The worker app around ``pipeline`` (a :class:`DoseDiffusionPipeline` or anything with its
     ``describe``/``check_channels``/``sample_channels``/``preprocessing``, such as the regression
     comparator). ``token`` None turns authentication off (the caller checks it is allowed);
-    ``max_request_bytes`` bounds a request body; ``device`` runs the model; at most ``max_queued``
-    jobs wait besides the running one; finished jobs are kept ``ttl_s`` seconds unless fetched."""
+    ``max_request_bytes`` bounds a request body (default :func:`request_limit` of the model);
+    ``device`` runs the model; at most ``max_queued`` jobs wait besides the running one; finished jobs
+    are kept ``ttl_s`` seconds unless fetched."""
     crop = tuple(pipeline.preprocessing.crop_shape)
+    info = pipeline.describe()
+    conditions = {m for m in info["modalities"] if m != info["target"]}
+    max_request_bytes = max_request_bytes or request_limit(crop, len(conditions))
+    instance = secrets.token_hex(8)
 
     def run(job: Job) -> np.ndarray:
         o = job.options
-        return pipeline.sample_channels(job.channels, o["steps"], o["seed"], o["num_candidates"], device=device,
-                                        progress=job.report, cancel=job.cancelled)
+        result = pipeline.sample_channels(job.channels, o["steps"], o["seed"], o["num_candidates"], device=device,
+                                          progress=job.report, cancel=job.cancelled)
+        check_finite_result(result)
+        return result
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,8 +125,14 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
 
     app = FastAPI(title=NAME, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     guarded = [Depends(authorize)]
-    info = pipeline.describe()
-    facts = {"name": NAME, "version": info["version"], "device": str(device),
+
+    @app.middleware("http")
+    async def name_the_instance(request: Request, call_next):
+        response = await call_next(request)
+        response.headers[INSTANCE_HEADER] = instance
+        return response
+
+    facts = {"name": NAME, "instance": instance, "version": info["version"], "device": str(device),
              "dtype": "bfloat16" if str(device).startswith("cuda") else "float32",
              "target": info["target"], "modalities": [m for m in info["modalities"] if m != info["target"]],
              "crop_shape": list(crop), "pipeline": type(pipeline).__name__, "parameters": info["parameters"],
@@ -97,7 +141,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
 
     @app.get("/health")
     def health() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "instance": instance}
 
     @app.get("/model", dependencies=guarded)
     def model() -> dict[str, Any]:
@@ -105,20 +149,28 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
 
     @app.post("/jobs", status_code=202, dependencies=guarded)
     async def submit(request: Request) -> JSONResponse:
-        body = await read_body(request, max_request_bytes)
+        jobs: JobQueue = request.app.state.jobs
+        if jobs.full():  # said before the body is read
+            raise HTTPException(503, jobs.full_message(), headers={"Retry-After": str(jobs.retry_after_s())})
         try:
+            body = await asyncio.wait_for(read_body(request, max_request_bytes, crop, conditions), body_timeout_s)
             channels, options = await run_in_threadpool(decode_and_check, body)
         except InputError as error:
             raise HTTPException(422, str(error)) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {body_timeout_s:g} s") from None
+        except ClientDisconnect:
+            log.info("a client disconnected during its upload")
+            raise HTTPException(400, "the client disconnected") from None
         try:
-            job = request.app.state.jobs.submit(channels, options)
+            job = jobs.submit(channels, options)
         except QueueFull as error:
-            raise HTTPException(503, str(error), headers={"Retry-After": "5"}) from None
-        status = request.app.state.jobs.status(job.id)
+            raise HTTPException(503, str(error), headers={"Retry-After": str(jobs.retry_after_s())}) from None
+        status = jobs.status(job.id)
         return JSONResponse(status, status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
     def decode_and_check(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        channels, options = decode_request(body, crop)
+        channels, options = decode_request(body, crop, conditions)
         pipeline.check_channels(channels)
         return channels, options
 
@@ -166,27 +218,44 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in ("state", "step", "message", "queue_position"))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 when its Content-Length, or what arrives, exceeds ``limit``."""
+async def read_body(request: Request, limit: int, crop: tuple[int, ...], allowed: set[str]) -> bytes:
+    """The request body, refused with 413 when its Content-Length, or what arrives, exceeds ``limit``,
+    and with an :class:`InputError` as soon as its header arrives and is wrong (names, dtypes, shapes,
+    options, a length other than the header describes): no tensor byte of a bad request is kept."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (not declared.isdigit() or len(declared) > 19 or int(declared) > limit):
         raise HTTPException(413, f"request body larger than {limit} bytes")
-    chunks, size = [], 0
+    body, expected = bytearray(), None
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        body += chunk
+        if len(body) > limit:
             raise HTTPException(413, f"request body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if expected is None and (end := header_size(body)) is not None and len(body) >= end:
+            expected = request_layout(bytes(body[:end]), crop, allowed)[1]
+            if declared is not None and int(declared) != expected:
+                raise InputError(f"Content-Length {declared} differs from the {expected} bytes the header describes")
+        if expected is not None and len(body) > expected:
+            raise InputError(f"the body is longer than the {expected} bytes its header describes")
+    return bytes(body)
+
+
+def server_config(app: FastAPI, guard: ConnectionGuard | None = None, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration of the worker: the h11 protocol under ``guard`` (default caps), keep-alive
+    connections closed after 5 s idle, no ``Server`` header; ``options`` go to uvicorn as they are."""
+    configure_worker_logs()
+    return uvicorn.Config(app, http=guarded_protocol(guard or ConnectionGuard()), timeout_keep_alive=5,
+                          server_header=False, **options)
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", log_level: str = "warning") -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free port of ``host`` in a thread; yields its URL (tests, benchmarks)."""
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", log_level: str = "warning",
+                    guard: ConnectionGuard | None = None, port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn on ``port`` of ``host`` (a free one by default) in a thread; yields its URL
+    (tests, benchmarks)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    sock.bind((host, port))
+    server = uvicorn.Server(server_config(app, guard, log_level=log_level))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -9,7 +9,10 @@ channels on the crop, as :meth:`~dosediffusion.model.pipeline.DoseDiffusionPipel
 returns them); metadata ``"timing"``: JSON seconds per stage.
 
 The header is parsed and checked here before ``safetensors`` reads any tensor, so a bad body costs
-no more than its header; every problem is an :class:`~dosediffusion.errors.InputError` naming it.
+no more than its header: :func:`request_layout` checks it as soon as its bytes have arrived (tensor
+names against the model's conditions, dtypes, shapes, offsets, options) and says how long the whole
+body must be; every problem, however malformed (wrong types, huge numbers, deep nesting), is an
+:class:`~dosediffusion.errors.InputError` naming it, never a crash.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from safetensors.numpy import load, save
 from dosediffusion.errors import InputError
 from dosediffusion.prediction.options import MAX_CANDIDATES, MAX_STEPS
 
+#: The response header that names the worker's instance: a new value means the worker restarted.
+INSTANCE_HEADER = "X-DoseDiffusion-Instance"
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 REQUEST_DTYPES = {"F16": np.float16, "F32": np.float32}
 OPTION_KEYS = ("steps", "seed", "num_candidates")
@@ -40,25 +45,60 @@ def encode_request(channels: Mapping[str, np.ndarray], steps: int, seed: int, nu
     return save(tensors, metadata={"options": json.dumps(options)})
 
 
-def decode_request(body: bytes, crop_shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Request body → (channels as float32 (D, H, W), options). Checks the header (tensor names are
-    checked by the pipeline), dtypes (float16/float32), shapes (``crop_shape``) and options."""
-    header, metadata = _header(body)
+def header_size(prefix: bytes) -> int | None:
+    """The number of bytes of a request's first 8 + header bytes, from its first bytes (None until 8
+    have arrived); an :class:`InputError` when the header would be larger than :data:`MAX_HEADER_BYTES`."""
+    if len(prefix) < 8:
+        return None
+    (size,) = struct.unpack("<Q", prefix[:8])
+    if size > MAX_HEADER_BYTES:
+        raise InputError("the body is not a safetensors file (bad header length)")
+    return 8 + size
+
+
+def request_layout(prefix: bytes, crop_shape: tuple[int, ...], allowed: set[str]) -> tuple[dict[str, int], int]:
+    """Check a request's header (``prefix`` holds at least its first :func:`header_size` bytes) before any
+    tensor byte is read: only ``allowed`` channel names, float16/float32, the ``crop_shape``, contiguous
+    offsets, valid options. Returns (options, the body's exact length in bytes)."""
+    header, metadata = _header(prefix)
     if set(metadata) != {"options"}:
         raise InputError(f"the metadata must hold exactly 'options', got {sorted(metadata)}")
     try:
         options = json.loads(metadata["options"])
-    except json.JSONDecodeError:
-        raise InputError("'options' is not JSON") from None
+    except (ValueError, RecursionError):
+        raise InputError("'options' is not JSON of a usable size") from None
     check_options(options)
     if not header:
         raise InputError("the request holds no condition channel")
-    for name, info in header.items():
-        if info.get("dtype") not in REQUEST_DTYPES:
-            raise InputError(f"channel {name!r} has dtype {info.get('dtype')!r}; allowed: {sorted(REQUEST_DTYPES)}")
-        if tuple(info.get("shape", ())) != tuple(crop_shape):
-            raise InputError(f"channel {name!r} has shape {tuple(info.get('shape', ()))}, the model's crop is "
-                             f"{tuple(crop_shape)}")
+    unknown = sorted(set(header) - allowed)
+    if unknown:
+        raise InputError(f"channels {unknown} are not conditions of this model; allowed: {sorted(allowed)}")
+    end = 0
+    for name, info in sorted(header.items(), key=lambda item: _offsets(item)[0]):
+        dtype, shape, (start, stop) = info.get("dtype"), info.get("shape"), _offsets((name, info))
+        if not isinstance(dtype, str) or dtype not in REQUEST_DTYPES:
+            raise InputError(f"channel {name!r} has dtype {dtype!r}; allowed: {sorted(REQUEST_DTYPES)}")
+        if not isinstance(shape, list) or tuple(shape) != tuple(crop_shape):
+            raise InputError(f"channel {name!r} has shape {shape!r}, the model's crop is {list(crop_shape)}")
+        size = int(np.prod(crop_shape)) * np.dtype(REQUEST_DTYPES[dtype]).itemsize
+        if start != end or stop - start != size:
+            raise InputError(f"channel {name!r} has data offsets {[start, stop]}; expected {[end, end + size]}")
+        end = stop
+    return options, header_size(prefix) + end
+
+
+def _offsets(item: tuple[str, dict]) -> tuple[int, int]:
+    offsets = item[1].get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int and 0 <= v < 2**63 for v in offsets)):
+        raise InputError(f"channel {item[0]!r} has data offsets {offsets!r}; expected two byte offsets")
+    return offsets[0], offsets[1]
+
+
+def decode_request(body: bytes, crop_shape: tuple[int, ...], allowed: set[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Request body → (channels as float32 (D, H, W), options), checked as :func:`request_layout` says."""
+    options, length = request_layout(body, crop_shape, allowed)
+    if len(body) != length:
+        raise InputError(f"the body is {len(body)} bytes; its header describes {length}")
     tensors = _load(body)
     return {name: array.astype(np.float32, copy=False) for name, array in tensors.items()}, options
 
@@ -103,15 +143,13 @@ def decode_result(body: bytes, crop_shape: tuple[int, ...] | None = None) -> tup
 
 def _header(body: bytes) -> tuple[dict[str, dict], dict[str, str]]:
     """The safetensors header of ``body``: (tensor name → {dtype, shape, data_offsets}, metadata)."""
-    if len(body) < 8:
-        raise InputError("the body is not a safetensors file (too short)")
-    (size,) = struct.unpack("<Q", body[:8])
-    if size > min(MAX_HEADER_BYTES, len(body) - 8):
-        raise InputError("the body is not a safetensors file (bad header length)")
+    end = header_size(body)
+    if end is None or end > len(body):
+        raise InputError("the body is not a safetensors file (too short for its header)")
     try:
-        header = json.loads(body[8 : 8 + size])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError("the body is not a safetensors file (header is not JSON)") from None
+        header = json.loads(body[8:end])
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, a 5,000-digit number, 50,000-deep nesting
+        raise InputError("the body is not a safetensors file (header is not JSON of a usable size)") from None
     if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
         raise InputError("the body is not a safetensors file (header is not an object of objects)")
     metadata = header.pop("__metadata__", None) or {}

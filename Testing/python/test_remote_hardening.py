@@ -1,0 +1,265 @@
+"""The remote worker against attackers and careless clients on loopback: half-open connections,
+malformed headers, oversized and unknown tensors, restarts, non-finite results, disconnects, token
+hygiene, and busy workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from model_builders import tiny_pipeline  # noqa: E402
+from phantoms import make_phantom_case  # noqa: E402
+from safetensors.numpy import save  # noqa: E402
+
+from dosediffusion.cli.main import main  # noqa: E402
+from dosediffusion.cli.serve import resolve_token  # noqa: E402
+from dosediffusion.conditioning.prepare import prepare  # noqa: E402
+from dosediffusion.remote import wire  # noqa: E402
+from dosediffusion.remote.client import RemoteClient, RemoteJobFailed  # noqa: E402
+from dosediffusion.remote.connection_guard import ConnectionGuard  # noqa: E402
+from dosediffusion.remote.logs import QueryRedactFilter, RateLimitFilter  # noqa: E402
+from dosediffusion.remote.server import create_app, request_limit, serve_in_thread  # noqa: E402
+
+TOKEN = "a-test-token-of-some-length"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OPTIONS = {"options": json.dumps({"steps": 2, "seed": 0, "num_candidates": 1})}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def channels(pipe):
+    case = make_phantom_case(spacing=(5.0, 5.0, 5.0))[0]
+    return prepare(case, pipe.preprocessing, include_dose=False).channels
+
+
+@pytest.fixture(scope="module")
+def worker(pipe):
+    with serve_in_thread(create_app(pipe, TOKEN, device="cpu", max_queued=4)) as url:
+        yield url
+
+
+def _raw(header: bytes | dict, data: bytes = b"") -> bytes:
+    """A safetensors-like body with exactly this header."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+# ---- malformed input: 422 with the reason, never 500 ------------------------------------------------
+
+
+def test_malformed_headers_are_422(worker, channels):
+    ct = {"dtype": "F32", "shape": [9, 32, 32], "data_offsets": [0, 9 * 32 * 32 * 4]}
+    bad = {
+        "5,000-digit integer": (_raw(b'{"__metadata__": {"options": "{}"}, "ct": {"dtype": "F32", "shape": [' +
+                                     b"9" * 5000 + b"]}}"), "not JSON of a usable size"),
+        "50,000-deep nesting": (_raw(b"[" * 50000 + b"]" * 50000), "not JSON of a usable size"),
+        "deep options": (_raw({"__metadata__": {"options": "[" * 50000 + "]" * 50000}, "ct": ct}), "not JSON"),
+        "shape of the wrong type": (_raw({"__metadata__": OPTIONS, "ct": {**ct, "shape": "abc"}}), "has shape 'abc'"),
+        "shape a number": (_raw({"__metadata__": OPTIONS, "ct": {**ct, "shape": 5}}), "has shape 5"),
+        "dtype a list": (_raw({"__metadata__": OPTIONS, "ct": {**ct, "dtype": ["F32"]}}), "has dtype \\['F32'\\]"),
+        "offsets a string": (_raw({"__metadata__": OPTIONS, "ct": {**ct, "data_offsets": "0"}}), "data offsets"),
+        "offsets overlapping": (_raw({"__metadata__": OPTIONS, "ct": ct, "ptv": ct}), "data offsets"),
+        "metadata not strings": (_raw({"__metadata__": {"options": 5}, "ct": ct}), "map strings to strings"),
+    }
+    for name, (body, reason) in bad.items():
+        response = httpx.post(f"{worker}/jobs", content=body, headers=AUTH)
+        assert response.status_code == 422, (name, response.status_code, response.text[:200])
+        assert pytest.importorskip("re").search(reason, response.json()["detail"]), (name, response.json())
+
+
+def test_unknown_tensors_are_refused_before_their_bytes_arrive(worker, channels):
+    body = wire.encode_request({"mri": channels["ct"]}, 1, 0)
+    header_end = wire.header_size(body)
+    with socket.create_connection(_address(worker), timeout=10) as raw:
+        raw.sendall(f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:header_end])
+        answer = b""
+        while b"not conditions" not in answer and (chunk := raw.recv(4096)):  # the tensor bytes never sent
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 422") and b"not conditions of this model" in answer
+
+
+def test_the_default_body_limit_is_the_models_input(pipe, channels):
+    with serve_in_thread(create_app(pipe, TOKEN, device="cpu")) as url:
+        info = RemoteClient(url, TOKEN).model_info()
+        limit = request_limit((9, 32, 32), 6)
+        assert info["max_request_bytes"] == limit < 2**20  # not 512 MiB
+        assert httpx.post(f"{url}/jobs", content=b"\0" * (limit + 1), headers=AUTH).status_code == 413
+        with RemoteClient(url, TOKEN, poll_s=0.2) as client:
+            assert client.sample(channels, 1, 0).shape == (1, 9, 32, 32)  # a whole legal request fits
+
+
+def test_inputs_outside_the_physical_range_are_422(worker, channels):
+    for value in (3e38, np.inf, -1.5):
+        body = save({"ct": np.full_like(channels["ct"], value)}, OPTIONS)
+        response = httpx.post(f"{worker}/jobs", content=body, headers=AUTH)
+        assert response.status_code == 422 and "values in [-1, 1]" in response.json()["detail"]
+
+
+# ---- results and restarts ------------------------------------------------------------------------
+
+
+def test_a_non_finite_result_fails_the_job_with_the_reason(channels):
+    class Broken:
+        preprocessing, describe, check_channels = tiny_pipeline().preprocessing, tiny_pipeline().describe, \
+            tiny_pipeline().check_channels
+
+        def sample_channels(self, channels, steps, seed, num_candidates, **kwargs):
+            return np.full((num_candidates, 9, 32, 32), np.nan, np.float32)
+
+    with serve_in_thread(create_app(Broken(), TOKEN, device="cpu")) as url, RemoteClient(url, TOKEN, poll_s=0.2) as c:
+        with pytest.raises(RemoteJobFailed, match="not finite"):
+            c.sample(channels, 1, 0)
+
+
+def test_every_response_names_the_worker_instance(worker, pipe):
+    answers = [httpx.get(f"{worker}/health"), httpx.get(f"{worker}/model"), httpx.get(f"{worker}/jobs/x", headers=AUTH),
+               httpx.post(f"{worker}/jobs", content=b"", headers=AUTH)]
+    assert [a.status_code for a in answers] == [200, 401, 404, 422]
+    instances = {a.headers["X-DoseDiffusion-Instance"] for a in answers}
+    assert len(instances) == 1 and answers[0].json()["instance"] in instances
+    with serve_in_thread(create_app(pipe, TOKEN, device="cpu")) as other:
+        assert httpx.get(f"{other}/health").headers["X-DoseDiffusion-Instance"] not in instances
+
+
+def test_a_restarted_worker_gets_the_lost_job_again(pipe, channels):
+    expected = pipe.sample_channels(channels, 30, 4, device="cpu")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client, outcome = RemoteClient(f"http://127.0.0.1:{port}", TOKEN, poll_s=0.1, backoff_s=0.2, retries=6), {}
+    messages = []
+
+    def run():
+        outcome["result"] = client.sample(channels, 30, 4, progress=lambda f, m: messages.append(m))
+
+    with serve_in_thread(create_app(tiny_pipeline(), TOKEN, device="cpu"), port=port):
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not any(m.startswith("step") for m in messages) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = client.instance
+    with serve_in_thread(create_app(tiny_pipeline(), TOKEN, device="cpu"), port=port):  # the restart
+        thread.join(60)
+    assert client.instance != first
+    assert client.warnings == ["the worker restarted and lost the job; it was submitted again"]
+    np.testing.assert_array_equal(outcome["result"], expected)
+
+
+# ---- connections ---------------------------------------------------------------------------------
+
+
+def test_half_open_connections_cannot_take_the_worker_down(pipe):
+    guard = ConnectionGuard(header_timeout_s=1.0, max_pending=64, max_pending_per_ip=32)
+    with serve_in_thread(create_app(pipe, TOKEN, device="cpu"), guard=guard) as url:
+        sockets = []
+        try:
+            for _ in range(1100):  # never finish their headers
+                raw = socket.create_connection(_address(url), timeout=10)
+                raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                sockets.append(raw)
+            start = time.perf_counter()
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+            assert time.perf_counter() - start < 2
+            assert len(guard.pending) <= 32 and guard.closed >= 1100 - 32
+        finally:
+            for raw in sockets:
+                raw.close()
+        slow = socket.create_connection(_address(url), timeout=10)
+        slow.sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(1.5)
+        assert slow.recv(100) == b""  # closed by the header timeout
+        slow.close()
+
+
+def test_a_disconnect_mid_upload_is_one_log_line(worker, channels, caplog):
+    body = wire.encode_request(channels, 1, 0)
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection(_address(worker), timeout=10) as raw:
+            raw.sendall(f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+            time.sleep(0.3)
+        time.sleep(0.5)
+    said = [r for r in caplog.records if "disconnected during its upload" in r.getMessage()]
+    assert len(said) == 1 and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_repeated_log_lines_are_counted_not_printed():
+    limiter = RateLimitFilter(window_s=0.3)
+    records = [logging.LogRecord("asyncio", logging.ERROR, "x", 1, "socket.accept() out of system resource", (), None)
+               for _ in range(101)]
+    assert [limiter.filter(r) for r in records[:100]].count(True) == 1
+    time.sleep(0.35)
+    assert limiter.filter(records[100]) and "99 more like this" in records[100].getMessage()
+
+
+def test_query_strings_stay_out_of_the_access_log():
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "x", 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", f"/model?token={TOKEN}", "1.1", 401), None)
+    assert QueryRedactFilter().filter(record)
+    assert TOKEN not in record.getMessage() and "/model?[query not logged]" in record.getMessage()
+
+
+# ---- token and TLS -------------------------------------------------------------------------------
+
+
+def test_a_weak_token_is_warned_about_and_tls_is_asked_for(tmp_path, caplog):
+    weak = tmp_path / "weak"
+    weak.write_text("a" * 16)
+    weak.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="dosediffusion.remote"):
+        assert resolve_token("127.0.0.1", str(weak), False) == "a" * 16
+        assert main(["serve", "--model", str(tmp_path), "--host", "0.0.0.0", "--token-file", str(weak)]) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("only 1 distinct characters" in m for m in messages)
+    assert any("without TLS" in m for m in messages)
+
+
+# ---- a busy worker -------------------------------------------------------------------------------
+
+
+def test_busy_clients_wait_their_turn_instead_of_failing(pipe, channels):
+    """One job runs, none may wait: the others get 503 with Retry-After and come back with jitter."""
+    with serve_in_thread(create_app(pipe, TOKEN, device="cpu", max_queued=0)) as url:
+        results, errors = {}, []
+
+        def run(seed):
+            try:
+                with RemoteClient(url, TOKEN, poll_s=0.1) as client:
+                    results[seed] = client.sample(channels, 10, seed)
+            except Exception as error:  # noqa: BLE001 - collected for the assertion
+                errors.append(error)
+
+        threads = [threading.Thread(target=run, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert not errors and sorted(results) == [0, 1, 2, 3]
+    response = None
+    with serve_in_thread(create_app(pipe, TOKEN, device="cpu", max_queued=0)) as url:
+        with RemoteClient(url, TOKEN) as client:
+            client.submit(channels, 50, 0)
+            response = httpx.post(f"{url}/jobs", content=wire.encode_request(channels, 1, 0), headers=AUTH)
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
