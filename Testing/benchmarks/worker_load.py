@@ -10,7 +10,10 @@ prepare → sample → restore path): their latencies give the remote overhead, 
 identical. Then each client count submits ``--jobs`` jobs per client (prepared channels, sequential
 per client, clients concurrent) for jobs/s and latency percentiles (submit → result). Every
 submitted job must end as done, cancelled (every ``--cancel-every``-th, after its first step) or
-rejected with a reason (queue full, 422); anything else counts as lost.
+rejected with a reason (queue full, 422); anything else counts as lost. A full queue answers 503
+with Retry-After and the client comes back (with jitter), so a job waits rather than failing; the
+fairness columns give each client's mean wait (submit → result) and the worst client's against the
+median client's (the worker promises within 3×).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def remote_vs_local(pipeline, case, url: str, args) -> dict:
             "identical": bool(np.array_equal(doses["local"], doses["remote"]))}
 
 
-def one_client(url: str, channels, seeds: list[int], args, deadline: float, outcomes: list) -> None:
+def one_client(url: str, channels, seeds: list[int], args, deadline: float, outcomes: list, name: int) -> None:
     """Submit this client's jobs one after another; record each one's outcome and latency."""
     with RemoteClient(url, TOKEN, poll_s=0.5) as client:
         for seed in seeds:
@@ -84,7 +87,7 @@ def one_client(url: str, channels, seeds: list[int], args, deadline: float, outc
                 record = {"outcome": "rejected", "reason": error.problem}
             except Exception as error:  # counted as lost below
                 record = {"outcome": "lost", "reason": f"{type(error).__name__}: {error}"}
-            record["latency_s"] = time.perf_counter() - start
+            record["latency_s"], record["client"] = time.perf_counter() - start, name
             outcomes.append(record)
 
 
@@ -92,7 +95,7 @@ def load(url: str, channels, clients: int, args) -> dict:
     outcomes: list[dict] = []
     deadline = time.monotonic() + args.time_limit
     threads = [threading.Thread(target=one_client, args=(url, channels, list(range(c * args.jobs, (c + 1) * args.jobs)),
-                                                         args, deadline, outcomes)) for c in range(clients)]
+                                                         args, deadline, outcomes, c)) for c in range(clients)]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -103,12 +106,17 @@ def load(url: str, channels, clients: int, args) -> dict:
     counts["lost"] += clients * args.jobs - len(outcomes) - sum(o["outcome"] == "not submitted" for o in outcomes)
     done = [o for o in outcomes if o["outcome"] == "done"]
     latency = np.array([o["latency_s"] for o in done]) if done else np.array([np.nan])
+    waits = [float(np.mean([o["latency_s"] for o in done if o["client"] == c])) for c in range(clients)
+             if any(o["client"] == c for o in done)]
     return {"clients": clients, "submitted": sum(o["outcome"] != "not submitted" for o in outcomes), **counts,
             "wall_s": wall, "jobs_per_s": len(done) / wall,
             "p50_s": float(np.percentile(latency, 50)), "p90_s": float(np.percentile(latency, 90)),
             "p99_s": float(np.percentile(latency, 99)),
             "mean_queued_s": float(np.mean([o["timing"]["queued_s"] for o in done])) if done else float("nan"),
             "mean_run_s": float(np.mean([o["timing"]["run_s"] for o in done])) if done else float("nan"),
+            "client_wait_s": waits, "client_wait_p50_s": float(np.percentile(waits, 50)) if waits else float("nan"),
+            "client_wait_p99_s": float(np.percentile(waits, 99)) if waits else float("nan"),
+            "worst_over_median": max(waits) / float(np.median(waits)) if waits else float("nan"),
             "reasons": sorted({o["reason"] for o in outcomes if "reason" in o})}
 
 
@@ -143,11 +151,13 @@ def main() -> None:
     print(f"one prediction: local {compare['local_s']:.3f} s, remote {compare['remote_s']:.3f} s, "
           f"overhead {compare['overhead_s']:+.3f} s, identical doses: {compare['identical']}")
     print(f"{'clients':>7} {'jobs':>5} {'done':>5} {'canc':>5} {'rej':>4} {'lost':>5} {'jobs/s':>7} "
-          f"{'p50 s':>6} {'p90 s':>6} {'p99 s':>6} {'queued s':>8} {'run s':>6}")
+          f"{'p50 s':>6} {'p90 s':>6} {'p99 s':>6} {'queued s':>8} {'run s':>6} {'client p50':>10} "
+          f"{'client p99':>10} {'worst/med':>9}")
     for r in rows:
         print(f"{r['clients']:>7} {r['submitted']:>5} {r['done']:>5} {r['cancelled']:>5} {r['rejected']:>4} "
               f"{r['lost']:>5} {r['jobs_per_s']:>7.2f} {r['p50_s']:>6.2f} {r['p90_s']:>6.2f} {r['p99_s']:>6.2f} "
-              f"{r['mean_queued_s']:>8.2f} {r['mean_run_s']:>6.2f}")
+              f"{r['mean_queued_s']:>8.2f} {r['mean_run_s']:>6.2f} {r['client_wait_p50_s']:>10.2f} "
+              f"{r['client_wait_p99_s']:>10.2f} {r['worst_over_median']:>9.2f}")
         for reason in r["reasons"]:
             print(f"{'':>7} reason: {reason}")
     lost = sum(r["lost"] for r in rows) + len(leftover)
