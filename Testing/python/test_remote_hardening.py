@@ -29,7 +29,7 @@ from dosediffusion.remote import wire  # noqa: E402
 from dosediffusion.remote.client import RemoteClient, RemoteJobFailed  # noqa: E402
 from dosediffusion.remote.connection_guard import ConnectionGuard  # noqa: E402
 from dosediffusion.remote.logs import QueryRedactFilter, RateLimitFilter  # noqa: E402
-from dosediffusion.remote.server import create_app, request_limit, serve_in_thread  # noqa: E402
+from dosediffusion.remote.server import create_app, request_limit, serve_in_thread, server_config  # noqa: E402
 
 TOKEN = "a-test-token-of-some-length"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -214,7 +214,9 @@ def test_repeated_log_lines_are_counted_not_printed():
     assert limiter.filter(records[100]) and "99 more like this" in records[100].getMessage()
 
 
-def test_query_strings_stay_out_of_the_access_log():
+def test_query_strings_stay_out_of_the_access_log(pipe):
+    server_config(create_app(pipe, TOKEN, device="cpu"))  # the worker's uvicorn configuration
+    assert any(isinstance(f, QueryRedactFilter) for f in logging.getLogger("uvicorn.access").filters)
     record = logging.LogRecord("uvicorn.access", logging.INFO, "x", 1, '%s - "%s %s HTTP/%s" %d',
                                ("127.0.0.1:5", "GET", f"/model?token={TOKEN}", "1.1", 401), None)
     assert QueryRedactFilter().filter(record)
