@@ -39,9 +39,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: QSettings keys of the remote worker (the token never goes into the scene).
+#: QSettings keys of the remote worker: its URL and the path of a token file (never the token itself).
 SETTINGS_REMOTE_URL = "DoseDiffusion/RemoteURL"
-SETTINGS_REMOTE_TOKEN = "DoseDiffusion/RemoteToken"
+SETTINGS_REMOTE_TOKEN_FILE = "DoseDiffusion/RemoteTokenFile"
+#: The oldest 3D Slicer this module supports (Python 3.12, pydicom 2.4.4 bundled).
+MINIMUM_SLICER = (5, 10)
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "remote")
 SCORECARD_AUTO, SCORECARD_NONE, SCORECARD_FILE = "auto", "none", "file"
 
@@ -63,7 +65,10 @@ class DoseDiffusion(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Predicts the 3D dose (Gy) of a radiotherapy plan from the CT, the structures and, optionally, the RT plan,
 with an Any2Any 3D diffusion transformer, and shows it with DVHs and a clinical scorecard beside the reference
-dose. Not for clinical use. See the <a href="https://github.com/DoseDiffusion/DoseDiffusion">documentation</a>.
+dose. Not for clinical use. Needs 3D Slicer 5.10 or newer; SlicerRT for RT plans and doses, the PyTorch extension
+for local prediction (or a remote DoseDiffusion worker). The bundled demo model was trained on synthetic plans only:
+a demonstration, released with the code under the Apache-2.0 licence. See the
+<a href="https://github.com/DoseDiffusion/DoseDiffusion">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
 Built on 3D Slicer, SlicerRT and SlicerPyTorch. The layout of this module follows the Slicer Extension Wizard
@@ -128,6 +133,12 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        running = (slicer.app.majorVersion, slicer.app.minorVersion)
+        if running < MINIMUM_SLICER:
+            self.layout.addWidget(qt.QLabel(_("DoseDiffusion needs 3D Slicer {need} or newer (this is {this}): "
+                                              "please install a current Slicer.").format(
+                need=".".join(map(str, MINIMUM_SLICER)), this=".".join(map(str, running)))))
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/DoseDiffusion.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -160,10 +171,10 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         settings = qt.QSettings()
         self.ui.remoteUrlLineEdit.text = settings.value(SETTINGS_REMOTE_URL, "")
-        self.ui.remoteTokenLineEdit.text = settings.value(SETTINGS_REMOTE_TOKEN, "")
-        self.ui.remoteTokenLineEdit.echoMode = qt.QLineEdit.Password
+        self.ui.remoteTokenFileLineEdit.filters = ctk.ctkPathLineEdit.Files
+        self.ui.remoteTokenFileLineEdit.currentPath = settings.value(SETTINGS_REMOTE_TOKEN_FILE, "")
         self.ui.remoteUrlLineEdit.connect("editingFinished()", self.onRemoteSettingsChanged)
-        self.ui.remoteTokenLineEdit.connect("editingFinished()", self.onRemoteSettingsChanged)
+        self.ui.remoteTokenFileLineEdit.connect("currentPathChanged(QString)", lambda _path: self.onRemoteSettingsChanged())
 
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -176,7 +187,8 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onScorecardChanged()
 
     def cleanup(self) -> None:
-        self.onCancelButton()
+        if hasattr(self, "ui"):  # not on a Slicer too old to set the module up
+            self.onCancelButton()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -189,6 +201,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.onCancelButton()  # a run's results have no scene to go to
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -327,12 +340,12 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDeviceChanged(self, index=None) -> None:
         remote = self.ui.deviceComboBox.currentText == "remote"
         self.ui.remoteUrlLineEdit.enabled = remote
-        self.ui.remoteTokenLineEdit.enabled = remote
+        self.ui.remoteTokenFileLineEdit.enabled = remote
 
     def onRemoteSettingsChanged(self) -> None:
         settings = qt.QSettings()
         settings.setValue(SETTINGS_REMOTE_URL, self.ui.remoteUrlLineEdit.text.strip())
-        settings.setValue(SETTINGS_REMOTE_TOKEN, self.ui.remoteTokenLineEdit.text.strip())
+        settings.setValue(SETTINGS_REMOTE_TOKEN_FILE, self.ui.remoteTokenFileLineEdit.currentPath)
 
     def _scorecardOption(self) -> str:
         data = self.ui.scorecardComboBox.currentData or SCORECARD_AUTO
@@ -366,28 +379,24 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 casePath, work / "out", self.logic.modelFolder(p.modelFolder), p.steps, p.candidates,
                 "auto" if device == "remote" else device, scorecard)
             if device == "remote":
-                command += self._remoteArguments(work)
-            self._startProcess(command, {"work": work, "casePath": casePath})
+                command += self._remoteArguments()
+            # the results go to the CT and prescription of now, whatever the selectors show when it ends
+            self._startProcess(command, {"work": work, "casePath": casePath, "ctVolume": p.ctVolume,
+                                         "segmentation": p.segmentation, "prescriptionGy": p.prescriptionGy})
 
-    def _remoteArguments(self, work: Path) -> list[str]:
+    def _remoteArguments(self) -> list[str]:
         url = self.ui.remoteUrlLineEdit.text.strip()
         if not url:
             raise ValueError(_("Enter the URL of the remote DoseDiffusion worker."))
-        arguments = ["--remote", url]
-        token = self.ui.remoteTokenLineEdit.text.strip()
-        if token:  # a private file in the private work folder, deleted with it (never in the scene)
-            tokenPath = work / "token"
-            descriptor = os.open(tokenPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(token)
-            arguments += ["--token-file", str(tokenPath)]
-        return arguments
+        tokenFile = self.ui.remoteTokenFileLineEdit.currentPath
+        return ["--remote", url] + (["--token-file", tokenFile] if tokenFile else [])
 
     def _startProcess(self, command: list[str], job: dict[str, Any]) -> None:
         """Launch the process (Slicer's launchConsoleProcess: hidden console, output captured); a reader
         thread queues its lines and a QTimer polls the queue and the process (the GUI stays responsive)."""
         logging.info("DoseDiffusion: " + " ".join(command))
-        process = slicer.util.launchConsoleProcess(command)
+        # PYTHONUTF8: the child's output is UTF-8 on every platform (Windows' console code page cannot print "→")
+        process = slicer.util.launchConsoleProcess(command, updateEnvironment={"PYTHONUTF8": "1"})
         lines: queue.Queue = queue.Queue()
 
         def read() -> None:
@@ -399,6 +408,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = dict(job, process=process, lines=lines, reader=reader, log=[])
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
+        self.ui.logTextEdit.clear()
         self.ui.statusLabel.text = _("Starting...")
         self._checkCanApply()
         self._timer.start()
@@ -419,6 +429,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = event.message
             elif line.strip():
                 job["log"].append(line.rstrip())
+                self.ui.logTextEdit.appendPlainText(line.rstrip())
         if job["process"].poll() is None or job["reader"].is_alive():
             return
         self._timer.stop()
@@ -440,11 +451,13 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def showResults(self, job: dict[str, Any]) -> None:
-        p = self._parameterNode
         folder = job["work"] / "out" / job["casePath"].parent.name
-        doseNode, chart, table = self.logic.addPredictionFolder(folder, p.ctVolume, p.prescriptionGy)
-        p.predictedDose, p.dvhChart, p.scorecardTable = doseNode, chart, table
-        slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=doseNode, foregroundOpacity=0.5)
+        doseNode, chart, table = self.logic.addPredictionFolder(folder, job["ctVolume"], job["prescriptionGy"],
+                                                                job["segmentation"])
+        if self._parameterNode:
+            p = self._parameterNode
+            p.predictedDose, p.dvhChart, p.scorecardTable = doseNode, chart, table
+        slicer.util.setSliceViewerLayers(background=job["ctVolume"], foreground=doseNode, foregroundOpacity=0.5)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None:
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
@@ -454,12 +467,15 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             appLogic.PropagateTableSelection()
 
     def onCancelButton(self) -> None:
+        """Stop the prediction: its whole process tree (the launcher and the Python it started), then its
+        work folder, so that nothing keeps the GPU or writes afterwards."""
+        from DoseDiffusionLib.process_tree import terminate_process_tree
+
         job, self._job = self._job, None
         self._timer.stop()
         if job is not None:
-            if job["process"].poll() is None:
-                job["process"].kill()
-                job["process"].wait()
+            terminate_process_tree(job["process"].pid)
+            job["process"].wait()
             shutil.rmtree(job["work"], ignore_errors=True)
             self.ui.statusLabel.text = _("Cancelled")
             self.ui.progressBar.hide()
@@ -540,12 +556,13 @@ class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
                                  status=lambda message: logging.info(f"DoseDiffusion: {message}"))
 
     @staticmethod
-    def addPredictionFolder(folder, referenceVolume=None, prescriptionGy: float | None = None):
-        """The prediction folder's dose volume (RT dose), DVH chart and scorecard table (None without a
-        scorecard) in the scene (``DoseDiffusionLib.prediction_folder``); returns the three nodes."""
+    def addPredictionFolder(folder, referenceVolume=None, prescriptionGy: float | None = None, segmentation=None):
+        """The prediction folder's dose volume (RT dose), DVH chart (in the segments' colours) and scorecard
+        table (None without a scorecard) in the scene, in place of the previous prediction's
+        (``DoseDiffusionLib.prediction_folder``); returns the three nodes."""
         from DoseDiffusionLib.prediction_folder import add_prediction_folder
 
-        return add_prediction_folder(slicer.mrmlScene, folder, referenceVolume, prescriptionGy)
+        return add_prediction_folder(slicer.mrmlScene, folder, referenceVolume, prescriptionGy, segmentation)
 
     @staticmethod
     def exportRtDose(doseNode, ctVolume=None, plan=None, path: str | os.PathLike = "RTDOSE.dcm") -> Path:
@@ -581,6 +598,10 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
         from dosediffusion.resources import resource_path
 
         self.delayDisplay("Starting the test")
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # e.g. on the extension build machines
+            self.skipTest("PyTorch is not installed (install the PyTorch extension): the prediction is not tested")
         logic = DoseDiffusionLogic()
         logic.modelFolder("demo")  # the bundled demo model must be there: an error names what is missing
         from DICOMLib import DICOMUtils
@@ -605,7 +626,7 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
         outFolder = Path(tempfile.mkdtemp(prefix="DoseDiffusionTest-")) / "prediction"
         try:
             logic.predict(case, outFolder, "demo", steps=2, device="cpu")
-            doseNode, chart, table = logic.addPredictionFolder(outFolder, ct)
+            doseNode, chart, table = logic.addPredictionFolder(outFolder, ct, segmentation=found.segmentation)
         finally:
             shutil.rmtree(outFolder.parent, ignore_errors=True)
 

@@ -2,9 +2,10 @@
 # Refreshes the tested dependency set, deliberately (nothing schedules it):
 #   constraints.txt                                      the main environment (README's commands, .ci/run)
 #   Testing/peers/dicompyler-constraints.txt             the dicompyler-core peer's environment
+#   Testing/peers/slicer-bundled-constraints.txt         the core on the packages 3D Slicer bundles
 #   DoseDiffusionTraining/synth/engine-constraints.txt   the pyRadPlan engine's environment
 # It installs the newest releases that pyproject.toml and the set-up scripts allow into fresh virtual
-# environments (torch stays at the CPU wheel 2.13.0), runs the whole test suite there, and writes the three
+# environments (torch stays at the CPU wheel 2.13.0), runs the whole test suite there, and writes the
 # files only when the suite passes. Review the diff, then commit it. Run from anywhere; ~15 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +26,6 @@ freeze() {  # freeze PYTHON OUT: one line per package, the local build tag of to
 }
 freeze "$work/main/bin/python" constraints.txt
 freeze "$work/peers/dicompyler/bin/python" Testing/peers/dicompyler-constraints.txt
+freeze "$work/peers/slicer-bundled/bin/python" Testing/peers/slicer-bundled-constraints.txt
 freeze "$work/engine/bin/python" DoseDiffusionTraining/synth/engine-constraints.txt
 echo "constraints refreshed: review 'git diff -- \"*constraints.txt\"' and commit"

@@ -6,6 +6,8 @@
 - :mod:`.scene`: MRML scene ↔ :class:`dosediffusion.case.Case` (geometry, segments, dose volume,
   DVH chart, scorecard table). Uses the MRML classes of ``slicer`` only, never Qt or ctk.
 - :mod:`.plan_adapter`: beams of a SlicerRT RT plan node (or its RTPLAN file).
+- :mod:`.prediction_folder`: a prediction's output folder → dose volume, DVH chart, scorecard table.
+- :mod:`.process_tree`: ending the background process with everything it started (psutil).
 
 Importing this package makes ``import dosediffusion`` work (see
 :func:`.dependencies.ensure_core_package`).

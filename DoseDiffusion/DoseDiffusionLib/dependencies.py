@@ -76,6 +76,11 @@ def read_requirements(path: str | Path = REQUIREMENTS) -> list[str]:
 def ensure_torch() -> None:
     """PyTorch through SlicerPyTorch (asks the user first); :class:`DependencyError` when it cannot be had."""
     if importlib.util.find_spec("torch") is not None:
+        if not _satisfied(f"torch{TORCH_REQUIREMENT}"):
+            from importlib import metadata
+
+            raise DependencyError(f"PyTorch {metadata.version('torch')} is older than DoseDiffusion supports "
+                                  f"(torch{TORCH_REQUIREMENT}): update it in the 'PyTorch Util' module and restart.")
         return
     try:
         import PyTorchUtils  # the SlicerPyTorch extension's module (an EXTENSION_DEPENDS of ours)
@@ -93,15 +98,19 @@ def ensure_torch() -> None:
 def ensure_python_requirements(requester: str = "DoseDiffusion", requirements: str | Path = REQUIREMENTS) -> None:
     """Install what the core needs inside Slicer's Python, asking the user first.
 
-    torch comes from :func:`ensure_torch`; the rest from ``requirements`` with
+    torch comes from :func:`ensure_torch` (its version checked); of ``requirements`` only the
+    distributions that are not installed at all are installed, so a package Slicer ships (numpy,
+    SimpleITK, pydicom) is never upgraded inside the running application: with
     ``slicer.packaging.pip_ensure(..., skip_packages=["torch"])`` where that exists (Slicer ≥ 5.12),
-    else, for the missing ones only, ``slicer.util.pip_install`` after
-    ``slicer.util.confirmOkCancelDisplay``. Raises :class:`DependencyError` when the user declines.
+    else ``slicer.util.pip_install`` after ``slicer.util.confirmOkCancelDisplay``. Raises
+    :class:`DependencyError` when the user declines.
     """
     import slicer
 
     ensure_torch()
-    wanted = read_requirements(requirements)
+    wanted = missing_requirements(read_requirements(requirements))
+    if not wanted:
+        return
     packaging = getattr(slicer, "packaging", None)
     if packaging is None:
         try:
@@ -114,15 +123,25 @@ def ensure_python_requirements(requester: str = "DoseDiffusion", requirements: s
         except RuntimeError as error:  # pip_ensure raises RuntimeError when the user declines
             raise DependencyError(f"required Python packages were not installed ({error})") from None
         return
-    missing = [r for r in wanted if not _satisfied(r)]
-    if not missing:
-        return
     if not slicer.util.confirmOkCancelDisplay(
             f"{requester} needs these Python packages, which will be installed into Slicer's Python now:\n\n"
-            + "\n".join(missing), f"{requester}: install Python packages"):
-        raise DependencyError("required Python packages were not installed: " + ", ".join(missing))
+            + "\n".join(wanted), f"{requester}: install Python packages"):
+        raise DependencyError("required Python packages were not installed: " + ", ".join(wanted))
     # torch is already there (ensure_torch), so pip sees it satisfied and never pulls its own build
-    slicer.util.pip_install(missing)
+    slicer.util.pip_install(wanted)
+
+
+def missing_requirements(requirements: Sequence[str]) -> list[str]:
+    """The requirements whose distribution is not installed at all (any installed version counts)."""
+    from importlib import metadata
+
+    missing = []
+    for requirement in requirements:
+        try:
+            metadata.version(re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0])
+        except metadata.PackageNotFoundError:
+            missing.append(requirement)
+    return missing
 
 
 def _satisfied(requirement: str) -> bool:
@@ -132,12 +151,7 @@ def _satisfied(requirement: str) -> bool:
     try:
         from packaging.requirements import Requirement
     except ImportError:  # no 'packaging': a name-only check
-        name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
-        try:
-            metadata.version(name)
-            return True
-        except metadata.PackageNotFoundError:
-            return False
+        return not missing_requirements([requirement])
     req = Requirement(requirement)
     try:
         version = metadata.version(req.name)

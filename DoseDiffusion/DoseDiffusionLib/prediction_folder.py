@@ -16,15 +16,16 @@ from dosediffusion.io.volume_sidecar import read_volume
 from dosediffusion.metrics.scorecard import ScoreReport
 from dosediffusion.prediction.outputs import read_dvh_csv
 
-from .scene import add_dose_to_scene, add_dvh_chart, add_scorecard_table
+from .scene import add_dose_to_scene, add_dvh_chart, add_scorecard_table, remove_prediction_nodes, segment_colors
 
 
 def add_prediction_folder(scene, folder: str | Path, reference_volume_node=None, prescription_gy: float | None = None,
-                          name: str = "Predicted dose"):
+                          segmentation_node=None, name: str = "Predicted dose"):
     """Add the folder's dose (on the grid it was written on: the CT's), DVH chart and scorecard table
-    (None when the folder has no scorecard) to ``scene``; the dose's colour scale follows
-    ``prescription_gy`` (default: the highest level of the folder's ``summary.json``). Returns the
-    three nodes."""
+    (None when the folder has no scorecard) to ``scene``, in place of the previous prediction's nodes
+    (same names; the reference dose stays); the dose's colour scale follows ``prescription_gy``
+    (default: the highest level of the folder's ``summary.json``), each DVH the colour of its segment in
+    ``segmentation_node``. Returns the three nodes."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / "summary.json").read_text())
@@ -32,9 +33,10 @@ def add_prediction_folder(scene, folder: str | Path, reference_volume_node=None,
         raise InputError(f"not a prediction folder ({error})", folder) from None
     levels = summary.get("prescription", {}).get("levels_gy") or [None]
     dose, grid = read_volume(folder / "dose.nrrd")
+    remove_prediction_nodes(scene)
     dose_node = add_dose_to_scene(scene, dose, grid, name, reference_volume_node, prescription_gy or levels[0])
     curves = read_dvh_csv(folder / "dvh.csv")
-    chart = add_dvh_chart(scene, curves.get("predicted", {}), curves.get("case"))
+    chart = add_dvh_chart(scene, curves.get("predicted", {}), curves.get("case"), colors=segment_colors(segmentation_node))
     table = None
     if (folder / "scorecard.json").is_file():
         document = json.loads((folder / "scorecard.json").read_text())

@@ -149,6 +149,15 @@ def segment_names(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
 
 
+def segment_colors(segmentation_node) -> dict[str, tuple[float, float, float]]:
+    """Segment name → its RGB colour in [0, 1] (empty without a segmentation)."""
+    if segmentation_node is None:
+        return {}
+    segmentation = segmentation_node.GetSegmentation()
+    return {(s := segmentation.GetNthSegment(i)).GetName(): tuple(s.GetColor())
+            for i in range(segmentation.GetNumberOfSegments())}
+
+
 def segment_masks(segmentation_node, volume_node, names: Sequence[str] | None = None,
                   warnings: list[str] | None = None) -> dict[str, np.ndarray]:
     """Boolean masks (z, y, x) on ``volume_node``'s voxels of the segments called ``names`` (default: all).
@@ -334,6 +343,21 @@ def study_item_for_dose(scene, reference_volume_node=None, name: str = "DoseDiff
     return sh.CreateStudyItem(patient, name)
 
 
+def remove_prediction_nodes(scene) -> int:
+    """Remove every node this module made for a prediction (marked :data:`PREDICTION_ATTRIBUTE`: dose volume
+    with its display node, DVH table, chart and series, scorecard table); the CT, the structures and the
+    reference dose stay. Returns how many nodes were removed."""
+    marked = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    marked = [node for node in marked if node is not None and node.GetAttribute(PREDICTION_ATTRIBUTE) == "1"]
+    for node in marked:
+        for i in reversed(range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0)):
+            display = node.GetNthDisplayNode(i)
+            if display is not None:
+                scene.RemoveNode(display)
+        scene.RemoveNode(node)
+    return len(marked)
+
+
 def add_dose_to_scene(scene, dose_gy: np.ndarray, grid: Grid, name: str = "Predicted dose",
                       reference_volume_node=None, prescription_gy: float | None = None):
     """Add ``dose_gy`` ((z, y, x) on ``grid``, Gy) as an RT dose volume; returns the vtkMRMLScalarVolumeNode.
@@ -350,7 +374,7 @@ def add_dose_to_scene(scene, dose_gy: np.ndarray, grid: Grid, name: str = "Predi
     # marked as dose before it enters the scene: subject hierarchy picks the item's owner plugin (SlicerRT's
     # RT dose plugin for a dose volume) when the node is added, as SlicerRT's own RTDOSE import does
     node = scene.CreateNodeByClass("vtkMRMLScalarVolumeNode")
-    node.SetName(scene.GenerateUniqueName(name))
+    node.SetName(name)  # a re-run removes the previous prediction first (remove_prediction_nodes): same names
     node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
     node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
     scene.AddNode(node)
@@ -384,6 +408,14 @@ def add_dose_to_scene(scene, dose_gy: np.ndarray, grid: Grid, name: str = "Predi
     display.SetUpperThreshold(max(top * 10.0, float(dose.max()) + 1.0))
     display.SetApplyThreshold(1)
     node.SetAndObserveDisplayNodeID(display.GetID())
+    return node
+
+
+def _prediction_node(scene, class_name: str, name: str):
+    """A new node of this module's prediction, named exactly ``name`` and marked :data:`PREDICTION_ATTRIBUTE`."""
+    node = scene.AddNewNodeByClass(class_name)
+    node.SetName(name)
+    node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
     return node
 
 
@@ -423,8 +455,7 @@ def add_dvh_chart(scene, curves_pred: Curves, curves_ref: Curves | None = None,
     segment colours). Returns the chart node.
     """
     axis, columns = dvh_columns(curves_pred, curves_ref)
-    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
-    table_node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+    table_node = _prediction_node(scene, "vtkMRMLTableNode", f"{name} table")
     table = table_node.GetTable()
     _column(table, "Dose (Gy)", axis)
     for label, values in columns.items():
@@ -432,8 +463,7 @@ def add_dvh_chart(scene, curves_pred: Curves, curves_ref: Curves | None = None,
     table.SetNumberOfRows(len(axis))
     table_node.Modified()
 
-    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
-    chart.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+    chart = _prediction_node(scene, "vtkMRMLPlotChartNode", name)
     chart.SetTitle("Dose-volume histograms")
     chart.SetXAxisTitle("Dose (Gy)")
     chart.SetYAxisTitle("Volume (%)")
@@ -441,7 +471,7 @@ def add_dvh_chart(scene, curves_pred: Curves, curves_ref: Curves | None = None,
     palette.update({k: tuple(v) for k, v in (colors or {}).items()})
     for label in columns:
         structure, source = label.rsplit(" (", 1)
-        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(label))
+        series = _prediction_node(scene, "vtkMRMLPlotSeriesNode", label)
         series.SetAndObserveTableNodeID(table_node.GetID())
         series.SetXColumnName("Dose (Gy)")
         series.SetYColumnName(label)
@@ -450,7 +480,6 @@ def add_dvh_chart(scene, curves_pred: Curves, curves_ref: Curves | None = None,
         series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid if source.startswith("predicted")
                             else slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
         series.SetColor(*palette.get(structure, (0.2, 0.2, 0.2)))
-        series.SetAttribute(PREDICTION_ATTRIBUTE, "1")
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return chart
 
@@ -490,8 +519,7 @@ def add_scorecard_table(scene, report, reference_report=None, name: str = "DoseD
     the reference dose's (same template) when given: columns :data:`SCORECARD_COLUMNS`, one row per
     entry and a last ``Total`` row. Doses in Gy or %Rx, volumes in % or cc as the entry's unit says."""
     rows = scorecard_rows(report, reference_report)
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
-    node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+    node = _prediction_node(scene, "vtkMRMLTableNode", name)
     table = node.GetTable()
     text = {"Structure", "Metric", "Unit", "Passed (predicted)", "Hard limit"}
     for column in SCORECARD_COLUMNS:

@@ -10,7 +10,10 @@ Slicer's DICOM plugins (SlicerRT for RTSTRUCT/RTPLAN/RTDOSE), turned into a case
 table), checked, predicted in this process (the model loaded once) and written to
 ``OUT_DIR/<PatientID>/`` by the core's one prediction path, as ``dosediffusion predict`` writes it:
 ``RTDOSE.dcm``, ``dose.nrrd``, ``dvh.csv``, ``scorecard.json`` (when a template applies) and
-``summary.json``. A patient that fails is reported and skipped; Slicer exits with 1 then, else 0.
+``summary.json``. The options and the dependencies (PyTorch and the core's packages; nothing is
+installed in batch mode) are checked before any patient is loaded. A patient that fails is reported
+and skipped; a table of every patient's outcome ends the run. Slicer exits with 2 for a bad option,
+a missing dependency or any other error outside the patients, 1 when a patient failed, else 0.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -68,14 +72,28 @@ def predict_patient(logic, patient_uid: str, args: argparse.Namespace, roles: di
     return out
 
 
+def check_dependencies() -> None:
+    """PyTorch and every package the core needs must be there already: batch mode installs nothing."""
+    import importlib.util
+
+    from DoseDiffusionLib import dependencies
+
+    missing = dependencies.missing_requirements(dependencies.read_requirements())
+    if importlib.util.find_spec("torch") is None:
+        missing.insert(0, "torch (install the PyTorch extension)")
+    if missing:
+        raise RuntimeError("missing Python packages: " + ", ".join(missing) + "; open the DoseDiffusion module once "
+                           "in Slicer to install them")
+
+
 def main(argv: list[str]) -> int:
     args = parse_arguments(argv)
-    from DICOMLib import DICOMUtils
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DoseDiffusionLib, beside Resources/
     from DoseDiffusionLib import dependencies
 
     dependencies.ensure_core_package()
-    import DoseDiffusion  # the module's logic runs without its widget
     from dosediffusion.aliases import AliasTable
+    from dosediffusion.prediction.model_folder import resolve_model_folder
     from dosediffusion.prediction.options import check_sampling_options
     from dosediffusion.prediction.scorecard import check_scorecard_option
     from dosediffusion.roles import parse_roles
@@ -83,9 +101,14 @@ def main(argv: list[str]) -> int:
     check_sampling_options(args.steps, args.candidates)  # the options' mistakes before any patient is loaded
     check_scorecard_option(args.scorecard)
     roles, aliases = parse_roles(args.role), AliasTable.load(args.aliases) if args.aliases else None
+    resolve_model_folder(args.model)
+    check_dependencies()
+    from DICOMLib import DICOMUtils
+
+    import DoseDiffusion  # the module's logic runs without its widget
+
     logic = DoseDiffusion.DoseDiffusionLogic()
-    logic.modelFolder(args.model)
-    failures = 0
+    failures, outcomes = 0, []
     with DICOMUtils.TemporaryDICOMDatabase() as database:
         DICOMUtils.importDicom(args.dicom, database)
         patients = list(database.patients())
@@ -93,20 +116,36 @@ def main(argv: list[str]) -> int:
             print(f"batch_predict: no DICOM patients in {args.dicom}", file=sys.stderr)
             return 2
         for patient_uid in patients:
+            start = time.perf_counter()
             try:
                 out = predict_patient(logic, patient_uid, args, roles, aliases)
-                print(f"batch_predict: {patient_uid} → {out}")
+                outcomes.append((patient_label(patient_uid), "done", str(out), time.perf_counter() - start))
             except Exception as error:  # one bad patient does not stop the batch
                 failures += 1
                 logging.debug(traceback.format_exc())
                 print(f"batch_predict: error: patient {patient_uid}: {error}", file=sys.stderr)
+                outcomes.append((patient_label(patient_uid), "failed", str(error), time.perf_counter() - start))
+    print(summary_table(outcomes))
     return 1 if failures else 0
+
+
+def summary_table(outcomes: list[tuple[str, str, str, float]]) -> str:
+    """One line per patient: label, done/failed, output folder or reason, seconds."""
+    width = max([len(o[0]) for o in outcomes] + [7])
+    lines = [f"{'patient':<{width}}  {'outcome':<7}  {'seconds':>7}  folder or reason"]
+    lines += [f"{label:<{width}}  {outcome:<7}  {seconds:>7.1f}  {detail}" for label, outcome, detail, seconds in outcomes]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     try:
         code = main(sys.argv[1:])
+    except SystemExit as stop:  # argparse's own exit on a bad option
+        code = stop.code if isinstance(stop.code, int) else 2
     except Exception as error:  # noqa: BLE001 - uncaught, it would leave headless Slicer running forever
         print(f"batch_predict: error: {error}", file=sys.stderr)
         code = 2
-    slicer.util.exit(code) if hasattr(slicer.util, "exit") else sys.exit(code)
+    if getattr(slicer, "app", None) is not None:  # headless Slicer ends only on an explicit exit
+        slicer.util.exit(code)
+    else:  # plain Python with the slicer-core wheel (tests)
+        sys.exit(code)

@@ -33,6 +33,15 @@ def dicompyler_python() -> Path:
     return python
 
 
+def slicer_bundled_python() -> Path:
+    """The python of the environment with 3D Slicer's bundled packages (``setup_slicer_bundled.sh``)."""
+    python = peers_root() / "slicer-bundled" / "bin" / "python"
+    if not python.is_file():
+        raise PeerMissingError(f"the Slicer-bundled environment is not installed ({python} missing): run "
+                               "`bash Testing/install_test_deps.sh` (or `bash Testing/peers/setup_slicer_bundled.sh`)")
+    return python
+
+
 def dicompyler_dvh(rtstruct: str | os.PathLike, rtdose: str | os.PathLike, *, rois: list[str] | None = None,
                    resolution_divisor: int = 1, segments: int = 0, timeout_s: float = 600.0) -> dict[str, dict]:
     """dicompyler-core's DVH statistics per ROI name of an RTSTRUCT/RTDOSE pair.

@@ -22,8 +22,9 @@ CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
 REQUIRED_WIDGETS = {
     "ctSelector", "segmentationSelector", "planSelector", "referenceDoseSelector", "structureTable",
     "refreshStructuresButton", "prescriptionSpinBox", "fractionsSpinBox", "modelPathLineEdit", "scorecardComboBox",
-    "scorecardPathLineEdit", "deviceComboBox", "remoteUrlLineEdit", "remoteTokenLineEdit", "stepsSpinBox",
-    "candidatesSpinBox", "predictButton", "cancelButton", "progressBar", "statusLabel", "exportRtDoseButton",
+    "scorecardPathLineEdit", "deviceComboBox", "remoteUrlLineEdit", "remoteTokenFileLineEdit", "stepsSpinBox",
+    "candidatesSpinBox", "predictButton", "cancelButton", "progressBar", "statusLabel", "logTextEdit",
+    "exportRtDoseButton",
 }
 
 

@@ -364,6 +364,106 @@ def test_prediction_folder_becomes_dose_chart_and_table(predicted, tmp_path):
     assert rows[-1]["Reference"] == pytest.approx(score_case(scene_case, choice.template).total)
 
 
+def test_a_rerun_replaces_the_previous_prediction_and_keeps_the_reference(predicted, tmp_path):
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    from dosediffusion.prediction.outputs import write_prediction
+    from dosediffusion.prediction.scorecard import choose_scorecard
+
+    _, _, _, scene_case, prediction = predicted
+    mrml, ct, segmentation = scene_from_case(scene_case)
+    reference = volume_node_for(mrml, scene_case.dose, scene_case.grid, "RTDOSE")
+    write_prediction(scene_case, prediction, tmp_path / "out", choose_scorecard("lung_60", scene_case), report=False)
+
+    def names():
+        return sorted(mrml.GetNthNode(i).GetName() for i in range(mrml.GetNumberOfNodes())
+                      if mrml.GetNthNode(i).GetAttribute(scene.PREDICTION_ATTRIBUTE) == "1")
+
+    first = add_prediction_folder(mrml, tmp_path / "out", ct)
+    before, count = names(), mrml.GetNumberOfNodes()
+    second = add_prediction_folder(mrml, tmp_path / "out", ct)
+    assert names() == before and mrml.GetNumberOfNodes() == count
+    assert [n.GetName() for n in second] == [n.GetName() for n in first] == ["Predicted dose", "DoseDiffusion DVH",
+                                                                               "DoseDiffusion scorecard"]
+    assert all(mrml.GetNodeByID(n.GetID()) is None for n in first if n.GetID() not in {m.GetID() for m in second})
+    assert mrml.GetNodeByID(reference.GetID()) is reference and reference.GetImageData() is not None
+
+
+def test_dvh_colours_are_the_segments(predicted, tmp_path):
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    from dosediffusion.prediction.outputs import write_prediction
+    from dosediffusion.prediction.scorecard import choose_scorecard
+
+    _, _, _, scene_case, prediction = predicted
+    mrml, ct, segmentation = scene_from_case(scene_case)
+    segment = segmentation.GetSegmentation().GetSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("PTV_60"))
+    segment.SetColor(0.1, 0.9, 0.3)
+    write_prediction(scene_case, prediction, tmp_path / "out", choose_scorecard("none", scene_case), report=False)
+    _, chart, table = add_prediction_folder(mrml, tmp_path / "out", ct, segmentation_node=segmentation)
+    colours = {chart.GetNthPlotSeriesNode(i).GetYColumnName(): chart.GetNthPlotSeriesNode(i).GetColor()
+               for i in range(chart.GetNumberOfPlotSeriesNodes())}
+    assert colours["PTV_60 (predicted)"] == pytest.approx((0.1, 0.9, 0.3)) == colours["PTV_60 (reference)"]
+    assert table is None  # no scorecard chosen
+
+
+def test_cancel_ends_the_whole_process_tree():
+    """The launcher's child (the real Python in Slicer) ends too; killing the launcher alone would orphan it."""
+    import psutil
+    from DoseDiffusionLib.process_tree import terminate_process_tree
+
+    launcher_code = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+                     "'import time; time.sleep(120)']); print(child.pid, flush=True); time.sleep(120)")
+
+    def launch():
+        process = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True)
+        return process, int(process.stdout.readline())
+
+    process, child = launch()
+    process.kill()  # the old cancel: the launcher only
+    process.wait()
+    orphan = psutil.Process(child)
+    assert orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE
+    orphan.kill()
+    process, child = launch()
+    terminate_process_tree(process.pid)
+    process.wait(10)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--steps", "0"], "steps must be between 1 and 50"),
+    (["--model", "/nonexistent"], "not a DoseDiffusion pipeline folder"),
+    (["--role", "Foo"], "write NAME=ROLE"),
+    ([], "No module named 'DICOMLib'"),  # every check passed; the Slicer application is what is missing here
+])
+def test_the_batch_script_ends_with_an_error_code_whatever_fails(arguments, message, tmp_path):
+    script = MODULE_DIR / "Resources" / "batch_predict.py"
+    done = subprocess.run([sys.executable, str(script), "--", "--dicom", str(tmp_path), "--out", str(tmp_path / "o"),
+                           *arguments], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "batch_predict: error: " in done.stderr and message in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_batch_summary_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("batch_predict", MODULE_DIR / "Resources" / "batch_predict.py")
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    table = batch.summary_table([("P1", "done", "/out/P1", 3.25), ("PATIENT-2", "failed", "no target", 0.5)])
+    lines = table.splitlines()
+    assert lines[0].split() == ["patient", "outcome", "seconds", "folder", "or", "reason"]
+    assert lines[1].split() == ["P1", "done", "3.2", "/out/P1"] and lines[2].split()[:3] == ["PATIENT-2", "failed", "0.5"]
+
+
+def test_only_missing_packages_are_installed():
+    """A package Slicer ships is never upgraded: any installed version counts as there."""
+    assert dependencies.missing_requirements(["numpy>=999", "surely-not-a-package-xyz>=1"]) == [
+        "surely-not-a-package-xyz>=1"]
+    assert not dependencies.missing_requirements(dependencies.read_requirements())  # this environment has them all
+
+
 def test_dvh_chart_series_and_table(predicted):
     mrml, _, _, scene_case, prediction = predicted
     pred = {n: d.cumulative(0.1) for n, d in case_dvhs(scene_case, prediction.dose_gy).items()}

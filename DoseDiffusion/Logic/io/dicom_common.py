@@ -67,6 +67,14 @@ def new_dataset(sop_class_uid: str, modality: str, meta: dict[str, str], series_
     return ds
 
 
+#: pydicom 3 names "write a conformant Part 10 file" ``enforce_file_format``; pydicom 2.4 (which 3D Slicer
+#: 5.10 bundles) ``write_like_original=False`` and reads the encoding from the dataset's flags.
+_PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
+
+
 def save(ds: pydicom.Dataset, path: str | Path) -> Path:
-    """Write ``ds`` as a DICOM Part 10 file, atomically."""
-    return atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+    """Write ``ds`` as a DICOM Part 10 file, atomically, with pydicom 2.4 or 3."""
+    if _PYDICOM_3:
+        return atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+    ds.is_little_endian, ds.is_implicit_VR = True, False  # Explicit VR Little Endian, as the file meta says
+    return atomic_write(path, lambda tmp: ds.save_as(tmp, write_like_original=False))
