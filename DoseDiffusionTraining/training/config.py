@@ -51,6 +51,8 @@ class TrainSettings:
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and ship it
     tensorboard: bool = True  # loss and learning rate under OUT/logs (when tensorboard is installed)
     flip_lr_probability: float = 0.0  # mirror every channel of a batch left-right (geometry stays consistent)
+    gradient_checkpointing: bool = False  # recompute each transformer block in the backward pass (less memory)
+    gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step (stages A and B)
 
 
 @dataclass
@@ -83,6 +85,9 @@ class RunConfig:
             raise InputError(f"train.stage must be 'A', 'B' or 'C', got {train.stage!r}", path)
         if train.stage == "C" and (not train.scorecard or train.num_candidates < 2):
             raise InputError("stage C needs train.scorecard and num_candidates of at least 2", path)
+        if train.gradient_accumulation_steps < 1 or (train.stage == "C" and train.gradient_accumulation_steps != 1):
+            raise InputError("train.gradient_accumulation_steps must be at least 1 (stage C: 1; its candidates are "
+                             "not yet split into micro-batches)", path)
         return cls(data=raw["data"], preprocessing=PrepareConfig.from_dict(raw["preprocessing"]),
                    codec=raw.get("codec") or cls.__dataclass_fields__["codec"].default_factory(),
                    model=raw.get("model") or {}, scheduler=raw.get("scheduler") or {"shift": 3.0},

@@ -15,6 +15,7 @@ TensorBoard under ``OUT/logs`` and to ``OUT/loss.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -95,14 +96,23 @@ def _noise(step: int, rank: int, seed: int, x0: torch.Tensor, shift: float) -> t
     return noise.to(x0.device), s.to(x0.device)
 
 
-def diffusion_loss(pipeline: DoseDiffusionPipeline, model, batch: dict[str, torch.Tensor], step: int, rank: int,
-                   settings, accelerator: Accelerator) -> torch.Tensor:
-    """Flow-matching loss of ``step``: encode, noise the target, predict, compare."""
+def sample_noise(step: int, positions: list[int], seed: int, x0: torch.Tensor,
+                 shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and times of each sample of ``x0`` from its position in the step's global batch: a batch
+    split into micro-batches, or across processes, draws the same numbers as in one piece."""
+    parts = [_noise(step, position, seed, x0[i : i + 1], shift) for i, position in enumerate(positions)]
+    return torch.cat([noise for noise, _ in parts]), torch.cat([s for _, s in parts])
+
+
+def diffusion_loss(pipeline: DoseDiffusionPipeline, model, batch: dict[str, torch.Tensor], step: int,
+                   positions: list[int], settings, accelerator: Accelerator) -> torch.Tensor:
+    """Flow-matching loss of ``step`` for the samples at ``positions`` of its global batch: encode, noise
+    the target, predict, compare."""
     target, conditions = choose_roles(step, list(batch), settings)
     with torch.no_grad():
         latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*conditions, target]}
     x0 = latents[target]
-    noise, s = _noise(step, rank, settings.seed, x0, float(pipeline.scheduler.config.shift))
+    noise, s = sample_noise(step, positions, settings.seed, x0, float(pipeline.scheduler.config.shift))
     latents[target] = add_noise(x0, noise, s)
     with accelerator.autocast():
         # a tuple, not a ModelOutput holding a dict: DDP flattens outputs as pytrees
@@ -142,8 +152,14 @@ def augment(batch: dict[str, torch.Tensor], step: int, settings) -> dict[str, to
     return batch
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints under ``out``, oldest first (a ``step_N.partial`` being written is not one)."""
+    found = [p for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit() and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
-    checkpoints = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+    checkpoints = _checkpoints(out)
     return checkpoints[-1] if checkpoints else None
 
 
@@ -165,6 +181,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
                             config.data.get("cache_dir"))
     if len(dataset) == 0:
         raise InputError("no training cases", config.data["folder"])
+    if settings.gradient_checkpointing and isinstance(pipeline.model, Any2AnyDiT):
+        pipeline.model.enable_gradient_checkpointing()
     model = pipeline.model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(settings.warmup_steps, 1)))
@@ -181,21 +199,28 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         accelerator.load_state(str(checkpoint))
         step = json.loads((checkpoint / STATE).read_text())["step"]
     world, rank = accelerator.num_processes, accelerator.process_index
+    micro, size = settings.gradient_accumulation_steps, settings.batch_size
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
     while step < settings.steps:
-        indices = batch_indices(step, len(dataset), settings.batch_size * world, settings.seed)
-        batch = collate([dataset[int(i)] for i in indices[rank * settings.batch_size : (rank + 1) * settings.batch_size]])
-        if settings.stage == "B" and settings.target not in batch:
-            raise InputError(f"a training batch has no {settings.target!r} channel")
-        batch = augment(batch, step, settings)
-        if isinstance(pipeline, RegressionPipeline):
-            loss = regression_loss(model, batch, settings.target, accelerator)
-        else:
-            loss = diffusion_loss(pipeline, model, batch, step, rank, settings, accelerator)
-        if not math.isfinite(loss.item()):
-            raise InputError(f"the loss became {loss.item()} at step {step}: lower the learning rate")
-        accelerator.backward(loss)
+        indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
+        loss_sum = 0.0
+        for k in range(micro):  # micro-batch k of this process: positions ((k · world + rank) · size ...)
+            positions = list(range((k * world + rank) * size, (k * world + rank + 1) * size))
+            batch = collate([dataset[int(indices[p])] for p in positions])
+            if settings.stage == "B" and settings.target not in batch:
+                raise InputError(f"a training batch has no {settings.target!r} channel")
+            batch = augment(batch, step, settings)
+            if isinstance(pipeline, RegressionPipeline):
+                loss = regression_loss(model, batch, settings.target, accelerator)
+            else:
+                loss = diffusion_loss(pipeline, model, batch, step, positions, settings, accelerator)
+            if not math.isfinite(loss.item()):
+                raise InputError(f"the loss became {loss.item()} at step {step}: lower the learning rate")
+            with accelerator.no_sync(model) if k < micro - 1 else contextlib.nullcontext():  # one all-reduce per step
+                accelerator.backward(loss / micro)
+            loss_sum += loss.item()
+        loss = torch.tensor(loss_sum / micro)
         accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         schedule.step()
@@ -223,13 +248,20 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
 
 
 def _checkpoint(accelerator: Accelerator, out: Path, step: int, log: list[dict]) -> None:
-    """Save model, optimizer and schedule state at ``step``; keep the two newest checkpoints."""
+    """Save model, optimizer and schedule state at ``step``, atomically: written as ``step_N.partial``
+    (with its ``state.json``) and renamed when complete, so that a crash never leaves a checkpoint
+    resume would take; keep the two newest."""
     folder = out / "checkpoints" / f"step_{step}"
-    accelerator.save_state(str(folder))
+    partial = folder.with_name(f"{folder.name}.partial")
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (folder / STATE).write_text(json.dumps({"step": step, "processes": accelerator.num_processes}))
+        (partial / STATE).write_text(json.dumps({"step": step, "processes": accelerator.num_processes}))
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
         with (out / "loss.jsonl").open("a") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in log)
         log.clear()
-        for old in sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))[:-2]:
+        for old in _checkpoints(out)[:-2]:
             shutil.rmtree(old)
+    accelerator.wait_for_everyone()

@@ -240,6 +240,8 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     if len(dataset) == 0:
         raise InputError("no training cases", config.data["folder"])
     unwrapped = pipeline.model
+    if settings.gradient_checkpointing:
+        unwrapped.enable_gradient_checkpointing()
     add_lora(unwrapped, settings.lora_rank)
     state = PolicyState(unwrapped)
     trainable = [p for p in unwrapped.parameters() if p.requires_grad]

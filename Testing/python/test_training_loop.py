@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -58,6 +59,40 @@ def test_training_lowers_the_loss_and_the_pipeline_predicts(tmp_path, data):
     case = make_phantom(0, shape=(20, 40, 48))
     dose = pipe(case, steps=2).dose_gy
     assert dose.shape == case.grid.shape and np.isfinite(dose).all()
+
+
+def test_gradient_accumulation_is_the_bigger_batch(tmp_path, data):
+    """Two micro-batches of one case per step train the model a batch of two does: the same cases, the
+    same noise (drawn per sample by its place in the step's batch), the mean of the same losses."""
+    whole = train(_config(tmp_path, data, steps=3, batch_size=2), tmp_path / "whole")
+    split = train(_config(tmp_path, data, steps=3, batch_size=1, gradient_accumulation_steps=2), tmp_path / "split")
+    single = train(_config(tmp_path, data, steps=3, batch_size=1), tmp_path / "single")
+    a, b, c = _weights(whole), _weights(split), _weights(single)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert not all(torch.allclose(a[k], c[k], rtol=1e-4, atol=1e-6) for k in a)  # one case per step differs
+    logged = [json.loads(line)["loss"] for line in (tmp_path / "split" / "loss.jsonl").read_text().splitlines()]
+    expected = [json.loads(line)["loss"] for line in (tmp_path / "whole" / "loss.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx(expected, rel=1e-4)
+
+
+def test_gradient_checkpointing_trains_the_same_model(tmp_path, data):
+    plain = _weights(train(_config(tmp_path, data, steps=2), tmp_path / "plain"))
+    saved = _weights(train(_config(tmp_path, data, steps=2, gradient_checkpointing=True), tmp_path / "checkpointed"))
+    assert all(torch.allclose(plain[k], saved[k], rtol=1e-4, atol=1e-6) for k in plain)
+
+
+def test_a_half_written_checkpoint_is_never_resumed(tmp_path, data):
+    out = tmp_path / "run"
+    train(_config(tmp_path, data, steps=2), out)
+    partial = out / "checkpoints" / "step_4.partial"  # a crash while step 4 was being written
+    shutil.copytree(out / "checkpoints" / "step_2", partial)
+    (partial / "state.json").unlink()
+    resumed = train(_config(tmp_path, data, steps=4), out)
+    straight = train(_config(tmp_path, data, steps=4), tmp_path / "straight")
+    a, b = _weights(resumed), _weights(straight)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.endswith(".partial")) == [
+        "step_2", "step_4"]
 
 
 def test_stage_roles_and_curriculum():
