@@ -1,6 +1,6 @@
 """The peer programs the tests compare against, each run in its own virtual environment.
 
-The environments are made by ``Testing/peers/setup_peers.sh`` (called by
+The environments are made by ``Testing/peers/setup_peers.sh`` and ``setup_slicer_bundled.sh`` (called by
 ``bash Testing/install_test_deps.sh``) under ``$DOSEDIFFUSION_PEERS`` (default
 ``~/.cache/dosediffusion-peers``). A missing peer is an error, not a skip: CI installs it.
 """
@@ -24,22 +24,24 @@ def peers_root() -> Path:
     return Path(os.environ.get("DOSEDIFFUSION_PEERS") or Path.home() / ".cache" / "dosediffusion-peers")
 
 
-def dicompyler_python() -> Path:
-    """The python of the dicompyler-core environment; :class:`PeerMissingError` when it is not there."""
-    python = peers_root() / "dicompyler" / "bin" / "python"
+def peer_python(name: str, setup: str) -> Path:
+    """The python of the environment ``name`` that ``Testing/peers/<setup>`` makes; :class:`PeerMissingError`
+    when it is not there."""
+    python = peers_root() / name / "bin" / "python"
     if not python.is_file():
-        raise PeerMissingError(f"dicompyler-core peer not installed ({python} missing): run "
-                               "`bash Testing/install_test_deps.sh` (or `bash Testing/peers/setup_peers.sh`)")
+        raise PeerMissingError(f"the {name} environment is not installed ({python} missing): run "
+                               f"`bash Testing/install_test_deps.sh` (or `bash Testing/peers/{setup}`)")
     return python
+
+
+def dicompyler_python() -> Path:
+    """The python of the dicompyler-core peer."""
+    return peer_python("dicompyler", "setup_peers.sh")
 
 
 def slicer_bundled_python() -> Path:
-    """The python of the environment with 3D Slicer's bundled packages (``setup_slicer_bundled.sh``)."""
-    python = peers_root() / "slicer-bundled" / "bin" / "python"
-    if not python.is_file():
-        raise PeerMissingError(f"the Slicer-bundled environment is not installed ({python} missing): run "
-                               "`bash Testing/install_test_deps.sh` (or `bash Testing/peers/setup_slicer_bundled.sh`)")
-    return python
+    """The python of the environment with 3D Slicer's bundled packages."""
+    return peer_python("slicer-bundled", "setup_slicer_bundled.sh")
 
 
 def dicompyler_dvh(rtstruct: str | os.PathLike, rtdose: str | os.PathLike, *, rois: list[str] | None = None,
