@@ -179,6 +179,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.exportRtDoseButton.connect("clicked(bool)", self.onExportRtDoseButton)
+        self.ui.exportToDatabaseButton.connect("clicked(bool)", self.onExportToDatabaseButton)
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.hide()
         self.ui.cancelButton.enabled = False
@@ -240,6 +241,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.predictButton.toolTip = _("Predict the dose") if ready else _("Select a CT and its structures")
         self.ui.cancelButton.enabled = busy
         self.ui.exportRtDoseButton.enabled = bool(self._parameterNode and self._parameterNode.predictedDose)
+        self.ui.exportToDatabaseButton.enabled = self.ui.exportRtDoseButton.enabled
 
     @staticmethod
     def _selectComboData(combo, data: str) -> None:
@@ -382,7 +384,8 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 command += self._remoteArguments()
             # the results go to the CT and prescription of now, whatever the selectors show when it ends
             self._startProcess(command, {"work": work, "casePath": casePath, "ctVolume": p.ctVolume,
-                                         "segmentation": p.segmentation, "prescriptionGy": p.prescriptionGy})
+                                         "segmentation": p.segmentation, "referenceDose": p.referenceDose,
+                                         "prescriptionGy": p.prescriptionGy})
 
     def _remoteArguments(self) -> list[str]:
         url = self.ui.remoteUrlLineEdit.text.strip()
@@ -453,7 +456,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showResults(self, job: dict[str, Any]) -> None:
         folder = job["work"] / "out" / job["casePath"].parent.name
         doseNode, chart, table = self.logic.addPredictionFolder(folder, job["ctVolume"], job["prescriptionGy"],
-                                                                job["segmentation"])
+                                                                job["segmentation"], job["referenceDose"])
         if self._parameterNode:
             p = self._parameterNode
             p.predictedDose, p.dvhChart, p.scorecardTable = doseNode, chart, table
@@ -492,6 +495,12 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to export the RTDOSE."), waitCursor=True):
             written = self.logic.exportRtDose(p.predictedDose, p.ctVolume, p.plan, path)
             self.ui.statusLabel.text = _("Exported {path}").format(path=written)
+
+    def onExportToDatabaseButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to add the RTDOSE to the DICOM database."), waitCursor=True):
+            self.logic.exportRtDoseToDatabase(p.predictedDose, p.ctVolume, p.plan)
+            self.ui.statusLabel.text = _("The predicted RTDOSE is in the DICOM database, in the CT's study")
 
 
 #
@@ -555,14 +564,66 @@ class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
                                  report=report, overwrite=overwrite, progress=progress, cancel=cancel,
                                  status=lambda message: logging.info(f"DoseDiffusion: {message}"))
 
-    @staticmethod
-    def addPredictionFolder(folder, referenceVolume=None, prescriptionGy: float | None = None, segmentation=None):
+    def addPredictionFolder(self, folder, referenceVolume=None, prescriptionGy: float | None = None, segmentation=None,
+                            referenceDose=None):
         """The prediction folder's dose volume (RT dose), DVH chart (in the segments' colours) and scorecard
         table (None without a scorecard) in the scene, in place of the previous prediction's
-        (``DoseDiffusionLib.prediction_folder``); returns the three nodes."""
+        (``DoseDiffusionLib.prediction_folder``); with SlicerRT, the chart is SlicerRT's own DVHs of the
+        predicted and the reference dose (:meth:`slicerRtDvhChart`). Returns the three nodes."""
         from DoseDiffusionLib.prediction_folder import add_prediction_folder
 
-        return add_prediction_folder(slicer.mrmlScene, folder, referenceVolume, prescriptionGy, segmentation)
+        doseNode, chart, table = add_prediction_folder(slicer.mrmlScene, folder, referenceVolume, prescriptionGy,
+                                                       segmentation)
+        return doseNode, self.slicerRtDvhChart(doseNode, segmentation, referenceDose) or chart, table
+
+    @staticmethod
+    def slicerRtDvhChart(doseNode, segmentation, referenceDose=None):
+        """SlicerRT's DVHs (its Dose Volume Histogram module's logic: DVH tables that its DVH comparison
+        reads, curves in the segments' colours) of the predicted dose and, when given, the reference dose,
+        in one chart; the nodes are marked as this module's prediction, so a re-run replaces them. None
+        without SlicerRT or a segmentation (the module's own chart is shown then)."""
+        from DoseDiffusionLib.scene import PREDICTION_ATTRIBUTE
+
+        module = getattr(slicer.modules, "dosevolumehistogram", None)
+        if module is None or segmentation is None:
+            return None
+        logic, chart = module.logic(), None
+        for dose in (doseNode, referenceDose):
+            if dose is None:
+                continue
+            parameters = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLDoseVolumeHistogramNode", f"DVH {dose.GetName()}")
+            parameters.SetAndObserveDoseVolumeNode(dose)
+            parameters.SetAndObserveSegmentationNode(segmentation)
+            error = logic.ComputeDvh(parameters)
+            if error:
+                raise RuntimeError(f"SlicerRT could not compute the DVHs of {dose.GetName()}: {error}")
+            metrics = parameters.GetMetricsTableNode()
+            chart = chart or parameters.GetChartNode()
+            made = [parameters, metrics, chart]
+            for segmentId in segmentation.GetSegmentation().GetSegmentIDs():
+                dvhTable = metrics.GetNodeReference(parameters.AssembleDvhNodeReference(segmentId))
+                if dvhTable is not None:
+                    logic.AddDvhToChart(chart, dvhTable)
+                    made.append(dvhTable)
+            made += [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+            for node in made:
+                node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
+        return chart
+
+    def exportRtDoseToDatabase(self, doseNode, ctVolume, plan=None) -> None:
+        """Write ``doseNode`` as RTDOSE in the CT's DICOM study (:meth:`exportRtDose`) and add it to
+        ``slicer.dicomDatabase``, as Slicer's DICOM export dialog adds what it writes (indexing the
+        folder); the DICOM browser then shows it under the CT's patient and study."""
+        from DICOMLib import DICOMUtils
+
+        if getattr(slicer, "dicomDatabase", None) is None or not slicer.dicomDatabase.isOpen:
+            raise ValueError("no DICOM database is open: open the DICOM module once, or export to a file")
+        folder = Path(tempfile.mkdtemp(prefix="DoseDiffusion-RTDOSE-"))
+        try:
+            self.exportRtDose(doseNode, ctVolume, plan, folder / "RTDOSE.dcm")
+            DICOMUtils.importDicom(str(folder), slicer.dicomDatabase, copyFiles=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @staticmethod
     def exportRtDose(doseNode, ctVolume=None, plan=None, path: str | os.PathLike = "RTDOSE.dcm") -> Path:
@@ -626,7 +687,8 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
         outFolder = Path(tempfile.mkdtemp(prefix="DoseDiffusionTest-")) / "prediction"
         try:
             logic.predict(case, outFolder, "demo", steps=2, device="cpu")
-            doseNode, chart, table = logic.addPredictionFolder(outFolder, ct, segmentation=found.segmentation)
+            doseNode, chart, table = logic.addPredictionFolder(outFolder, ct, segmentation=found.segmentation,
+                                                               referenceDose=found.reference_dose)
         finally:
             shutil.rmtree(outFolder.parent, ignore_errors=True)
 
@@ -641,8 +703,8 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
             for column in range(4):
                 self.assertAlmostEqual(ctMatrix.GetElement(row, column), doseMatrix.GetElement(row, column), 4)
         nonEmpty = [n for n, s in case.structures.items() if s.mask.any()]
-        expectedSeries = len(nonEmpty) * (2 if case.dose is not None else 1)
-        self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), expectedSeries)
+        # a predicted and a reference curve per structure (SlicerRT's DVHs, or the module's own without it)
+        self.assertGreaterEqual(chart.GetNumberOfPlotSeriesNodes(), 2 * len(nonEmpty))
         if table is not None:
             self.assertEqual(table.GetTable().GetValue(table.GetNumberOfRows() - 1, 0).ToString(), "Total")
         self.delayDisplay("Test passed")
