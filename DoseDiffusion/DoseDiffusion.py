@@ -74,6 +74,37 @@ a demonstration, released with the code under the Apache-2.0 licence. See the
 Built on 3D Slicer, SlicerRT and SlicerPyTorch. The layout of this module follows the Slicer Extension Wizard
 template and the TotalSegmentator extension.
 """)
+        # the bundled demo case in the Sample Data module, registered once the application has started
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+
+def registerSampleData() -> None:
+    """The bundled demo case (a synthetic thorax: CT, RTSTRUCT, RTPLAN, RTDOSE) in Sample Data's
+    Radiotherapy category; a click imports it into the DICOM database and loads it (:func:`loadDemoCase`)."""
+    import SampleData
+
+    resources = Path(__file__).resolve().parent / "Resources"
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Radiotherapy", sampleName="DoseDiffusion demo case", uris=(resources / "DemoCase").as_uri(),
+        fileNames="DemoCase", customDownloader=loadDemoCase,
+        thumbnailFileName=str(resources / "Icons" / "DoseDiffusion.png"))
+
+
+def loadDemoCase(source=None) -> None:
+    """Import the bundled demo case's DICOM RT files into Slicer's DICOM database and load its patient
+    (SlicerRT reads the structure set, plan and dose)."""
+    import pydicom
+    from DICOMLib import DICOMUtils
+
+    folder = Path(__file__).resolve().parent / "Resources" / "DemoCase"
+    DICOMUtils.importDicom(str(folder))
+    first = next(folder.glob("*.dcm"))
+    DICOMUtils.loadPatientByPatientID(str(pydicom.dcmread(first, stop_before_pixels=True).PatientID))
 
 
 #

@@ -151,3 +151,13 @@ def test_icon_is_a_128_png():
     data = (MODULE_DIR / "Resources" / "Icons" / "DoseDiffusion.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(data[16:20], "big") == 128 and int.from_bytes(data[20:24], "big") == 128
+
+
+def test_the_sample_data_it_registers_is_there():
+    """The demo case and the thumbnail that the Sample Data registration names exist, and the module
+    registers it once the application has started (as the Extension Wizard template does)."""
+    text = MODULE_FILE.read_text()
+    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in text
+    assert "customDownloader=loadDemoCase" in text
+    assert sorted((MODULE_DIR / "Resources" / "DemoCase").glob("*.dcm")) and (MODULE_DIR / "Resources" / "Icons" /
+                                                                             "DoseDiffusion.png").is_file()
