@@ -224,7 +224,11 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
+        if not hasattr(self, "ui"):  # a Slicer too old to set the module up
+            return
         self.initializeParameterNode()
+        if not self.ui.torchStatusLabel.text:  # once: importing torch takes a moment
+            self.ui.torchStatusLabel.text = dependencies.torch_status()
 
     def exit(self) -> None:
         if self._parameterNode:

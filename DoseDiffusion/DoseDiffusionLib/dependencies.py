@@ -160,6 +160,17 @@ def _satisfied(requirement: str) -> bool:
     return req.specifier.contains(version, prereleases=True)
 
 
+def torch_status() -> str:
+    """One line on PyTorch for the module panel: its version and whether CUDA (and which GPU) is there."""
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch: not installed (it is installed on the first prediction)"
+    import torch
+
+    if torch.cuda.is_available():
+        return f"PyTorch {torch.__version__}, CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)}"
+    return f"PyTorch {torch.__version__}, no CUDA GPU: predictions run on the CPU (or use a remote worker)"
+
+
 def python_executable() -> str:
     """Slicer's Python interpreter (``PythonSlicer``) for child processes, else this interpreter."""
     return shutil.which("PythonSlicer") or sys.executable

@@ -24,7 +24,7 @@ REQUIRED_WIDGETS = {
     "refreshStructuresButton", "prescriptionSpinBox", "fractionsSpinBox", "modelPathLineEdit", "scorecardComboBox",
     "scorecardPathLineEdit", "deviceComboBox", "remoteUrlLineEdit", "remoteTokenFileLineEdit", "stepsSpinBox",
     "candidatesSpinBox", "predictButton", "cancelButton", "progressBar", "statusLabel", "logTextEdit",
-    "exportRtDoseButton", "exportToDatabaseButton",
+    "exportRtDoseButton", "exportToDatabaseButton", "torchStatusLabel",
 }
 
 

@@ -457,6 +457,14 @@ def test_the_batch_summary_table():
     assert lines[1].split() == ["P1", "done", "3.2", "/out/P1"] and lines[2].split()[:3] == ["PATIENT-2", "failed", "0.5"]
 
 
+def test_torch_status_names_the_version_and_the_device():
+    import torch
+
+    status = dependencies.torch_status()
+    assert status.startswith(f"PyTorch {torch.__version__}")
+    assert ("CUDA" in status and torch.cuda.is_available()) or "no CUDA GPU" in status
+
+
 def test_only_missing_packages_are_installed():
     """A package Slicer ships is never upgraded: any installed version counts as there."""
     assert dependencies.missing_requirements(["numpy>=999", "surely-not-a-package-xyz>=1"]) == [
