@@ -12,6 +12,7 @@ Scene-facing code lives in ``DoseDiffusionLib`` (no Qt there).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -393,9 +394,20 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ prediction in the background
 
     def onPredictButton(self) -> None:
-        """Build the case from the scene and start ``dosediffusion predict`` in a separate process."""
+        """Build the case from the scene and start ``dosediffusion predict`` in a separate process; missing
+        Python packages are installed first, in the background as well (after asking)."""
         with slicer.util.tryWithErrorDisplay(_("Failed to start the dose prediction."), waitCursor=True):
-            dependencies.ensure_python_requirements("DoseDiffusion")
+            dependencies.ensure_torch()
+            importlib.invalidate_caches()  # packages a background install has just added
+            missing = dependencies.missing_requirements(dependencies.read_requirements())
+            if missing:
+                if not slicer.util.confirmOkCancelDisplay(
+                        _("DoseDiffusion needs these Python packages, which will be installed into Slicer's Python "
+                          "now:") + "\n\n" + "\n".join(missing), _("DoseDiffusion: install Python packages")):
+                    return
+                self._startProcess(dependencies.install_command(missing), {"onSuccess": self.onPredictButton},
+                                   _("Installing Python packages..."))
+                return
             p = self._parameterNode
             p.modelFolder = self.ui.modelPathLineEdit.currentPath
             p.scorecardFile = self.ui.scorecardPathLineEdit.currentPath
@@ -418,9 +430,10 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if device == "remote":
                 command += self._remoteArguments()
             # the results go to the CT and prescription of now, whatever the selectors show when it ends
-            self._startProcess(command, {"work": work, "casePath": casePath, "ctVolume": p.ctVolume,
-                                         "segmentation": p.segmentation, "referenceDose": p.referenceDose,
-                                         "prescriptionGy": p.prescriptionGy})
+            job = {"work": work, "casePath": casePath, "ctVolume": p.ctVolume, "segmentation": p.segmentation,
+                   "referenceDose": p.referenceDose, "prescriptionGy": p.prescriptionGy}
+            job["onSuccess"] = lambda: self.showResults(job)
+            self._startProcess(command, job, _("Starting..."))
 
     def _remoteArguments(self) -> list[str]:
         url = self.ui.remoteUrlLineEdit.text.strip()
@@ -429,7 +442,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         tokenFile = self.ui.remoteTokenFileLineEdit.currentPath
         return ["--remote", url] + (["--token-file", tokenFile] if tokenFile else [])
 
-    def _startProcess(self, command: list[str], job: dict[str, Any]) -> None:
+    def _startProcess(self, command: list[str], job: dict[str, Any], status: str) -> None:
         """Launch the process (Slicer's launchConsoleProcess: hidden console, output captured); a reader
         thread queues its lines and a QTimer polls the queue and the process (the GUI stays responsive)."""
         logging.info("DoseDiffusion: " + " ".join(command))
@@ -447,7 +460,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
         self.ui.logTextEdit.clear()
-        self.ui.statusLabel.text = _("Starting...")
+        self.ui.statusLabel.text = status
         self._checkCanApply()
         self._timer.start()
 
@@ -476,16 +489,18 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if returnCode != 0:
                 details = "\n".join(job["log"][-30:])
-                slicer.util.errorDisplay(_("Dose prediction failed (exit code {code}).").format(code=returnCode),
+                slicer.util.errorDisplay(_("The background process failed (exit code {code}).").format(code=returnCode),
                                          detailedText=details)
                 self.ui.statusLabel.text = _("Failed")
                 return
-            with slicer.util.tryWithErrorDisplay(_("Failed to load the predicted dose."), waitCursor=True):
-                self.showResults(job)
+            with slicer.util.tryWithErrorDisplay(_("Failed to continue after the background process."), waitCursor=True):
                 self.ui.statusLabel.text = _("Done")
+                job["onSuccess"]()
         finally:
-            shutil.rmtree(job["work"], ignore_errors=True)
-            self.ui.progressBar.hide()
+            if "work" in job:
+                shutil.rmtree(job["work"], ignore_errors=True)
+            if self._job is None:
+                self.ui.progressBar.hide()
             self._checkCanApply()
 
     def showResults(self, job: dict[str, Any]) -> None:
@@ -514,7 +529,8 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is not None:
             terminate_process_tree(job["process"].pid)
             job["process"].wait()
-            shutil.rmtree(job["work"], ignore_errors=True)
+            if "work" in job:
+                shutil.rmtree(job["work"], ignore_errors=True)
             self.ui.statusLabel.text = _("Cancelled")
             self.ui.progressBar.hide()
         self._checkCanApply()

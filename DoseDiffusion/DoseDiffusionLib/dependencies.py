@@ -2,9 +2,10 @@
 
 - :func:`ensure_core_package`: ``import dosediffusion`` from the module's ``Logic/`` folder (the
   extension's install tree holds the core there, not as an installed distribution).
-- :func:`ensure_python_requirements`: PyTorch through SlicerPyTorch's ``PyTorchUtils``, the rest
-  from ``Resources/requirements.txt`` with ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or
-  ``slicer.util.pip_install`` after asking; torch is never left to pip's dependency resolution.
+- :func:`ensure_torch`: PyTorch through SlicerPyTorch's ``PyTorchUtils`` (its version checked);
+  :func:`missing_requirements` of ``Resources/requirements.txt`` (only what is not installed at all:
+  a package Slicer ships is never upgraded) and :func:`install_command`, which the module runs in the
+  background after asking; torch is never left to pip's dependency resolution.
 - :func:`predict_command`, :func:`parse_progress_line`: the background ``dosediffusion predict``
   process and its ``--progress-json`` lines.
 
@@ -95,40 +96,11 @@ def ensure_torch() -> None:
                                   "from the 'PyTorch Util' module and try again.")
 
 
-def ensure_python_requirements(requester: str = "DoseDiffusion", requirements: str | Path = REQUIREMENTS) -> None:
-    """Install what the core needs inside Slicer's Python, asking the user first.
-
-    torch comes from :func:`ensure_torch` (its version checked); of ``requirements`` only the
-    distributions that are not installed at all are installed, so a package Slicer ships (numpy,
-    SimpleITK, pydicom) is never upgraded inside the running application: with
-    ``slicer.packaging.pip_ensure(..., skip_packages=["torch"])`` where that exists (Slicer ≥ 5.12),
-    else ``slicer.util.pip_install`` after ``slicer.util.confirmOkCancelDisplay``. Raises
-    :class:`DependencyError` when the user declines.
-    """
-    import slicer
-
-    ensure_torch()
-    wanted = missing_requirements(read_requirements(requirements))
-    if not wanted:
-        return
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is None:
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        try:
-            packaging.pip_ensure(wanted, skip_packages=["torch", "torchvision"], requester=requester)
-        except RuntimeError as error:  # pip_ensure raises RuntimeError when the user declines
-            raise DependencyError(f"required Python packages were not installed ({error})") from None
-        return
-    if not slicer.util.confirmOkCancelDisplay(
-            f"{requester} needs these Python packages, which will be installed into Slicer's Python now:\n\n"
-            + "\n".join(wanted), f"{requester}: install Python packages"):
-        raise DependencyError("required Python packages were not installed: " + ", ".join(wanted))
-    # torch is already there (ensure_torch), so pip sees it satisfied and never pulls its own build
-    slicer.util.pip_install(wanted)
+def install_command(requirements: Sequence[str]) -> list[str]:
+    """The pip command line that installs ``requirements`` into Slicer's Python, run by the module as a
+    background process (the GUI stays responsive, its output goes to the log panel). torch is already
+    there (:func:`ensure_torch`), so pip sees it satisfied and never pulls its own build."""
+    return [python_executable(), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
 
 
 def missing_requirements(requirements: Sequence[str]) -> list[str]:

@@ -466,7 +466,11 @@ def test_torch_status_names_the_version_and_the_device():
 
 
 def test_only_missing_packages_are_installed():
-    """A package Slicer ships is never upgraded: any installed version counts as there."""
+    """A package Slicer ships is never upgraded: any installed version counts as there; the rest is
+    installed by a pip process of Slicer's Python, in the background."""
+    command = dependencies.install_command(["surely-not-a-package-xyz>=1"])
+    assert command[0] == dependencies.python_executable() and command[1:4] == ["-m", "pip", "install"]
+    assert command[-1] == "surely-not-a-package-xyz>=1"
     assert dependencies.missing_requirements(["numpy>=999", "surely-not-a-package-xyz>=1"]) == [
         "surely-not-a-package-xyz>=1"]
     assert not dependencies.missing_requirements(dependencies.read_requirements())  # this environment has them all
