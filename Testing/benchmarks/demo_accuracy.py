@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from dosediffusion.cli.evaluate import evaluate
-from dosediffusion.cli.predict import model_folder
 from dosediffusion.model.pipeline import load_pipeline
+from dosediffusion.prediction.model_folder import resolve_model_folder
 from dosediffusion_training.baselines.distance_falloff import DistanceFalloff
 from dosediffusion_training.data.dataset import list_cases, load_any
 
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     test = list_cases(args.data, args.split, "test")[: args.max_cases]
     baseline = DistanceFalloff.fit(load_any(p) for p in list_cases(args.data, args.split, "train"))
-    pipe = load_pipeline(model_folder(args.model))
+    pipe = load_pipeline(resolve_model_folder(args.model))
     regression = load_pipeline(args.regression) if args.regression else None
     results = {"held-out synthetic": evaluate_cases((load_any(p) for p in test), pipe, baseline, args.steps,
                                                     args.scorecard, regression)}
