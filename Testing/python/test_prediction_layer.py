@@ -133,6 +133,9 @@ def test_a_missing_body_is_derived_from_the_ct_and_said():
     assert np.count_nonzero(body.mask ^ truth) <= 0.02 * np.count_nonzero(truth)  # the phantom's own body
     assert any("derived from the CT" in w for w in case.warnings)
     assert any("does not use" in w and "Helper" in w for w in case.warnings)
+    said = list(case.warnings)
+    check_predictable(case)  # checked again (the Slicer module, then its process): nothing said twice
+    assert case.warnings == said
 
 
 def test_no_body_and_nothing_to_derive_it_from_is_refused():

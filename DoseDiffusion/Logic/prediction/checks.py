@@ -22,6 +22,11 @@ def _names(structures) -> str:
     return ", ".join(sorted(s.name for s in structures))
 
 
+def _warn(case: Case, warning: str) -> None:
+    if warning not in case.warnings:  # a case checked twice (the Slicer module, then its process) says it once
+        case.warnings.append(warning)
+
+
 def check_predictable(case: Case, source: str | PathLike | None = None) -> None:
     """Raise :class:`InputError` (naming ``source``, the file or folder the case was read from, else the
     case id) when ``case`` cannot be predicted. Otherwise add what the prediction needs and the user
@@ -50,12 +55,12 @@ def check_predictable(case: Case, source: str | PathLike | None = None) -> None:
                              f"{BODY_THRESHOLD_HU:g} HU): add the body outline, or name it with --role NAME=body",
                              source)
         case.structures[DERIVED_BODY] = Structure(DERIVED_BODY, mask, "body")
-        case.warnings.append(f"no body structure: '{DERIVED_BODY}' derived from the CT (largest region above "
-                             f"{BODY_THRESHOLD_HU:g} HU, holes filled)")
+        _warn(case, f"no body structure: '{DERIVED_BODY}' derived from the CT (largest region above "
+                    f"{BODY_THRESHOLD_HU:g} HU, holes filled)")
     elif not case.body.mask.any():
         raise InputError(f"the body structure {case.body.name!r} has no voxel on the CT grid", source)
     unused = [s for s in case.structures.values() if s.role == "other"]
     if unused:
-        case.warnings.append(f"structures the model does not use (role 'other'): {_names(unused)}")
+        _warn(case, f"structures the model does not use (role 'other'): {_names(unused)}")
     if not case.beams:
-        case.warnings.append("no treatment beams (no RTPLAN): the dose is predicted from the anatomy alone")
+        _warn(case, "no treatment beams (no RTPLAN): the dose is predicted from the anatomy alone")
