@@ -26,6 +26,7 @@ merged into plain weights, written as a pipeline folder.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,6 +49,15 @@ def _convert(args: argparse.Namespace) -> int:
         write_sidecar_case(case, out)
     print(f"{case.case_id}: wrote {out}")
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from dosediffusion_training.training.config import RunConfig
+    from dosediffusion_training.training.memory_plan import plan
+
+    found = plan(RunConfig.from_yaml(args.config), args.gpu_gib)
+    print(json.dumps(found.to_dict(), indent=2) if args.json else found.table())
+    return 0 if found.fits else 1
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -159,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--out", required=True, help="run folder: checkpoints, loss log, and the final pipeline/")
     fit.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     fit.set_defaults(run=_fit)
+    planner = commands.add_parser("plan", help="memory per GPU of a run configuration, and whether it fits")
+    planner.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
+    planner.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
+    planner.add_argument("--json", action="store_true", help="print JSON")
+    planner.set_defaults(run=_plan)
     merge = commands.add_parser("merge-lora", help="merge a stage C adapter into a pipeline folder")
     merge.add_argument("--pipeline", required=True, help="the pipeline folder the adapter was trained on")
     merge.add_argument("--adapter", required=True, help="the adapter folder (a stage C run's adapter/)")

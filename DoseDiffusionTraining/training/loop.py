@@ -39,6 +39,7 @@ from dosediffusion.model.regression import MedNeXtRegressor, RegressionPipeline
 from dosediffusion.model.wan_loading import any2any_from_wan
 from dosediffusion_training.data.dataset import PreparedCases, collate, list_cases
 from dosediffusion_training.training.config import RunConfig
+from dosediffusion_training.training.memory_plan import check_fits
 
 STATE = "state.json"
 
@@ -174,6 +175,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
                               kwargs_handlers=[unused], log_with=trackers, project_dir=str(out / "logs"))
     if trackers:
         accelerator.init_trackers("dosediffusion")
+    if torch.cuda.is_available() and config.model.get("type", "any2any") == "any2any":  # the DiT, on a GPU
+        check_fits(config, torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30)
     torch.manual_seed(settings.seed)
     pipeline = build_pipeline(config)
     split = config.data.get("split_file")

@@ -77,6 +77,7 @@ from dosediffusion_training.training.loop import (
     choose_roles,
 )
 from dosediffusion_training.training.lora import PolicyState, add_lora, ema_update, merge_lora, policy, save_adapter
+from dosediffusion_training.training.memory_plan import check_fits
 from dosediffusion_training.training.reward import hard_violation, masked_mae, optimality, reward, update_scale
 
 #: Tags of the derived noise streams (the ground-truth term uses the run's seed itself, as stage B).
@@ -228,6 +229,8 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     if settings.stage != "C":
         raise InputError(f"train_scardnft runs stage C, the configuration says stage {settings.stage!r}")
     check_scorecard_option(settings.scorecard)
+    if torch.cuda.is_available():
+        check_fits(config, torch.cuda.get_device_properties(0).total_memory / 2**30)
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[unused])
