@@ -26,6 +26,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 import secrets
 import socket
 import threading
@@ -70,10 +71,7 @@ BODY_TIMEOUT_S = 60.0  # a request body must have arrived whole by then
 def request_limit(crop_shape: tuple[int, ...], conditions: int) -> int:
     """The largest legal request body for a model: every condition channel as float32 on the crop, plus
     header room."""
-    voxels = 1
-    for n in crop_shape:
-        voxels *= int(n)
-    return conditions * voxels * 4 + HEADER_HEADROOM_BYTES
+    return conditions * math.prod(int(n) for n in crop_shape) * 4 + HEADER_HEADROOM_BYTES
 
 
 def is_loopback(host: str) -> bool:
