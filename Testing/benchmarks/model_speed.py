@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 10])
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
+    parser.add_argument("--out", type=Path, help="the JSON to write (default: results/model_speed_<config>_<device>.json)")
     args = parser.parse_args()
     config_name = args.config or ("full" if args.device.startswith("cuda") else "tiny")
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -91,7 +92,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['steps']:>5} {r['prepare_s']:>8.2f} {r['encode_s']:>8.2f} {r['sample_s']:>8.2f} {r['decode_s']:>8.2f} "
               f"{r['total_s']:>8.2f} {r['peak_memory_mib']:>9.0f}")
-    out = Path(__file__).parent / "results" / f"model_speed_{config_name}_{args.device.split(':')[0]}.json"
+    out = args.out or Path(__file__).parent / "results" / f"model_speed_{config_name}_{args.device.split(':')[0]}.json"
     out.write_text(json.dumps({
         "config": config_name, "device": device_name, "dtype": str(dtype), "threads": torch.get_num_threads(),
         "compiled": args.compile, "crop": list(CROP.crop_shape), "tokens": tokens,

@@ -83,3 +83,20 @@ def test_a_configuration_that_does_not_fit_is_refused_with_its_numbers(tmp_path,
         document["activations"] + document["weights"] + document["gradients"] + document["optimizer"])
     assert train_main(["plan", "--config", str(tmp_path / "run.yaml"), "--gpu-gib", "0.00001"]) == 1
     assert "NO" in capsys.readouterr().out
+
+
+def test_the_gpu_check_runs_on_the_cpu_with_tiny_configurations(tmp_path):
+    """``Testing/benchmarks/gpu_check.sh --tiny``: the steps a lent GPU will run, on the CPU, so the script
+    cannot rot between the sessions that get a GPU."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script), "--tiny"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OUT": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    train = json.loads((tmp_path / "gpu_check_train_tiny_cpu.json").read_text())
+    assert [r["stage"] for r in train["rows"]] == ["A", "C"] and all(r["planned_gib"] > 0 for r in train["rows"])
+    model = json.loads((tmp_path / "gpu_check_model_tiny_cpu.json").read_text())
+    assert model["tokens"] == 12600 and model["full_size_dit_parameters"] > 1.1e9
+    assert json.loads((tmp_path / "gpu_check_gamma_cpu.json").read_text())
