@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dosediffusion.aliases import AliasTable, default_table, dose_from_name, normalise
+from dosediffusion.aliases import AliasTable, RoleMatch, default_table, dose_from_name, normalise
 from dosediffusion.errors import InputError
 
 USER_ROLES: tuple[str, ...] = ("ptv", "oar", "body", "ignore")
@@ -66,7 +66,10 @@ def parse_roles(texts: list[str] | None) -> dict[str, RoleChoice]:
 def suggested_role(name: str, levels_gy: list[float], table: AliasTable | None = None) -> tuple[RoleChoice, bool]:
     """The alias table's role for ``name`` (``ignore`` when it has none) and whether the name was one
     it knows (a helper structure it ignores on purpose counts as known)."""
-    found = (table or default_table()).match(name)
+    return _suggestion((table or default_table()).match(name), name, levels_gy)
+
+
+def _suggestion(found: RoleMatch, name: str, levels_gy: list[float]) -> tuple[RoleChoice, bool]:
     if found.role == "ptv":
         return RoleChoice("ptv", ptv_dose(name, levels_gy)), True
     if found.role in ("oar", "body"):
@@ -108,12 +111,13 @@ def assign_roles(structures: Mapping, levels_gy: list[float], table: AliasTable 
     chosen = _resolve(structures, choices or {})
     unmatched, no_dose = [], []
     for structure in structures.values():
-        structure.canonical = table.match(structure.name).canonical
+        found = table.match(structure.name)
+        structure.canonical = found.canonical
         choice = chosen.get(structure.name)
         if choice is None and structure.role != "other":
             continue
         if choice is None:
-            choice, known = suggested_role(structure.name, levels_gy, table)
+            choice, known = _suggestion(found, structure.name, levels_gy)
             if not known:
                 unmatched.append(structure.name)
         if choice.role == "ptv":

@@ -223,7 +223,6 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
             with accelerator.no_sync(model) if k < micro - 1 else contextlib.nullcontext():  # one all-reduce per step
                 accelerator.backward(loss / micro)
             loss_sum += loss.item()
-        loss = torch.tensor(loss_sum / micro)
         accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         schedule.step()
@@ -231,7 +230,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
         step += 1
-        log.append({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]})
+        log.append({"step": step, "loss": loss_sum / micro, "lr": schedule.get_last_lr()[0]})
         accelerator.log({"loss": log[-1]["loss"], "lr": log[-1]["lr"]}, step=step)
         bar.update(1)
         if step % settings.log_every == 0:

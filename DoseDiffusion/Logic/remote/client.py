@@ -196,7 +196,8 @@ class RemoteClient:
                progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """A sampler for :func:`predict_case`: channels (D, H, W) → candidates (N, D, H, W) float32. A job
         that a restarted worker lost is submitted again (the same seed gives the same result)."""
-        for attempt in range(self.resubmits + 1):
+        resubmitted = 0
+        while True:
             job_id = self.submit(channels, steps, seed, num_candidates)
             submitted_to = self.instance
             try:
@@ -204,8 +205,9 @@ class RemoteClient:
                 candidates, self.last_timing = self.result(job_id)
                 return candidates
             except RemoteJobNotFound:
-                if self.instance == submitted_to or attempt == self.resubmits:
+                if self.instance == submitted_to or resubmitted == self.resubmits:
                     raise
+                resubmitted += 1
                 message = "the worker restarted and lost the job; it was submitted again"
                 self.warnings.append(message)
                 if progress is not None:
@@ -213,7 +215,6 @@ class RemoteClient:
             except BaseException:  # interrupted, failed or cancelled: the worker need not keep the job
                 self._forget(job_id)
                 raise
-        raise AssertionError("unreachable")
 
     # ---- transport -----------------------------------------------------------------------------
     def _request(self, method: str, path: str, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
