@@ -10,6 +10,11 @@ NRRD + ``case.json`` folder (any other OUT).
 ``dosediffusion-train split DATA --out split.json``: a seeded train/val/test split of the cases in
 DATA.
 
+``dosediffusion-train cache-latents --config RUN.yaml --out DIR [--shard-gib G --batch-size N --device D]``:
+every training case of the run encoded once by its frozen codec into sharded safetensors files and an
+index (:mod:`dosediffusion_training.data.latent_cache`); resumable. A run with ``data.latent_cache: DIR``
+then trains stages A and B on them.
+
 ``dosediffusion-train fit --config RUN.yaml --out DIR``: train as the run configuration says
 (:mod:`dosediffusion_training.training.loop`; ``train.stage: C`` runs ScardNFT,
 :mod:`dosediffusion_training.training.scardnft`); resumes from ``DIR/checkpoints`` when present.
@@ -77,6 +82,22 @@ def _split(args: argparse.Namespace) -> int:
     split = make_split(list_cases(args.data), tuple(args.fractions), args.seed)
     Path(args.out).write_text(json.dumps(split, indent=2))
     print(f"{args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    return 0
+
+
+def _cache_latents(args: argparse.Namespace) -> int:
+    import torch
+
+    from dosediffusion_training.data.latent_cache import build_latent_cache
+    from dosediffusion_training.training.config import RunConfig
+    from dosediffusion_training.training.loop import build_codec, training_cases
+
+    config = RunConfig.from_yaml(args.config)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    done = build_latent_cache(config, build_codec(config), training_cases(config), args.out, args.shard_gib,
+                              args.batch_size, device)
+    print(f"{args.out}: {done['cases']} cases ({done['encoded']} encoded now) in {done['shards']} shards, "
+          f"{done['bytes'] / 2**30:.2f} GiB")
     return 0
 
 
@@ -164,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--max-cases", type=int, default=None)
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(run=_evaluate)
+    cache = commands.add_parser("cache-latents", help="encode a run's training cases once into a latent cache")
+    cache.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
+    cache.add_argument("--out", required=True, help="cache folder (resumable); give it to the run as data.latent_cache")
+    cache.add_argument("--shard-gib", type=float, default=1.0, help="size at which a shard file closes (default 1 GiB)")
+    cache.add_argument("--batch-size", type=int, default=8, help="volumes encoded at a time (default 8)")
+    cache.add_argument("--device", help="where the codec runs (default: cuda when available, else cpu)")
+    cache.set_defaults(run=_cache_latents)
     fit = commands.add_parser("fit", help="train a model from a run configuration (YAML)")
     fit.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
     fit.add_argument("--out", required=True, help="run folder: checkpoints, loss log, and the final pipeline/")

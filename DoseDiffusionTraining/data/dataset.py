@@ -2,15 +2,18 @@
 
 Cases come from compact files (``*.case.npz``), DICOM RT folders, case sidecars or GDP-HMM npz
 (anything :func:`dosediffusion.io.load.load_case` reads); with a ``cache_dir`` every other format is
-written there as a compact file on first read and read from it afterwards. Each case is prepared once
-(:func:`dosediffusion.conditioning.prepare.prepare`) and its channels kept in memory, so later
-epochs cost nothing but the copy. A split file (JSON ``{"train": [...], "val": [...],
-"test": [...]}`` of case names) selects the cases.
+written there as a compact file on first read and read from it afterwards. Prepared channels
+(:func:`dosediffusion.conditioning.prepare.prepare`) are kept in a least-recently-used cache of a
+fixed size in bytes (``ram_cache_gib``; about 50 MB a case at the paper's 97 × 128 × 144 crop), so
+a small data set is prepared once and a large one costs no more memory than the budget. A split
+file (JSON ``{"train": [...], "val": [...], "test": [...]}`` of case names) selects the cases.
+For training without preparing or encoding at all, see :mod:`dosediffusion_training.data.latent_cache`.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +25,9 @@ from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
 from dosediffusion_training.data.compact import SUFFIX, read_compact, write_compact
+
+#: Default RAM budget of :class:`PreparedCases` (GiB, per process).
+RAM_CACHE_GIB = 4.0
 
 
 def case_name(path: Path) -> str:
@@ -70,25 +76,67 @@ def make_split(paths: Sequence[Path], fractions: tuple[float, float, float] = (0
     return {k: sorted(names[i] for i in part) for k, part in zip(("train", "val", "test"), parts, strict=True)}
 
 
-class PreparedCases(Dataset):
-    """Item ``i``: ``{modality: tensor (1, D, H, W) float32}`` of case ``paths[i]`` (dose included)."""
+class ChannelCache:
+    """Least-recently-used ``{index: {modality: array}}`` holding at most ``budget`` bytes of arrays
+    (an entry larger than the budget is not kept)."""
 
-    def __init__(self, paths: Sequence[Path], config: PrepareConfig, cache_dir: str | Path | None = None):
+    def __init__(self, budget: int):
+        if budget < 0:
+            raise InputError(f"the RAM cache budget must not be negative, got {budget} bytes")
+        self.budget, self.nbytes = budget, 0
+        self._entries: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._entries
+
+    def get(self, index: int) -> dict[str, np.ndarray] | None:
+        """The entry (now the most recently used), or None."""
+        if index not in self._entries:
+            return None
+        self._entries.move_to_end(index)
+        return self._entries[index]
+
+    def __setitem__(self, index: int, channels: dict[str, np.ndarray]) -> None:
+        size = sum(c.nbytes for c in channels.values())
+        if index in self._entries:
+            self.nbytes -= sum(c.nbytes for c in self._entries.pop(index).values())
+        if size > self.budget:
+            return
+        while self.nbytes + size > self.budget:
+            self.nbytes -= sum(c.nbytes for c in self._entries.popitem(last=False)[1].values())
+        self._entries[index] = channels
+        self.nbytes += size
+
+
+class PreparedCases(Dataset):
+    """Item ``i``: ``{modality: tensor (1, D, H, W) float32}`` of case ``paths[i]`` (dose included);
+    the prepared channels of the most recently used cases are kept, up to ``ram_cache_gib`` GiB
+    (0: none)."""
+
+    def __init__(self, paths: Sequence[Path], config: PrepareConfig, cache_dir: str | Path | None = None,
+                 ram_cache_gib: float = RAM_CACHE_GIB):
         self.paths, self.config = list(paths), config
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._cache = ChannelCache(int(float(ram_cache_gib) * 2**30))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if index not in self._cache:
-            case = load_any(self.paths[index], self.cache_dir)
-            if case.dose is None:
-                raise InputError("training case without a dose", self.paths[index])
-            channels = prepare(case, self.config).channels
-            self._cache[index] = channels
-        return {m: torch.from_numpy(c)[None] for m, c in self._cache[index].items()}
+        channels = self._cache.get(index)
+        if channels is None:
+            channels = self._cache[index] = self._prepare(index)
+        return {m: torch.from_numpy(c)[None] for m, c in channels.items()}
+
+    def _prepare(self, index: int) -> dict[str, np.ndarray]:
+        """The prepared channels of case ``index``, read from disk."""
+        case = load_any(self.paths[index], self.cache_dir)
+        if case.dose is None:
+            raise InputError("training case without a dose", self.paths[index])
+        return prepare(case, self.config).channels
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -1,7 +1,11 @@
 """A training run's configuration, read from YAML (``DoseDiffusionTraining/configs/*.yaml``).
 
-Sections: ``data`` (folder, optional split file, optional ``cache_dir`` for the compact cache of
-DICOM / GDP-HMM cases), ``preprocessing`` (a PrepareConfig), ``codec``
+Sections: ``data`` (``folder``, optional ``split_file``, optional ``cache_dir`` for the compact cache
+of DICOM / GDP-HMM cases; ``ram_cache_gib``, the prepared cases kept in memory per process, default
+4, 0 for none; ``latent_cache``, a folder written by ``dosediffusion-train cache-latents`` from
+which stages A and B of the diffusion model read their latents instead of preparing and encoding
+cases, :mod:`dosediffusion_training.data.latent_cache`; stage C reads prepared cases regardless),
+``preprocessing`` (a PrepareConfig), ``codec``
 (``{type: patch, factors: [fz, fy, fx]}`` or ``{type: wan_vae, path: DIR}``), ``model`` (an
 Any2AnyDiT config; ``size`` names one of :data:`dosediffusion.model.configs.CONFIGS` to start
 from; ``init_from_wan`` a local Wan 2.1 diffusers folder, ``init_from_pipeline`` a pipeline folder of an
@@ -20,6 +24,9 @@ import yaml
 
 from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import InputError
+
+#: The keys of the ``data`` section.
+DATA_KEYS = {"folder", "split_file", "cache_dir", "ram_cache_gib", "latent_cache"}
 
 
 @dataclass
@@ -46,13 +53,19 @@ class TrainSettings:
     lambda_mae: float = 0.1  # reward penalty per Gy of MAE to the reference dose (body)
     reward_scale_decay: float = 0.9  # EMA decay of the running per-case reward standard deviation
     lora_rank: int = 64
-    old_policy_decay: float = 0.5  # stage C: old policy ← decay · old + (1 − decay) · current, every step
+    # stage C: old policy ← d · old + (1 − d) · current after every step, d = min(max(step − flat, 0) · rate,
+    # max) (DiffusionNFT's schedule; the defaults are its "decay type 1")
+    old_policy_decay_flat: int = 0
+    old_policy_decay_rate: float = 0.001
+    old_policy_decay_max: float = 0.5
+    candidate_micro_batch: int = 0  # stage C: > 0 runs the candidates through the model this many at a time
     reference_weight: float = 1e-4  # penalty on ‖v_θ − v_reference‖² (adapters off)
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and ship it
     tensorboard: bool = True  # loss and learning rate under OUT/logs (when tensorboard is installed)
     flip_lr_probability: float = 0.0  # mirror every channel of a batch left-right (geometry stays consistent)
     gradient_checkpointing: bool = False  # recompute each transformer block in the backward pass (less memory)
-    gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step (stages A and B)
+    gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step
+    stall_timeout_s: float = 0.0  # > 0: stop the run (exit 3) when no step completes for this long
 
 
 @dataclass
@@ -76,6 +89,10 @@ class RunConfig:
         unknown = set(raw) - known
         if unknown or "data" not in raw or "preprocessing" not in raw:
             raise InputError(f"sections must be {sorted(known)} with data and preprocessing; unknown: {sorted(unknown)}", path)
+        data = raw["data"] if isinstance(raw["data"], dict) else {}
+        if "folder" not in data or set(data) - DATA_KEYS:
+            raise InputError(f"data needs a folder; its keys are {sorted(DATA_KEYS)}, unknown: "
+                             f"{sorted(set(data) - DATA_KEYS)}", path)
         train_keys = {f.name for f in fields(TrainSettings)}
         bad = set(raw.get("train") or {}) - train_keys
         if bad:
@@ -85,9 +102,9 @@ class RunConfig:
             raise InputError(f"train.stage must be 'A', 'B' or 'C', got {train.stage!r}", path)
         if train.stage == "C" and (not train.scorecard or train.num_candidates < 2):
             raise InputError("stage C needs train.scorecard and num_candidates of at least 2", path)
-        if train.gradient_accumulation_steps < 1 or (train.stage == "C" and train.gradient_accumulation_steps != 1):
-            raise InputError("train.gradient_accumulation_steps must be at least 1 (stage C: 1; its candidates are "
-                             "not yet split into micro-batches)", path)
+        if train.gradient_accumulation_steps < 1 or train.candidate_micro_batch < 0 or train.stall_timeout_s < 0:
+            raise InputError("train.gradient_accumulation_steps must be at least 1, train.candidate_micro_batch and "
+                             "train.stall_timeout_s at least 0", path)
         return cls(data=raw["data"], preprocessing=PrepareConfig.from_dict(raw["preprocessing"]),
                    codec=raw.get("codec") or cls.__dataclass_fields__["codec"].default_factory(),
                    model=raw.get("model") or {}, scheduler=raw.get("scheduler") or {"shift": 3.0},

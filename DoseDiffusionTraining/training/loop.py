@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -37,24 +36,36 @@ from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, shi
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion.model.regression import MedNeXtRegressor, RegressionPipeline
 from dosediffusion.model.wan_loading import any2any_from_wan
-from dosediffusion_training.data.dataset import PreparedCases, collate, list_cases
+from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate, list_cases
+from dosediffusion_training.data.latent_cache import LatentBatch, LatentCases, check_latent_model, open_latent_cache
 from dosediffusion_training.training.config import RunConfig
+from dosediffusion_training.training.guards import StallWatchdog, check_step, mean_over_processes, resume_hint
 from dosediffusion_training.training.memory_plan import check_fits
 
 STATE = "state.json"
 
 
+def build_codec(config: RunConfig) -> PatchCodec | WanVAECodec:
+    """The run's frozen codec (``config.codec``), without the model."""
+    spec = dict(config.codec)
+    kind = spec.pop("type", "patch")
+    if kind == "patch":
+        return PatchCodec(tuple(spec.get("factors", (1, 1, 1))))
+    if kind == "wan_vae":
+        return WanVAECodec.from_pretrained(spec["path"])
+    raise InputError(f"unknown codec type {kind!r}: use 'patch' or 'wan_vae'")
+
+
+def training_cases(config: RunConfig) -> list[Path]:
+    """The run's training case paths: ``data.folder``, or the ``train`` part of ``data.split_file``."""
+    split = config.data.get("split_file")
+    return list_cases(config.data["folder"], split, "train" if split else None)
+
+
 def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline | RegressionPipeline:
     """A new pipeline as ``config`` describes it: the Any2Any DiT (random, Wan-initialised or from an
     earlier stage's pipeline) or, with ``model.type: mednext``, the regression comparator."""
-    codec_spec = dict(config.codec)
-    kind = codec_spec.pop("type", "patch")
-    if kind == "patch":
-        codec = PatchCodec(tuple(codec_spec.get("factors", (1, 1, 1))))
-    elif kind == "wan_vae":
-        codec = WanVAECodec.from_pretrained(codec_spec["path"])
-    else:
-        raise InputError(f"unknown codec type {kind!r}: use 'patch' or 'wan_vae'")
+    codec = build_codec(config)
     spec = dict(config.model)
     if spec.pop("type", "any2any") == "mednext":
         conditions = [m for m in config.preprocessing.modalities if m != config.train.target]
@@ -105,13 +116,23 @@ def sample_noise(step: int, positions: list[int], seed: int, x0: torch.Tensor,
     return torch.cat([noise for noise, _ in parts]), torch.cat([s for _, s in parts])
 
 
+def micro_batch_positions(micro_batch: int, world: int, rank: int, size: int) -> list[int]:
+    """Positions in the step's global batch of micro-batch ``micro_batch`` of process ``rank`` (of
+    ``world``), ``size`` samples each: micro-batches are the outer blocks, processes the inner ones."""
+    first = (micro_batch * world + rank) * size
+    return list(range(first, first + size))
+
+
 def diffusion_loss(pipeline: DoseDiffusionPipeline, model, batch: dict[str, torch.Tensor], step: int,
                    positions: list[int], settings, accelerator: Accelerator) -> torch.Tensor:
-    """Flow-matching loss of ``step`` for the samples at ``positions`` of its global batch: encode, noise
-    the target, predict, compare."""
+    """Flow-matching loss of ``step`` for the samples at ``positions`` of its global batch: encode (unless
+    the batch is a :class:`LatentBatch` from a latent cache), noise the target, predict, compare."""
     target, conditions = choose_roles(step, list(batch), settings)
-    with torch.no_grad():
-        latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*conditions, target]}
+    if isinstance(batch, LatentBatch):
+        latents = {m: batch[m].to(accelerator.device) for m in [*conditions, target]}
+    else:
+        with torch.no_grad():
+            latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*conditions, target]}
     x0 = latents[target]
     noise, s = sample_noise(step, positions, settings.seed, x0, float(pipeline.scheduler.config.shift))
     latents[target] = add_noise(x0, noise, s)
@@ -145,12 +166,28 @@ def choose_roles(step: int, present: list[str], settings) -> tuple[str, list[str
     return target, sorted(rng.choice(others, size=keep, replace=False).tolist(), key=others.index)
 
 
+def flips(step: int, settings) -> bool:
+    """Whether the batch of ``step`` is mirrored left-right (probability ``flip_lr_probability``)."""
+    return bool(settings.flip_lr_probability) and (
+        np.random.default_rng([settings.seed, step, 11]).random() < settings.flip_lr_probability)
+
+
 def augment(batch: dict[str, torch.Tensor], step: int, settings) -> dict[str, torch.Tensor]:
-    """The batch mirrored left-right (along x, every channel alike) with ``flip_lr_probability``:
+    """The batch mirrored left-right (along x, every channel alike) when :func:`flips` says so:
     CT, masks, plates and dose stay consistent with one another."""
-    if settings.flip_lr_probability and np.random.default_rng([settings.seed, step, 11]).random() < settings.flip_lr_probability:
+    if flips(step, settings):
         return {m: torch.flip(v, dims=[-1]) for m, v in batch.items()}
     return batch
+
+
+def training_batch(dataset: PreparedCases | LatentCases, cases: list[int], step: int,
+                   settings) -> dict[str, torch.Tensor]:
+    """The batch of ``cases`` at ``step``: volumes (B, 1, D, H, W) collated and :func:`augment`-ed, or from
+    a latent cache a :class:`LatentBatch` (B, C, d, h, w) of the cached latents of the same volumes,
+    mirrored or not alike."""
+    if isinstance(dataset, LatentCases):
+        return dataset.batch(cases, flipped=flips(step, settings))
+    return augment(collate([dataset[i] for i in cases]), step, settings)
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -179,9 +216,13 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         check_fits(config, torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30)
     torch.manual_seed(settings.seed)
     pipeline = build_pipeline(config)
-    split = config.data.get("split_file")
-    dataset = PreparedCases(list_cases(config.data["folder"], split, "train" if split else None), config.preprocessing,
-                            config.data.get("cache_dir"))
+    paths = training_cases(config)
+    if config.data.get("latent_cache"):  # the diffusion model on cached latents: nothing prepared or encoded
+        check_latent_model(config)  # before pipeline.codec: the regression pipeline has none
+        dataset = open_latent_cache(config, pipeline.codec, paths)
+    else:
+        dataset = PreparedCases(paths, config.preprocessing, config.data.get("cache_dir"),
+                                config.data.get("ram_cache_gib", RAM_CACHE_GIB))
     if len(dataset) == 0:
         raise InputError("no training cases", config.data["folder"])
     if settings.gradient_checkpointing and isinstance(pipeline.model, Any2AnyDiT):
@@ -205,38 +246,39 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     micro, size = settings.gradient_accumulation_steps, settings.batch_size
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
-    while step < settings.steps:
-        indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
-        loss_sum = 0.0
-        for k in range(micro):  # micro-batch k of this process: positions ((k · world + rank) · size ...)
-            positions = list(range((k * world + rank) * size, (k * world + rank + 1) * size))
-            batch = collate([dataset[int(indices[p])] for p in positions])
-            if settings.stage == "B" and settings.target not in batch:
-                raise InputError(f"a training batch has no {settings.target!r} channel")
-            batch = augment(batch, step, settings)
-            if isinstance(pipeline, RegressionPipeline):
-                loss = regression_loss(model, batch, settings.target, accelerator)
-            else:
-                loss = diffusion_loss(pipeline, model, batch, step, positions, settings, accelerator)
-            if not math.isfinite(loss.item()):
-                raise InputError(f"the loss became {loss.item()} at step {step}: lower the learning rate")
-            with accelerator.no_sync(model) if k < micro - 1 else contextlib.nullcontext():  # one all-reduce per step
-                accelerator.backward(loss / micro)
-            loss_sum += loss.item()
-        accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(model).parameters())
-        step += 1
-        log.append({"step": step, "loss": loss_sum / micro, "lr": schedule.get_last_lr()[0]})
-        accelerator.log({"loss": log[-1]["loss"], "lr": log[-1]["lr"]}, step=step)
-        bar.update(1)
-        if step % settings.log_every == 0:
-            bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-settings.log_every:]]):.4f}")
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
-            _checkpoint(accelerator, out, step, log)
+    with StallWatchdog(settings.stall_timeout_s, lambda: resume_hint(_latest_checkpoint(out))) as watchdog:
+        while step < settings.steps:
+            indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
+            losses = []
+            for k in range(micro):
+                positions = micro_batch_positions(k, world, rank, size)
+                batch = training_batch(dataset, [int(indices[p]) for p in positions], step, settings)
+                if settings.stage == "B" and settings.target not in batch:
+                    raise InputError(f"a training batch has no {settings.target!r} channel")
+                if isinstance(pipeline, RegressionPipeline):
+                    loss = regression_loss(model, batch, settings.target, accelerator)
+                else:
+                    loss = diffusion_loss(pipeline, model, batch, step, positions, settings, accelerator)
+                with accelerator.no_sync(model) if k < micro - 1 else contextlib.nullcontext():  # one all-reduce per step
+                    accelerator.backward(loss / micro)
+                losses.append(loss.item())
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            check_step(accelerator, losses, float(grad_norm), step, _latest_checkpoint(out))
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(model).parameters())
+            step += 1
+            log.append({"step": step, **mean_over_processes(accelerator, {"loss": float(np.mean(losses))}),
+                        "lr": schedule.get_last_lr()[0]})
+            accelerator.log({"loss": log[-1]["loss"], "lr": log[-1]["lr"]}, step=step)
+            bar.update(1)
+            if step % settings.log_every == 0:
+                bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-settings.log_every:]]):.4f}")
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                _checkpoint(accelerator, out, step, log)
+            watchdog.beat()
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()

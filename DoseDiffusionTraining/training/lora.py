@@ -16,7 +16,8 @@ Three policies share one model (:func:`policy`):
 - ``current`` (v_θ): adapter ``default`` and the live modulation parameters;
 - ``old`` (v_old, the frozen copy that samples the candidates): a second adapter ``old`` and a copy
   of the modulation parameters, both an exponential moving average of the current ones
-  (:func:`ema_update`), as the public DiffusionNFT code keeps its old policy. The modulation copy
+  (:func:`ema_update`) whose decay follows :func:`old_policy_decay`, as the public DiffusionNFT code
+  keeps its old policy. The modulation copy
   lives in :class:`PolicyState`, swapped into the model for the duration of an ``old`` forward;
 - ``reference`` (the stage B model): adapters disabled and the modulation parameters as they were
   when training began (also in :class:`PolicyState`).
@@ -171,6 +172,14 @@ def policy(model: Any2AnyDiT, which: str, state: PolicyState) -> Iterator[Any2An
             model.enable_adapters()
         model.set_adapter(CURRENT)
         mark_trainable(model)
+
+
+def old_policy_decay(step: int, flat: int, rate: float, maximum: float) -> float:
+    """The old policy's EMA decay after optimizer step ``step`` (1, 2, ...): 0 for the first ``flat``
+    steps (the old policy is the current one), then rising by ``rate`` per step up to ``maximum``,
+    DiffusionNFT's schedule: early on the old policy follows the current one closely, later it lags
+    and steadies the implicit policies."""
+    return min(max(step - flat, 0) * rate, maximum)
 
 
 @torch.no_grad()

@@ -11,7 +11,9 @@ number of tokens with a memory-efficient attention, which the plan assumes. Then
 - weights (fp32: every parameter, stage C's ``default`` and ``old`` adapters included, and the EMA's
   copy when there is one; under bf16, the bf16 copies autocast makes), gradients and Adam's two moments (fp32) of the trainable parameters;
 - tokens per sample: the crop's latent grid (the codec's) over the DiT's patch, for every modality of
-  the sample (stage C: the ground truth and its K candidates, each with every modality).
+  the sample; samples per forward: ``batch_size`` (stage C: the ground truth and its K candidates,
+  B·(1 + K), or max(B, ``candidate_micro_batch``) when the candidates go through in micro-batches).
+  ``gradient_accumulation_steps`` does not change the memory, only the effective batch.
 
 The frozen codec, CUDA's own context and allocator slack are not in it: the plan says so and keeps
 a margin (:data:`MARGIN`).
@@ -179,8 +181,10 @@ def plan(config: RunConfig, gpu_gib: float = 80.0) -> MemoryPlan:
     pf, ph, pw = settings.get("patch_size", (1, 2, 2))
     modalities = len(config.preprocessing.modalities or MODALITIES)
     tokens = (f // pf) * (h // ph) * (w // pw) * modalities
-    candidates = train.num_candidates if train.stage == "C" else 0
-    samples = train.batch_size * (1 + candidates)
+    samples = train.batch_size
+    if train.stage == "C":
+        chunk = train.candidate_micro_batch
+        samples = max(train.batch_size, chunk) if chunk else train.batch_size * (1 + train.num_candidates)
     bf16 = train.mixed_precision == "bf16"
     per_token = block_activation_bytes(settings, bf16)
     layers, d = settings["num_layers"], settings["num_attention_heads"] * settings["attention_head_dim"]
@@ -202,5 +206,6 @@ def check_fits(config: RunConfig, gpu_gib: float) -> MemoryPlan:
         raise InputError(f"this configuration needs {_gib(found.total)} per GPU (activations {_gib(found.activations)}, "
                          f"weights {_gib(found.weights)}, gradients {_gib(found.gradients)}, optimizer "
                          f"{_gib(found.optimizer)}); the GPU has {gpu_gib:g} GiB and {MARGIN:.0%} is kept free. Turn on "
-                         "train.gradient_checkpointing, lower batch_size (use gradient_accumulation_steps) or the crop")
+                         "train.gradient_checkpointing, lower batch_size (use gradient_accumulation_steps), set "
+                         "train.candidate_micro_batch (stage C) or lower the crop")
     return found

@@ -2,9 +2,15 @@
 
 For one case with K candidate doses x0ᵏ (Gy on the CT grid):
 
-- reward Rᵏ = scorecard total − λ_h · hinge − λ_mae · MAE, where the scorecard total is
-  Σ weight · score of the evaluable entries (:func:`dosediffusion.metrics.scorecard.score_case`),
-  the hinge sums, over the entries whose limit is ``hard``, how far the value lies beyond the limit
+- reward Rᵏ = standardised score − λ_h · hinge − λ_mae · MAE. The standardised score follows the
+  paper ("within each case, we first standardize per-structure scores and aggregate them"): each
+  structure's score (Σ weight · f over its evaluable scorecard entries,
+  :func:`dosediffusion.metrics.scorecard.score_case`) is standardised over the case's K candidates
+  (z = (score − mean) / standard deviation; 0 where the candidates agree), and the z's are averaged
+  with the structures' importance (Σ of their entries' maximum scores) as weights
+  (:func:`standardized_score`). So a structure whose score barely moves weighs as much as one whose
+  score swings widely, and the reward no longer depends on how many points a template gives. The
+  hinge sums, over the entries whose limit is ``hard``, how far the value lies beyond the limit
   (max(0, value − max) + max(0, min − value), in the entry's own unit: Gy, %Rx, % or cc), and the
   MAE is the mean absolute difference (Gy) to the reference dose inside the body;
 - optimality rᵏ = 0.5 + 0.5 · clip((Rᵏ − mean_k R) / scale, −1, 1) ∈ [0, 1], with ``scale`` a
@@ -24,6 +30,46 @@ from dosediffusion.metrics.scorecard import ScoreReport
 
 #: Below this running scale every candidate is as good as the mean (r = 0.5).
 MIN_SCALE = 1e-8
+#: A structure whose K scores spread less than this (score points) is not standardised: its z is 0.
+MIN_SPREAD = 1e-9
+
+
+def structure_scores(reports: Sequence[ScoreReport]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per-structure scores of K candidates' reports (all from one template on one case).
+
+    Returns the structure names (S, in order of first appearance), their scores (K, S): Σ of the
+    structure's evaluable entries' (weighted) scores, and their importance (S,): Σ of those entries'
+    maximum scores. Entries that are not evaluable (structure missing) count for no candidate."""
+    names: list[str] = []
+    for entry in reports[0].entries:
+        if entry.score is not None and entry.structure not in names:
+            names.append(entry.structure)
+    scores = np.zeros((len(reports), len(names)))
+    importance = np.zeros(len(names))
+    for k, report in enumerate(reports):
+        if len(report.entries) != len(reports[0].entries):
+            raise ValueError("the reports come from different templates (entry counts differ)")
+        for entry in report.entries:
+            if entry.score is not None:
+                scores[k, names.index(entry.structure)] += entry.score
+                if k == 0:
+                    importance[names.index(entry.structure)] += entry.max_score
+    return names, scores, importance
+
+
+def standardized_score(scores: np.ndarray, importance: np.ndarray) -> np.ndarray:
+    """(K,) importance-weighted mean over structures of each structure's score standardised over the
+    K candidates: scores (K, S), importance (S,). Zero everywhere when nothing is scored."""
+    scores = np.asarray(scores, dtype=np.float64)
+    importance = np.asarray(importance, dtype=np.float64)
+    if scores.ndim != 2 or importance.shape != (scores.shape[1],):
+        raise ValueError(f"scores must be (candidates, structures) and importance (structures,), got {scores.shape}, "
+                         f"{importance.shape}")
+    if scores.shape[1] == 0 or importance.sum() <= 0:
+        return np.zeros(scores.shape[0])
+    spread = scores.std(axis=0)
+    z = np.where(spread > MIN_SPREAD, (scores - scores.mean(axis=0)) / np.maximum(spread, MIN_SPREAD), 0.0)
+    return z @ importance / importance.sum()
 
 
 def hard_violation(report: ScoreReport, template: dict) -> float:
@@ -53,9 +99,9 @@ def masked_mae(dose_gy: np.ndarray, reference_gy: np.ndarray, mask: np.ndarray |
     return float(np.abs(np.asarray(dose_gy, np.float64)[mask] - np.asarray(reference_gy, np.float64)[mask]).mean())
 
 
-def reward(total: float, violation: float, mae_gy: float, lambda_hinge: float, lambda_mae: float) -> float:
-    """R = scorecard total − λ_h · hard-limit violation − λ_mae · MAE (Gy)."""
-    return float(total - lambda_hinge * violation - lambda_mae * mae_gy)
+def reward(score: float, violation: float, mae_gy: float, lambda_hinge: float, lambda_mae: float) -> float:
+    """R = (standardised) score − λ_h · hard-limit violation − λ_mae · MAE (Gy)."""
+    return float(score - lambda_hinge * violation - lambda_mae * mae_gy)
 
 
 def update_scale(scale: float | None, rewards: np.ndarray | Sequence[Sequence[float]], decay: float) -> float:

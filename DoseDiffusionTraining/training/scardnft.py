@@ -1,53 +1,58 @@
 """Stage C, ScardNFT: DiffusionNFT post-training with a clinical (scorecard) reward, on LoRA.
 
-Each step, for every case of the batch (the dose is the target, every other modality a condition,
-as in stage B):
+Each optimizer step covers ``gradient_accumulation_steps`` micro-batches of ``batch_size`` cases per
+process (the dose is the target, every other modality a condition, as in stage B):
 
-1. K candidate latents x0ᵏ are sampled by the *old* policy (see :mod:`.lora`) with the deterministic
-   Euler sampler (``candidate_steps`` steps) from K noises;
+1. for every case of every micro-batch, K candidate latents x0ᵏ are sampled by the *old* policy
+   (see :mod:`.lora`) with the deterministic Euler sampler (``candidate_steps`` steps) from K noises;
 2. each is decoded, restored onto the case's CT grid with the case's ``ModelInputs``
-   (:func:`~dosediffusion.conditioning.prepare.restore`, exactly as a prediction is) and scored
-   there: Rᵏ = scorecard total − λ_h · hard-limit violation − λ_mae · MAE to the case's dose in the
-   body (:mod:`.reward`). Scoring on the CT grid reuses the case's own structures, so no cropped
-   case needs to be built; the case is re-read from disk when scored (only its ``ModelInputs`` are
-   cached next to the channels) so that large data sets do not have to fit in memory;
-3. rᵏ = optimality of Rᵏ against the case's mean, divided by the running scale (an EMA of the
-   per-case standard deviation of R over all processes' cases, updated with this batch first);
-4. the loss L = L_diffusion + λ · L_NFT + w_ref · L_ref on one forward of the current policy over
-   the ground-truth dose (B, forward-noised as in stage B) and the candidates (B·K, forward-noised
-   x_s = (1 − s)·x0ᵏ + s·ε with their own noise and times);
-5. after the optimizer step the old policy moves toward the current one (EMA, ``old_policy_decay``).
+   (:func:`~dosediffusion.conditioning.restore.restore`, exactly as a prediction is) and scored
+   there: Rᵏ = standardised score − λ_h · hard-limit violation − λ_mae · MAE to the case's dose in
+   the body (:mod:`.reward`: per-structure scores standardised over the K candidates, as the paper
+   says). The case is re-read from disk when scored so that large data sets need not fit in memory;
+3. the running reward scale (an EMA of the per-case standard deviation of R over all processes'
+   cases of the step) is updated once per step, then rᵏ = optimality of Rᵏ against its case's mean;
+4. the loss L = L_diffusion + λ · L_NFT + w_ref · L_ref over the ground-truth dose (forward-noised
+   as in stage B) and the candidates (forward-noised x_s = (1 − s)·x0ᵏ + s·ε with their own noise
+   and times). With ``candidate_micro_batch`` = 0 one forward covers the ground truth and all
+   candidates of a micro-batch; with m > 0 the ground truth has its own forward and the candidates
+   go through m at a time (sampled that way too), each forward followed by its backward, so the
+   activations of at most max(batch_size, m) samples are alive at once. The gradients are the same
+   either way (tested);
+5. after the optimizer step the old policy moves toward the current one (EMA with DiffusionNFT's
+   decay schedule, :func:`.lora.old_policy_decay`).
 
-Choices where the paper is silent (after the public DiffusionNFT code, NVlabs/DiffusionNFT):
+After the public DiffusionNFT code (NVlabs/DiffusionNFT), where the paper is silent:
 
-- L_NFT is regressed in velocity space as DESIGN.md writes it: v⁺ = (1 − β) v_old + β v_θ,
-  v⁻ = (1 + β) v_old − β v_θ, L_NFT = mean over candidates of r·e⁺ + (1 − r)·e⁻ with e± the
-  per-candidate mean of (v± − v*)², v* = ε − x0ᵏ. Each e± is divided by its detached per-candidate
-  mean |v± − v*| (floored at 1e-5), DiffusionNFT's adaptive weight. The public code regresses
-  x0 = x_s − s·v instead, whose error is s times the velocity error, so with the adaptive weight
-  the two differ by a factor s per candidate; it also divides by β, which ``nft_weight`` absorbs.
-- The old policy is a second LoRA adapter (plus an EMA copy of the modulation parameters), an EMA
-  of the current one with a constant ``old_policy_decay`` (the public code ramps its decay from 0); it
+- L_NFT is regressed in x0 space: with v⁺ = (1 − β) v_old + β v_θ and v⁻ = (1 + β) v_old − β v_θ,
+  x̂0± = x_s − s·v±, e± = mean (x̂0± − x0ᵏ)² / detached mean |x̂0± − x0ᵏ| (floored at 1e-5; each
+  its own adaptive weight), L_NFT = mean over candidates of (r·e⁺ + (1 − r)·e⁻) / β. Since
+  x̂0 − x0 = −s (v − v*) with v* = ε − x0ᵏ, this is the velocity-space loss with a weight s per
+  candidate (tested): low-noise candidates, whose velocity error matters least for the sample,
+  weigh least.
+- The old policy is a second LoRA adapter (plus an EMA copy of the modulation parameters) that
   samples the candidates and gives v_old.
 - A small penalty ``reference_weight`` · mean (v_θ − v_ref)² on the candidates keeps the policy near
   the reference (stage B) model: adapters disabled and the starting modulation parameters.
 - Candidates use the pipeline's noise-to-clean deterministic sampler; the times s of the NFT term
   are drawn like stage B's (uniform, shifted).
 
-Everything random is a function of (seed, step, process): the batch, the candidates' starting
-noise, the forward noise and times of both terms (:func:`.loop._noise` on three derived seeds).
-Checkpoints (``checkpoint_every``) hold the model with both adapters, the optimizer, the LR
-schedule and the :class:`~.lora.PolicyState` (old and reference modulation, the running scale),
-so a resumed run continues exactly. The run writes ``OUT/adapter`` (LoRA + modulation, see
-:func:`.lora.save_adapter`) and ``OUT/pipeline`` (the adapter merged into plain weights).
+Everything random is a function of (seed, step) and a sample's position in the step's global batch
+(:func:`.loop.sample_noise`, on three derived seeds), so micro-batches, processes and one big batch
+draw the same numbers. Checkpoints (``checkpoint_every``) hold the model with both adapters, the
+optimizer, the LR schedule and the :class:`~.lora.PolicyState` (old and reference modulation, the
+running scale), so a resumed run continues exactly. A non-finite loss or gradient stops the run
+before the weights change, and a stalled step ends it (:mod:`.guards`). The run writes
+``OUT/adapter`` (LoRA + modulation, see :func:`.lora.save_adapter`) and ``OUT/pipeline`` (the
+adapter merged into plain weights).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,56 +61,76 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm import tqdm
 
 from dosediffusion.case import Case
-from dosediffusion.conditioning.prepare import ModelInputs, prepare
+from dosediffusion.conditioning.prepare import ModelInputs, PrepareConfig, prepare
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.errors import InputError
 from dosediffusion.metrics.scorecard import score_case
 from dosediffusion.model.any2any import Any2AnyDiT
-from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, to_velocity
+from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, to_sample, to_velocity
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion.model.sampling import euler_sample
 from dosediffusion.prediction.scorecard import check_scorecard_option, choose_scorecard
-from dosediffusion_training.data.dataset import PreparedCases, collate, list_cases, load_any
+from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate, load_any
 from dosediffusion_training.training.config import RunConfig, TrainSettings
+from dosediffusion_training.training.guards import StallWatchdog, check_step, mean_over_processes, resume_hint
 from dosediffusion_training.training.loop import (
     STATE,
     _checkpoint,
     _latest_checkpoint,
-    _noise,
     batch_indices,
     build_pipeline,
     choose_roles,
+    micro_batch_positions,
+    sample_noise,
+    training_cases,
 )
-from dosediffusion_training.training.lora import PolicyState, add_lora, ema_update, merge_lora, policy, save_adapter
+from dosediffusion_training.training.lora import (
+    PolicyState,
+    add_lora,
+    ema_update,
+    merge_lora,
+    old_policy_decay,
+    policy,
+    save_adapter,
+)
 from dosediffusion_training.training.memory_plan import check_fits
-from dosediffusion_training.training.reward import hard_violation, masked_mae, optimality, reward, update_scale
+from dosediffusion_training.training.reward import (
+    hard_violation,
+    masked_mae,
+    optimality,
+    reward,
+    standardized_score,
+    structure_scores,
+    update_scale,
+)
 
 #: Tags of the derived noise streams (the ground-truth term uses the run's seed itself, as stage B).
 CANDIDATE_NOISE, NFT_NOISE = 1, 2
 
 
 class ScoredCases(PreparedCases):
-    """:class:`PreparedCases` that also keeps each case's ``ModelInputs`` (what ``restore`` needs)
-    and re-reads the :class:`Case` (structures, CT grid, reference dose) on demand."""
+    """:class:`PreparedCases` that also keeps, of each case it prepared, what ``restore`` needs (its
+    ``ModelInputs`` without the channels: the crop grid and the dose scale) and re-reads the
+    :class:`Case` (structures, CT grid, reference dose) when it is scored."""
 
-    def __init__(self, paths, config):
-        super().__init__(paths, config)
+    def __init__(self, paths, config: PrepareConfig, cache_dir=None, ram_cache_gib: float = RAM_CACHE_GIB):
+        super().__init__(paths, config, cache_dir, ram_cache_gib)
         self._inputs: dict[int, ModelInputs] = {}
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if index not in self._cache:
-            inputs = prepare(self.case(index), self.config)
-            self._inputs[index], self._cache[index] = inputs, inputs.channels
-        return super().__getitem__(index)
+    def _prepare(self, index: int) -> dict[str, np.ndarray]:
+        inputs = prepare(self.case(index), self.config)
+        self._inputs[index] = replace(inputs, channels={})
+        return inputs.channels
 
     def case(self, index: int) -> Case:
-        case = load_any(self.paths[index])
+        case = load_any(self.paths[index], self.cache_dir)
         if case.dose is None:
             raise InputError("training case without a dose", self.paths[index])
         return case
 
     def inputs(self, index: int) -> ModelInputs:
-        self[index]
+        if index not in self._inputs:
+            self[index]
         return self._inputs[index]
 
 
@@ -114,33 +139,44 @@ def stream_seed(seed: int, tag: int) -> int:
     return int(np.random.SeedSequence([seed, tag]).generate_state(1)[0])
 
 
-def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, v_target: torch.Tensor, r: torch.Tensor, beta: float,
-             adaptive: bool = True) -> torch.Tensor:
-    """DiffusionNFT's loss on N forward-noised candidates.
+def candidate_positions(positions: list[int], k: int) -> list[int]:
+    """Positions of the K candidates of the cases at ``positions`` in the step's candidate batch."""
+    return [p * k + j for p in positions for j in range(k)]
+
+
+def candidate_chunks(n: int, size: int) -> list[slice] | None:
+    """Slices of ``n`` candidates ``size`` at a time; None for ``size`` 0 (all in one forward)."""
+    return None if size == 0 else [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def nft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_s: torch.Tensor, x0: torch.Tensor, s: torch.Tensor,
+             r: torch.Tensor, beta: float, adaptive: bool = True) -> torch.Tensor:
+    """DiffusionNFT's loss of N forward-noised candidates, per candidate, in x0 space.
 
     Args:
         v_theta: (N, ...) current policy's velocity (with gradients).
         v_old: (N, ...) old policy's velocity (gradients stopped here).
-        v_target: (N, ...) v* = ε − x0ᵏ.
+        x_s: (N, ...) the noised candidates; x0: (N, ...) the candidates; s: (N,) their times.
         r: (N,) optimality in [0, 1].
         beta: β of the implicit policies.
         adaptive: divide each candidate's squared error by its detached mean absolute error.
-    Returns the scalar mean over candidates of r·e⁺ + (1 − r)·e⁻.
+    Returns (N,): (r·e⁺ + (1 − r)·e⁻) / β with e± the mean squared error of x̂0± = x_s − s·v±.
     """
     v_old = v_old.detach().float()
-    v_theta, v_target = v_theta.float(), v_target.float()
-    positive = (1 - beta) * v_old + beta * v_theta
-    negative = (1 + beta) * v_old - beta * v_theta
+    v_theta, x_s, x0 = v_theta.float(), x_s.float(), x0.float()
     dims = tuple(range(1, v_theta.ndim))
 
     def error(v: torch.Tensor) -> torch.Tensor:
-        e = ((v - v_target) ** 2).mean(dim=dims)
+        difference = to_sample(v, x_s, s.float()) - x0
+        e = (difference**2).mean(dim=dims)
         if adaptive:
-            e = e / (v - v_target).abs().mean(dim=dims).detach().clamp(min=1e-5)
+            e = e / difference.abs().mean(dim=dims).detach().clamp(min=1e-5)
         return e
 
     r = r.to(v_theta.device, torch.float32)
-    return (r * error(positive) + (1 - r) * error(negative)).mean()
+    positive = error((1 - beta) * v_old + beta * v_theta)
+    negative = error((1 + beta) * v_old - beta * v_theta)
+    return (r * positive + (1 - r) * negative) / beta
 
 
 def _repeat(latents: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
@@ -155,55 +191,137 @@ def _velocity(model: Any2AnyDiT, conditions: dict[str, torch.Tensor], target: st
     return to_velocity(out.float(), x_s.float(), s, model.config.prediction_type)
 
 
-def scardnft_loss(model, unwrapped: Any2AnyDiT, state: PolicyState, settings: TrainSettings, target: str,
-                  conditions: dict[str, torch.Tensor], x0: torch.Tensor, noise: torch.Tensor, s: torch.Tensor,
-                  candidates: torch.Tensor, candidate_noise: torch.Tensor, candidate_s: torch.Tensor,
-                  r: torch.Tensor, autocast: Callable[[], AbstractContextManager] = nullcontext,
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = L_diffusion + λ·L_NFT + w_ref·L_ref for one batch.
+@dataclass
+class Candidates:
+    """The K candidates of a micro-batch's B cases (case-major), what they were drawn for, and their
+    scores: ``conditions`` modality → (B, C, f, h, w), ``x0`` (B, ...) the ground truth, ``latents``
+    (B·K, ...), ``rewards`` (B, K), ``positions`` the cases' positions in the step's global batch."""
+
+    target: str
+    conditions: dict[str, torch.Tensor]
+    x0: torch.Tensor
+    latents: torch.Tensor
+    rewards: np.ndarray
+    positions: list[int]
+
+
+def draw_candidates(pipeline: DoseDiffusionPipeline, state: PolicyState, dataset: ScoredCases, indices: np.ndarray,
+                    positions: list[int], step: int, settings: TrainSettings, accelerator: Accelerator) -> Candidates:
+    """Encode the cases at ``positions`` of the step's global batch (``indices``: case per position),
+    sample their candidates with the old policy (``candidate_micro_batch`` at a time) and score them."""
+    local = [int(indices[p]) for p in positions]
+    batch = collate([dataset[i] for i in local])
+    if settings.target not in batch:
+        raise InputError(f"a training batch has no {settings.target!r} channel")
+    target, condition_names = choose_roles(step, list(batch), settings)
+    with torch.no_grad():
+        latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*condition_names, target]}
+    x0 = latents.pop(target)
+    k = settings.num_candidates
+    repeated = _repeat(latents, k)
+    start, _ = sample_noise(step, candidate_positions(positions, k), stream_seed(settings.seed, CANDIDATE_NOISE),
+                            x0.repeat_interleave(k, 0), float(pipeline.scheduler.config.shift))
+    model = pipeline.model
+    chunks = candidate_chunks(len(start), settings.candidate_micro_batch) or [slice(0, len(start))]
+    parts = []
+    for chunk in chunks:
+        with policy(model, "old", state), accelerator.autocast():
+            parts.append(euler_sample(model, {m: x[chunk] for m, x in repeated.items()}, target, start[chunk],
+                                      pipeline.scheduler, settings.candidate_steps).to(x0.dtype))
+    candidates = torch.cat(parts)
+    return Candidates(target, latents, x0, candidates, candidate_rewards(pipeline, dataset, local, candidates, settings),
+                      positions)
+
+
+def scardnft_pieces(model, unwrapped: Any2AnyDiT, state: PolicyState, settings: TrainSettings, target: str,
+                    conditions: dict[str, torch.Tensor], x0: torch.Tensor, noise: torch.Tensor, s: torch.Tensor,
+                    candidates: torch.Tensor, candidate_noise: torch.Tensor, candidate_s: torch.Tensor,
+                    r: torch.Tensor, autocast: Callable[[], AbstractContextManager] = nullcontext,
+                    chunks: list[slice] | None = None) -> Iterator[tuple[torch.Tensor, dict[str, float]]]:
+    """L = L_diffusion + λ·L_NFT + w_ref·L_ref of one micro-batch, in pieces whose sum is L: one piece
+    per forward with gradients. Call ``backward`` on each piece before taking the next, so that only
+    one forward's activations are alive at a time.
 
     Args:
-        model: the (possibly DDP-wrapped) model for the forward with gradients; ``unwrapped`` the
-            Any2AnyDiT itself (for the no-grad old and reference forwards, done first because
-            switching policies writes into the modulation parameters).
+        model: the (possibly DDP-wrapped) model for the forwards with gradients; ``unwrapped`` the
+            Any2AnyDiT itself (for the no-grad old and reference forwards, done first in each piece
+            because switching policies writes into the modulation parameters).
         conditions: modality → clean latent (B, C, f, h, w); x0, noise (B, ...), s (B,): the
             ground-truth target, its noise and times; candidates, candidate_noise (B·K, ...),
             candidate_s (B·K,), r (B·K,): the candidates (case-major), their noise, times and
             optimality.
         autocast: makes the autocast context of each forward (``accelerator.autocast``).
-    Returns the loss and its parts as floats.
+        chunks: None: one forward of the ground truth and every candidate; else the ground truth alone,
+            then one forward per slice of the candidates.
+    Yields (piece, parts): the piece (a scalar with gradients) and its share of the loss's parts
+    (``diffusion``, ``nft``, ``reference``) as floats.
     """
-    k = candidates.shape[0] // x0.shape[0]
-    cond_k = _repeat(conditions, k)
-    x_c = add_noise(candidates, candidate_noise, candidate_s)
-    v_target = candidate_noise - candidates
-    with torch.no_grad():
-        with policy(unwrapped, "old", state), autocast():
-            v_old = _velocity(unwrapped, cond_k, target, x_c, candidate_s)
-        v_ref = None
-        if settings.reference_weight > 0:
-            with policy(unwrapped, "reference", state), autocast():
-                v_ref = _velocity(unwrapped, cond_k, target, x_c, candidate_s)
-    latents = {m: torch.cat([conditions[m], cond_k[m]]) for m in conditions}
-    latents[target] = torch.cat([add_noise(x0, noise, s), x_c])
-    times = torch.cat([s, candidate_s])
+    n = candidates.shape[0]
+    cond_k = _repeat(conditions, n // x0.shape[0])
+    if chunks is None:
+        yield _piece(model, unwrapped, state, settings, target, n, (conditions, x0, noise, s),
+                     (cond_k, candidates, candidate_noise, candidate_s, r), autocast)
+        return
+    yield _piece(model, unwrapped, state, settings, target, n, (conditions, x0, noise, s), None, autocast)
+    for chunk in chunks:
+        yield _piece(model, unwrapped, state, settings, target, n, None,
+                     ({m: c[chunk] for m, c in cond_k.items()}, candidates[chunk], candidate_noise[chunk],
+                      candidate_s[chunk], r[chunk]), autocast)
+
+
+def _piece(model, unwrapped: Any2AnyDiT, state: PolicyState, settings: TrainSettings, target: str, n: int,
+           truth: tuple | None, chunk: tuple | None, autocast) -> tuple[torch.Tensor, dict[str, float]]:
+    """One forward with gradients over the ground truth (``truth``: conditions, x0, noise, s) and/or a
+    slice of the candidates (``chunk``: conditions, candidates, noise, times, r); the candidates'
+    terms count as their share of the ``n`` candidates' means."""
+    names = list((truth or chunk)[0])
+    latents: dict[str, list[torch.Tensor]] = {m: [] for m in [*names, target]}
+    times = []
+    if truth is not None:
+        conditions, x0, noise, s = truth
+        for m in names:
+            latents[m].append(conditions[m])
+        latents[target].append(add_noise(x0, noise, s))
+        times.append(s)
+    if chunk is not None:
+        cond_c, x0_c, noise_c, s_c, r_c = chunk
+        x_c = add_noise(x0_c, noise_c, s_c)
+        with torch.no_grad():
+            with policy(unwrapped, "old", state), autocast():
+                v_old = _velocity(unwrapped, cond_c, target, x_c, s_c)
+            v_ref = None
+            if settings.reference_weight > 0:
+                with policy(unwrapped, "reference", state), autocast():
+                    v_ref = _velocity(unwrapped, cond_c, target, x_c, s_c)
+        for m in names:
+            latents[m].append(cond_c[m])
+        latents[target].append(x_c)
+        times.append(s_c)
+    joined = {m: torch.cat(parts) for m, parts in latents.items()}
+    t = torch.cat(times)
     with autocast():
-        prediction = model(latents, times * unwrapped.config.num_train_timesteps, [target], return_dict=False)[0][target]
-    b = x0.shape[0]
-    diffusion = flow_matching_loss(prediction[:b], x0, noise, unwrapped.config.prediction_type)
-    v_theta = to_velocity(prediction[b:].float(), x_c.float(), candidate_s, unwrapped.config.prediction_type)
-    nft = nft_loss(v_theta, v_old, v_target, r, settings.nft_beta)
-    reference = torch.mean((v_theta - v_ref) ** 2) if v_ref is not None else torch.zeros((), device=x0.device)
-    loss = diffusion + settings.nft_weight * nft + settings.reference_weight * reference
-    return loss, {"diffusion": diffusion.item(), "nft": nft.item(), "reference": reference.item()}
+        prediction = model(joined, t * unwrapped.config.num_train_timesteps, [target], return_dict=False)[0][target]
+    zero = torch.zeros((), device=t.device)
+    diffusion, nft, reference = zero, zero, zero
+    b = 0
+    if truth is not None:
+        b = truth[1].shape[0]
+        diffusion = flow_matching_loss(prediction[:b], truth[1], truth[2], unwrapped.config.prediction_type)
+    if chunk is not None:
+        v_theta = to_velocity(prediction[b:].float(), x_c.float(), s_c, unwrapped.config.prediction_type)
+        nft = nft_loss(v_theta, v_old, x_c, x0_c, s_c, r_c, settings.nft_beta).sum() / n
+        if v_ref is not None:
+            reference = ((v_theta - v_ref) ** 2).flatten(1).mean(dim=1).sum() / n
+    piece = diffusion + settings.nft_weight * nft + settings.reference_weight * reference
+    return piece, {"diffusion": diffusion.item(), "nft": nft.item(), "reference": reference.item()}
 
 
 def candidate_rewards(pipeline: DoseDiffusionPipeline, dataset: ScoredCases, indices, candidates: torch.Tensor,
                       settings: TrainSettings) -> np.ndarray:
     """Rewards (B, K) of the candidate latents (B·K, ...) of the cases ``indices`` (B). Each case is scored
     with the scorecard ``settings.scorecard`` chooses for it, as a prediction would be
-    (:func:`~dosediffusion.prediction.scorecard.choose_scorecard`); where none fits, the reward is
-    −λ_mae · MAE alone."""
+    (:func:`~dosediffusion.prediction.scorecard.choose_scorecard`), its structures' scores standardised
+    over its K candidates; where no scorecard fits, the reward is −λ_mae · MAE alone."""
     volumes = pipeline.codec.decode(candidates).float().cpu().numpy()[:, 0]
     k = len(volumes) // len(indices)
     rewards = np.zeros((len(indices), k))
@@ -211,13 +329,15 @@ def candidate_rewards(pipeline: DoseDiffusionPipeline, dataset: ScoredCases, ind
         case, inputs = dataset.case(int(index)), dataset.inputs(int(index))
         template = choose_scorecard(settings.scorecard, case).template
         body = case.body.mask if case.body is not None else None
-        for j in range(k):
-            dose = restore(volumes[b * k + j], case, inputs)
-            total, violation = 0.0, 0.0
-            if template is not None:
-                report = score_case(case, template, dose)
-                total, violation = report.total, hard_violation(report, template)
-            rewards[b, j] = reward(total, violation, masked_mae(dose, case.dose, body), settings.lambda_hinge,
+        doses = [restore(volumes[b * k + j], case, inputs) for j in range(k)]
+        scores, violations = np.zeros(k), np.zeros(k)
+        if template is not None:
+            reports = [score_case(case, template, dose) for dose in doses]
+            _, per_structure, importance = structure_scores(reports)
+            scores = standardized_score(per_structure, importance)
+            violations = np.array([hard_violation(report, template) for report in reports])
+        for j, dose in enumerate(doses):
+            rewards[b, j] = reward(scores[j], violations[j], masked_mae(dose, case.dose, body), settings.lambda_hinge,
                                    settings.lambda_mae)
     return rewards
 
@@ -238,8 +358,8 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     pipeline = build_pipeline(config)
     if not isinstance(pipeline, DoseDiffusionPipeline):
         raise InputError("stage C post-trains the diffusion model; the configuration builds another kind")
-    split = config.data.get("split_file")
-    dataset = ScoredCases(list_cases(config.data["folder"], split, "train" if split else None), config.preprocessing)
+    dataset = ScoredCases(training_cases(config), config.preprocessing, config.data.get("cache_dir"),
+                          config.data.get("ram_cache_gib", RAM_CACHE_GIB))
     if len(dataset) == 0:
         raise InputError("no training cases", config.data["folder"])
     unwrapped = pipeline.model
@@ -262,50 +382,54 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
         step = json.loads((checkpoint / STATE).read_text())["step"]
     _to_device(state, accelerator.device)
     world, rank = accelerator.num_processes, accelerator.process_index
+    micro, size, k = settings.gradient_accumulation_steps, settings.batch_size, settings.num_candidates
     shift = float(pipeline.scheduler.config.shift)
-    k = settings.num_candidates
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="ScardNFT", unit="step", disable=not accelerator.is_main_process)
-    while step < settings.steps:
-        indices = batch_indices(step, len(dataset), settings.batch_size * world, settings.seed)
-        local = indices[rank * settings.batch_size : (rank + 1) * settings.batch_size]
-        batch = collate([dataset[int(i)] for i in local])
-        if settings.target not in batch:
-            raise InputError(f"a training batch has no {settings.target!r} channel")
-        target, condition_names = choose_roles(step, list(batch), settings)
-        with torch.no_grad():
-            latents = {m: pipeline.codec.encode(batch[m].to(accelerator.device)) for m in [*condition_names, target]}
-        x0 = latents.pop(target)
-        start, _ = _noise(step, rank, stream_seed(settings.seed, CANDIDATE_NOISE), x0.repeat_interleave(k, 0), shift)
-        with policy(unwrapped, "old", state), accelerator.autocast():
-            candidates = euler_sample(unwrapped, _repeat(latents, k), target, start, pipeline.scheduler,
-                                      settings.candidate_steps).to(x0.dtype)
-        rewards = candidate_rewards(pipeline, dataset, local, candidates, settings)
-        every = accelerator.gather(torch.from_numpy(rewards).to(accelerator.device)).cpu().numpy()
-        state.reward_scale = update_scale(state.reward_scale, every, settings.reward_scale_decay)
-        r = torch.from_numpy(optimality(rewards, state.reward_scale).reshape(-1)).float().to(accelerator.device)
-        noise, s = _noise(step, rank, settings.seed, x0, shift)
-        candidate_noise, candidate_s = _noise(step, rank, stream_seed(settings.seed, NFT_NOISE), candidates, shift)
-        loss, parts = scardnft_loss(model, unwrapped, state, settings, target, latents, x0, noise, s, candidates,
-                                    candidate_noise, candidate_s, r, accelerator.autocast)
-        if not math.isfinite(loss.item()):
-            raise InputError(f"the loss became {loss.item()} at step {step}: lower the learning rate")
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trainable, settings.grad_clip)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        ema_update(unwrapped, state, settings.old_policy_decay)
-        step += 1
-        log.append({"step": step, "loss": loss.item(), **parts, "reward_mean": float(every.mean()),
-                    "reward_scale": state.reward_scale, "lr": schedule.get_last_lr()[0]})
-        bar.update(1)
-        if step % settings.log_every == 0:
-            recent = log[-settings.log_every:]
-            bar.set_postfix(loss=f"{np.mean([x['loss'] for x in recent]):.4f}",
-                            reward=f"{np.mean([x['reward_mean'] for x in recent]):.3f}")
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
-            _checkpoint(accelerator, out, step, log)
+    with StallWatchdog(settings.stall_timeout_s, lambda: resume_hint(_latest_checkpoint(out))) as watchdog:
+        while step < settings.steps:
+            indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
+            drawn = [draw_candidates(pipeline, state, dataset, indices, micro_batch_positions(m, world, rank, size),
+                                     step, settings, accelerator) for m in range(micro)]
+            rewards = np.concatenate([d.rewards for d in drawn])
+            every = accelerator.gather(torch.from_numpy(rewards).to(accelerator.device)).cpu().numpy()
+            state.reward_scale = update_scale(state.reward_scale, every, settings.reward_scale_decay)
+            totals, piece_losses = {"loss": 0.0, "diffusion": 0.0, "nft": 0.0, "reference": 0.0}, []
+            for m, d in enumerate(drawn):
+                r = torch.from_numpy(optimality(d.rewards, state.reward_scale).reshape(-1)).float().to(accelerator.device)
+                noise, s = sample_noise(step, d.positions, settings.seed, d.x0, shift)
+                c_noise, c_s = sample_noise(step, candidate_positions(d.positions, k),
+                                            stream_seed(settings.seed, NFT_NOISE), d.latents, shift)
+                chunks = candidate_chunks(len(d.latents), settings.candidate_micro_batch)
+                count = 1 if chunks is None else 1 + len(chunks)
+                for i, (piece, parts) in enumerate(scardnft_pieces(model, unwrapped, state, settings, d.target,
+                                                                   d.conditions, d.x0, noise, s, d.latents, c_noise,
+                                                                   c_s, r, accelerator.autocast, chunks)):
+                    last = m == micro - 1 and i == count - 1  # one all-reduce per step
+                    with nullcontext() if last else accelerator.no_sync(model):
+                        accelerator.backward(piece / micro)
+                    piece_losses.append(piece.item())
+                    totals["loss"] += piece.item() / micro
+                    for name, value in parts.items():
+                        totals[name] += value / micro
+            grad_norm = accelerator.clip_grad_norm_(trainable, settings.grad_clip)
+            check_step(accelerator, piece_losses, float(grad_norm), step, _latest_checkpoint(out))
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            step += 1
+            ema_update(unwrapped, state, old_policy_decay(step, settings.old_policy_decay_flat,
+                                                          settings.old_policy_decay_rate, settings.old_policy_decay_max))
+            log.append({"step": step, **mean_over_processes(accelerator, totals), "reward_mean": float(every.mean()),
+                        "reward_scale": state.reward_scale, "lr": schedule.get_last_lr()[0]})
+            bar.update(1)
+            if step % settings.log_every == 0:
+                recent = log[-settings.log_every:]
+                bar.set_postfix(loss=f"{np.mean([x['loss'] for x in recent]):.4f}",
+                                reward=f"{np.mean([x['reward_mean'] for x in recent]):.3f}")
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                _checkpoint(accelerator, out, step, log)
+            watchdog.beat()
     bar.close()
     accelerator.wait_for_everyone()
     folder = out / "pipeline"

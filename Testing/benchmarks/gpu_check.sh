@@ -3,8 +3,8 @@
 # one H100/H200; run it early, in one call of the device tool, and commit what it writes):
 #   1. model_speed.py --config full: one prediction at the 97×128×144 crop (12,600 tokens) with random
 #      weights of the real Wan 2.1 1.3B DiT and VAE shapes, 1/4/10 steps, bf16; again with torch.compile;
-#   2. train_speed.py --full: training steps of stages A and C (checkpointing on), peak memory against
-#      the memory planner;
+#   2. train_speed.py --full: training steps of stages A and C (checkpointing on; C also with its candidates
+#      one at a time), peak memory against the memory planner;
 #   3. gamma_speed.py --device cuda: the gamma index on the GPU.
 # `--tiny` runs the same steps with the tiny configurations on the CPU (the test suite does, so that the
 # script cannot rot). JSON results go to $OUT when it is set (the device tool brings them back), else to

@@ -1,4 +1,4 @@
-"""Benchmark: training throughput (samples/s) of stages A and C.
+"""Benchmark: training throughput (samples/s) of stages A and C (C also with its candidates one at a time).
 
 - CPU (default): the TINY DiT with the patch codec on small synthetic cases (crop 17×32×48 at
   5 mm), stage A and stage C (2 candidates of 4 steps each per sample).
@@ -36,7 +36,8 @@ from dosediffusion_training.training.config import RunConfig  # noqa: E402
 from dosediffusion_training.training.memory_plan import plan  # noqa: E402
 
 
-def run_config(folder: Path, data: Path, stage: str, steps: int, full: bool, vae_dir: Path | None) -> RunConfig:
+def run_config(folder: Path, data: Path, stage: str, steps: int, full: bool, vae_dir: Path | None,
+               candidate_micro_batch: int = 0) -> RunConfig:
     raw = {"data": {"folder": str(data)},
            "preprocessing": {"crop_shape": [97, 128, 144] if full else [17, 32, 48],
                              "spacing_mm": [2.5, 2.5, 2.0] if full else [5.0, 5.0, 5.0]},
@@ -45,10 +46,10 @@ def run_config(folder: Path, data: Path, stage: str, steps: int, full: bool, vae
            "train": {"stage": stage, "steps": steps, "batch_size": 1, "learning_rate": 1e-4, "warmup_steps": 1,
                      "checkpoint_every": 10**6, "tensorboard": False, "mixed_precision": "bf16" if full else "no",
                      "gradient_checkpointing": full,
-                     **({"scorecard": "lung_60", "num_candidates": 2, "candidate_steps": 4, "lora_rank": 64 if full else 8}
-                        if stage == "C" else {})}}
+                     **({"scorecard": "lung_60", "num_candidates": 2, "candidate_steps": 4, "lora_rank": 64 if full else 8,
+                         "candidate_micro_batch": candidate_micro_batch} if stage == "C" else {})}}
     raw["model"]["patch_size"] = list(raw["model"].get("patch_size", [1, 2, 2]))
-    path = folder / f"{stage}.yaml"
+    path = folder / f"{stage}{candidate_micro_batch}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return RunConfig.from_yaml(path)
 
@@ -93,19 +94,20 @@ def main() -> None:
 
             vae_dir = tmp / "vae"
             AutoencoderKLWan().save_pretrained(vae_dir)
-        for stage in ("A", "C"):
-            config = run_config(tmp, data, stage, args.steps, args.full, vae_dir)
+        for stage, micro in (("A", 0), ("C", 0), ("C", 1)):
+            config = run_config(tmp, data, stage, args.steps, args.full, vae_dir, micro)
             planned = plan(config, 80.0).total / 2**30
-            seconds = timed(stage, config, tmp / stage)
-            rows.append({"stage": stage, "steps": args.steps, "seconds": round(seconds, 2),
+            seconds = timed(stage, config, tmp / f"{stage}{micro}")
+            rows.append({"stage": stage, "candidate_micro_batch": micro, "steps": args.steps, "seconds": round(seconds, 2),
                          "samples_per_s": round(args.steps / seconds, 3), "peak_memory_gib": round(peak_memory_gib(), 3),
                          "memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_max_rss",
                          "planned_gib": round(planned, 3)})
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
     print(f"{'full-size' if args.full else 'tiny'} config on {device} ({torch.get_num_threads()} threads)")
-    print(f"{'stage':<6} {'steps':>6} {'seconds':>9} {'samples/s':>10} {'peak GiB':>9} {'planned GiB':>12}")
+    print(f"{'stage':<8} {'steps':>6} {'seconds':>9} {'samples/s':>10} {'peak GiB':>9} {'planned GiB':>12}")
     for r in rows:
-        print(f"{r['stage']:<6} {r['steps']:>6} {r['seconds']:>9.2f} {r['samples_per_s']:>10.3f} "
+        label = r["stage"] + (f" m={r['candidate_micro_batch']}" if r["stage"] == "C" else "")
+        print(f"{label:<8} {r['steps']:>6} {r['seconds']:>9.2f} {r['samples_per_s']:>10.3f} "
               f"{r['peak_memory_gib']:>9.2f} {r['planned_gib']:>12.2f}")
     out = args.out or Path(__file__).parent / "results" / f"train_speed_{'cuda' if torch.cuda.is_available() else 'cpu'}.json"
     out.write_text(json.dumps({"config": "full" if args.full else "tiny", "device": device,

@@ -73,6 +73,17 @@ def test_the_paper_configurations_fit_an_80_gb_gpu(name):
     assert plan(config, 80).activations > 3 * found.activations  # what the checkpointing buys
 
 
+def test_stage_c_candidates_in_micro_batches_need_one_sample_of_activations():
+    config = RunConfig.from_yaml(CONFIGS / "paper-C.yaml")
+    whole = plan(config, 80)
+    config.train.candidate_micro_batch = 1
+    config.train.gradient_accumulation_steps = 4
+    chunked = plan(config, 80)
+    assert (whole.samples_per_micro_batch, chunked.samples_per_micro_batch) == (5, 1)
+    assert chunked.activations == pytest.approx(whole.activations / 5)
+    assert chunked.weights == whole.weights
+
+
 def test_a_configuration_that_does_not_fit_is_refused_with_its_numbers(tmp_path, capsys):
     config = _config(tmp_path)
     with pytest.raises(InputError, match=r"needs [0-9.]+ GiB per GPU \(activations .* the GPU has 1e-05 GiB"):
@@ -96,7 +107,7 @@ def test_the_gpu_check_runs_on_the_cpu_with_tiny_configurations(tmp_path):
                           env={**os.environ, "OUT": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     train = json.loads((tmp_path / "gpu_check_train_tiny_cpu.json").read_text())
-    assert [r["stage"] for r in train["rows"]] == ["A", "C"] and all(r["planned_gib"] > 0 for r in train["rows"])
+    assert [(r["stage"], r["candidate_micro_batch"]) for r in train["rows"]] == [("A", 0), ("C", 0), ("C", 1)] and all(r["planned_gib"] > 0 for r in train["rows"])
     model = json.loads((tmp_path / "gpu_check_model_tiny_cpu.json").read_text())
     assert model["tokens"] == 12600 and model["full_size_dit_parameters"] > 1.1e9
     assert json.loads((tmp_path / "gpu_check_gamma_cpu.json").read_text())

@@ -22,10 +22,19 @@ from dosediffusion_training.training.lora import (
     is_modulation,
     load_adapter,
     merge_into_pipeline,
+    old_policy_decay,
     policy,
 )
-from dosediffusion_training.training.reward import hard_violation, masked_mae, optimality, reward, update_scale
-from dosediffusion_training.training.scardnft import nft_loss, scardnft_loss, train_scardnft
+from dosediffusion_training.training.reward import (
+    hard_violation,
+    masked_mae,
+    optimality,
+    reward,
+    standardized_score,
+    structure_scores,
+    update_scale,
+)
+from dosediffusion_training.training.scardnft import nft_loss, scardnft_pieces, train_scardnft
 
 # ---- reward -------------------------------------------------------------------------------------
 
@@ -63,25 +72,79 @@ def test_optimality_and_running_scale():
     np.testing.assert_allclose(optimality([[1.0, 3.0]], 0.0), [[0.5, 0.5]])
 
 
+def _report(**structures):
+    """A report with, per structure, entries (score, max_score); a None score is not evaluable."""
+    entries = [EntryResult(name, "MeanDose", 1.0 if score is not None else None, "Gy", score, top, None, False)
+               for name, pairs in structures.items() for score, top in pairs]
+    return ScoreReport("t", entries)
+
+
+def test_structure_scores_sum_each_structures_entries():
+    reports = [_report(PTV=[(3.0, 5.0), (1.0, 2.0)], Cord=[(2.0, 2.0)], Lung=[(None, 4.0)]),
+               _report(PTV=[(4.0, 5.0), (0.0, 2.0)], Cord=[(1.0, 2.0)], Lung=[(None, 4.0)])]
+    names, scores, importance = structure_scores(reports)
+    assert names == ["PTV", "Cord"]  # Lung is not evaluable for any candidate
+    np.testing.assert_allclose(scores, [[4.0, 2.0], [4.0, 1.0]])
+    np.testing.assert_allclose(importance, [7.0, 2.0])
+
+
+def test_per_structure_standardisation_weighs_structures_by_importance_not_by_spread():
+    # candidate 0 is better for the PTV by 30 points, candidate 1 better for the cord by 0.3 points
+    scores = np.array([[90.0, 5.0], [60.0, 5.3], [75.0, 5.15]])
+    z = standardized_score(scores, np.array([1.0, 1.0]))
+    np.testing.assert_allclose(z, [0.0, 0.0, 0.0], atol=1e-12)  # equal importance: a tie, whatever the spreads
+    assert scores.sum(axis=1).argmax() == 0  # the raw total would have let the PTV's wide range decide
+    z = standardized_score(scores, np.array([3.0, 1.0]))
+    assert z[0] > z[2] > z[1] and z.mean() == pytest.approx(0.0)
+    # a structure on which the candidates agree adds nothing; scaling a structure's points changes nothing
+    np.testing.assert_allclose(standardized_score(np.c_[scores, np.full(3, 7.0)], np.array([3.0, 1.0, 5.0])),
+                               z * 4.0 / 9.0)
+    np.testing.assert_allclose(standardized_score(scores * [10.0, 0.1], np.array([3.0, 1.0])), z)
+    np.testing.assert_allclose(standardized_score(np.zeros((3, 0)), np.zeros(0)), np.zeros(3))
+
+
+def test_old_policy_decay_follows_diffusionnfts_schedule():
+    assert [old_policy_decay(k, 0, 0.001, 0.5) for k in (0, 1, 250, 500, 2000)] == [0.0, 0.001, 0.25, 0.5, 0.5]
+    assert [old_policy_decay(k, 75, 0.0075, 0.999) for k in (10, 75, 76, 175, 500)] == pytest.approx(
+        [0.0, 0.0, 0.0075, 0.75, 0.999])
+    model = _tiny_model()
+    add_lora(model, rank=4)
+    state = PolicyState(model)
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in named.items():
+            if ".lora_B.default." in name or is_modulation(name):
+                p.add_(1.0)
+    ema_update(model, state, old_policy_decay(0, 0, 0.001, 0.5))  # decay 0: the old policy becomes the current one
+    assert all(torch.equal(p, named[n.replace(".default.", ".old.")]) for n, p in named.items() if ".default." in n)
+    assert all(torch.equal(state.old_modulation[n], named[n]) for n in state.old_modulation)
+
+
 # ---- the NFT loss -------------------------------------------------------------------------------
 
 
 def test_nft_loss_matches_a_hand_computation():
     v_theta = torch.tensor([[1.0, 3.0], [0.0, -2.0]])
     v_old = torch.tensor([[0.0, 1.0], [2.0, 2.0]])
-    v_star = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    x0 = torch.tensor([[0.5, -1.0], [1.0, 0.0]])
+    eps = torch.tensor([[1.5, 0.0], [1.0, 0.0]])
+    s = torch.tensor([0.5, 0.25])
+    x_s = (1 - s[:, None]) * x0 + s[:, None] * eps
     r, beta = torch.tensor([0.75, 0.0]), 0.5
-    # v+ = 0.5 v_old + 0.5 v_theta, v- = 1.5 v_old - 0.5 v_theta
+    # v+ = 0.5 v_old + 0.5 v_theta, v- = 1.5 v_old - 0.5 v_theta; x̂0 = x_s − s·v
     pos = torch.tensor([[0.5, 2.0], [1.0, 0.0]])
     neg = torch.tensor([[-0.5, 0.0], [3.0, 4.0]])
-    e_pos = ((pos - v_star) ** 2).mean(1)  # [0.625, 0.5]
-    e_neg = ((neg - v_star) ** 2).mean(1)  # [1.25, 12.5]
-    expected = (r * e_pos + (1 - r) * e_neg).mean()
-    assert nft_loss(v_theta, v_old, v_star, r, beta, adaptive=False).item() == pytest.approx(expected.item())
-    assert expected.item() == pytest.approx((0.75 * 0.625 + 0.25 * 1.625 + 12.5) / 2)
-    w_pos, w_neg = (pos - v_star).abs().mean(1), (neg - v_star).abs().mean(1)
-    adaptive = (r * e_pos / w_pos + (1 - r) * e_neg / w_neg).mean()
-    assert nft_loss(v_theta, v_old, v_star, r, beta).item() == pytest.approx(adaptive.item())
+    x0_pos, x0_neg = x_s - s[:, None] * pos, x_s - s[:, None] * neg
+    e_pos, e_neg = ((x0_pos - x0) ** 2).mean(1), ((x0_neg - x0) ** 2).mean(1)
+    expected = (r * e_pos + (1 - r) * e_neg) / beta
+    torch.testing.assert_close(nft_loss(v_theta, v_old, x_s, x0, s, r, beta, adaptive=False), expected)
+    w_pos, w_neg = (x0_pos - x0).abs().mean(1), (x0_neg - x0).abs().mean(1)
+    adaptive = (r * e_pos / w_pos + (1 - r) * e_neg / w_neg) / beta
+    torch.testing.assert_close(nft_loss(v_theta, v_old, x_s, x0, s, r, beta), adaptive)
+    # x̂0 − x0 = −s (v − v*): the x0-space loss is the velocity-space one weighted by s per candidate
+    v_star = eps - x0
+    e_v = {name: ((v - v_star) ** 2).mean(1) / (v - v_star).abs().mean(1) for name, v in (("+", pos), ("-", neg))}
+    torch.testing.assert_close(adaptive, s * (r * e_v["+"] + (1 - r) * e_v["-"]) / beta)
 
 
 def _tiny_model(seed=0) -> Any2AnyDiT:
@@ -113,7 +176,7 @@ def _nft_step(r_value: float) -> tuple[float, float]:
     optimizer = torch.optim.SGD(params, lr=1e-2)
     v = velocity()
     before = torch.mean((v - v_star) ** 2).item()
-    nft_loss(v, v_old, v_star, torch.tensor([r_value]), beta=1.0).backward()
+    nft_loss(v, v_old, x_s, x0, s, torch.tensor([r_value]), beta=1.0).mean().backward()
     optimizer.step()
     with torch.no_grad():
         after = torch.mean((velocity() - v_star) ** 2).item()
@@ -140,9 +203,10 @@ def test_only_lora_and_modulation_train():
     g = torch.Generator().manual_seed(4)
     for _ in range(3):
         candidates = torch.randn(4, 4, 2, 4, 4, generator=g)
-        loss, parts = scardnft_loss(model, model, state, settings, "dose", lat, x0, torch.randn(x0.shape, generator=g),
-                                    torch.rand(2, generator=g), candidates, torch.randn(candidates.shape, generator=g),
-                                    torch.rand(4, generator=g), torch.tensor([0.0, 1.0, 0.3, 0.7]))
+        (loss, parts), = scardnft_pieces(model, model, state, settings, "dose", lat, x0,
+                                         torch.randn(x0.shape, generator=g), torch.rand(2, generator=g), candidates,
+                                         torch.randn(candidates.shape, generator=g), torch.rand(4, generator=g),
+                                         torch.tensor([0.0, 1.0, 0.3, 0.7]))
         loss.backward()
         for name, p in model.named_parameters():
             trains = ".lora_A.default." in name or ".lora_B.default." in name or is_modulation(name)
@@ -160,6 +224,40 @@ def test_only_lora_and_modulation_train():
         else:
             assert torch.equal(current, value), name
     assert any(not torch.equal(p, named[n.replace(".default.", ".old.")]) for n, p in named.items() if ".lora_B.default." in n)
+
+
+def _gradients(chunks):
+    """Gradients of stage C's loss on fixed inputs, its pieces backpropagated one by one."""
+    model = _tiny_model()
+    add_lora(model, rank=4)
+    state = PolicyState(model)
+    with torch.no_grad():  # a current policy that differs from the old and the reference one
+        for name, p in model.named_parameters():
+            if ".lora_B.default." in name:
+                p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    settings = TrainSettings(stage="C", scorecard="lung_60", num_candidates=3, reference_weight=0.5, nft_weight=2.0)
+    lat = _latents(6, batch=2)
+    x0 = lat.pop("dose")
+    g = torch.Generator().manual_seed(7)
+    candidates = torch.randn(6, 4, 2, 4, 4, generator=g)
+    total = {}
+    for piece, parts in scardnft_pieces(model, model, state, settings, "dose", lat, x0, torch.randn(x0.shape, generator=g),
+                                        torch.rand(2, generator=g), candidates, torch.randn(candidates.shape, generator=g),
+                                        torch.rand(6, generator=g), torch.linspace(0, 1, 6), chunks=chunks):
+        piece.backward()
+        total = {k: total.get(k, 0.0) + v for k, v in parts.items()}
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, total
+
+
+def test_candidates_in_micro_batches_give_the_same_gradients():
+    whole, parts = _gradients(None)
+    for chunks in ([slice(i, i + 1) for i in range(6)], [slice(0, 4), slice(4, 6)]):
+        split, split_parts = _gradients(chunks)
+        assert set(split) == set(whole) and len(whole) > 10
+        for name in whole:
+            torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)
+        assert split_parts == pytest.approx(parts, rel=1e-5)
+    assert parts["nft"] > 0 and parts["reference"] > 0 and parts["diffusion"] > 0
 
 
 # ---- the stage C loop ---------------------------------------------------------------------------
@@ -230,3 +328,20 @@ def test_fit_command_runs_stage_c_and_merge_lora(tmp_path, data):
     assert main(["merge-lora", "--pipeline", str(tmp_path / "run" / "pipeline"), "--adapter",
                  str(tmp_path / "run" / "adapter"), "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model_index.json").is_file()
+
+
+def test_accumulated_and_candidate_micro_batches_train_as_one_batch(tmp_path, data):
+    def run(name, **train):
+        folder = train_scardnft(_config(tmp_path, data, steps=2, checkpoint_every=2, **train), tmp_path / name)
+        logs = [json.loads(line) for line in (tmp_path / name / "loss.jsonl").read_text().splitlines()]
+        return DoseDiffusionPipeline.from_pretrained(folder).model.state_dict(), logs
+
+    whole, whole_logs = run("whole", batch_size=2)
+    for name, settings in {"accumulated": {"batch_size": 1, "gradient_accumulation_steps": 2},
+                           "chunked": {"batch_size": 2, "candidate_micro_batch": 1}}.items():
+        weights, logs = run(name, **settings)
+        for key in whole:  # Adam moves the weights by ~1e-2 a step: rounding stays far below that
+            torch.testing.assert_close(weights[key], whole[key], rtol=1e-4, atol=1e-5)
+        for mine, theirs in zip(logs, whole_logs, strict=True):
+            assert mine["reward_scale"] == pytest.approx(theirs["reward_scale"], rel=1e-6)
+            assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)

@@ -157,7 +157,7 @@ def test_splits_and_bad_configs(tmp_path, data):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"data": {}, "preprocessing": {}, "optimiser": {}}))
     with pytest.raises(InputError, match="optimiser"):
         RunConfig.from_yaml(tmp_path / "bad.yaml")
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"data": {}, "preprocessing": {}, "train": {"lr": 1}}))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"data": {"folder": "x"}, "preprocessing": {}, "train": {"lr": 1}}))
     with pytest.raises(InputError, match="unknown train settings"):
         RunConfig.from_yaml(tmp_path / "bad.yaml")
 
