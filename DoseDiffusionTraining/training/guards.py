@@ -41,16 +41,16 @@ def resume_hint(checkpoint: Path | None) -> str:
 
 
 def check_step(accelerator: Accelerator, losses: list[float], grad_norm: float, step: int,
-               checkpoint: Path | None) -> None:
+               describe: Callable[[], str]) -> None:
     """Raise :class:`TrainingStopped` on every process when any process's ``losses`` or ``grad_norm``
-    of step ``step`` (0-based) is not finite."""
+    of step ``step`` (0-based) is not finite; ``describe`` says where the run stands."""
     finite = all(math.isfinite(x) for x in [*losses, grad_norm])
     agreed = accelerator.reduce(torch.tensor(float(finite), device=accelerator.device), reduction="sum")
     if agreed.item() < accelerator.num_processes:
         raise TrainingStopped(f"step {step + 1}: the loss or the gradient became infinite or NaN on "
                               f"{accelerator.num_processes - int(agreed.item())} of {accelerator.num_processes} "
                               f"processes; the weights were not updated. Lower train.learning_rate or look at the data; "
-                              f"{resume_hint(checkpoint)}")
+                              f"{describe()}")
 
 
 def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:

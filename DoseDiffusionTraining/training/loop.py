@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,11 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def where_it_stands(out: Path) -> str:
+    """For a stopped run's message: the newest complete checkpoint in ``out``, to resume from."""
+    return resume_hint(_latest_checkpoint(out))
+
+
 def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     """Train as ``config`` says into ``out``; returns the pipeline folder."""
     out = Path(out)
@@ -246,7 +252,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     micro, size = settings.gradient_accumulation_steps, settings.batch_size
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
-    with StallWatchdog(settings.stall_timeout_s, lambda: resume_hint(_latest_checkpoint(out))) as watchdog:
+    where = partial(where_it_stands, out)
+    with StallWatchdog(settings.stall_timeout_s, where) as watchdog:
         while step < settings.steps:
             indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
             losses = []
@@ -263,7 +270,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
                     accelerator.backward(loss / micro)
                 losses.append(loss.item())
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            check_step(accelerator, losses, float(grad_norm), step, _latest_checkpoint(out))
+            check_step(accelerator, losses, float(grad_norm), step, where)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()

@@ -53,6 +53,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ from dosediffusion.model.sampling import euler_sample
 from dosediffusion.prediction.scorecard import check_scorecard_option, choose_scorecard
 from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate, load_any
 from dosediffusion_training.training.config import RunConfig, TrainSettings
-from dosediffusion_training.training.guards import StallWatchdog, check_step, mean_over_processes, resume_hint
+from dosediffusion_training.training.guards import StallWatchdog, check_step, mean_over_processes
 from dosediffusion_training.training.loop import (
     STATE,
     _checkpoint,
@@ -83,6 +84,7 @@ from dosediffusion_training.training.loop import (
     micro_batch_positions,
     sample_noise,
     training_cases,
+    where_it_stands,
 )
 from dosediffusion_training.training.lora import (
     PolicyState,
@@ -386,7 +388,8 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     shift = float(pipeline.scheduler.config.shift)
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="ScardNFT", unit="step", disable=not accelerator.is_main_process)
-    with StallWatchdog(settings.stall_timeout_s, lambda: resume_hint(_latest_checkpoint(out))) as watchdog:
+    where = partial(where_it_stands, out)
+    with StallWatchdog(settings.stall_timeout_s, where) as watchdog:
         while step < settings.steps:
             indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
             drawn = [draw_candidates(pipeline, state, dataset, indices, micro_batch_positions(m, world, rank, size),
@@ -413,7 +416,7 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
                     for name, value in parts.items():
                         totals[name] += value / micro
             grad_norm = accelerator.clip_grad_norm_(trainable, settings.grad_clip)
-            check_step(accelerator, piece_losses, float(grad_norm), step, _latest_checkpoint(out))
+            check_step(accelerator, piece_losses, float(grad_norm), step, where)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
