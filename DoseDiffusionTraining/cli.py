@@ -15,6 +15,10 @@ every training case of the run encoded once by its frozen codec into sharded saf
 index (:mod:`dosediffusion_training.data.latent_cache`); resumable. A run with ``data.latent_cache: DIR``
 then trains stages A and B on them.
 
+``dosediffusion-train fit-codec --config CODEC.yaml --out DIR``: a small VAE codec for the modalities,
+trained on the cases and then frozen (:mod:`dosediffusion_training.training.codec_training`); a run
+uses ``DIR/vae`` as its ``codec: {type: wan_vae, path: DIR/vae}``.
+
 ``dosediffusion-train fit --config RUN.yaml --out DIR``: train as the run configuration says
 (:mod:`dosediffusion_training.training.loop`; ``train.stage: C`` runs ScardNFT,
 :mod:`dosediffusion_training.training.scardnft`); resumes from ``DIR/checkpoints`` when present.
@@ -24,8 +28,9 @@ Under ``accelerate launch`` it runs on every process.
 merged into plain weights, written as a pipeline folder.
 
 ``dosediffusion-train evaluate --model DIR [--model DIR ...] --data DIR [--split-file F --split test]
---out DIR``: per-case and aggregated metrics with paired tests
-(:mod:`dosediffusion_training.evaluation`).
+--out DIR [--candidates N]``: per-case and aggregated metrics with paired tests
+(:mod:`dosediffusion_training.evaluation`); with N ≥ 2 the best of N candidates, and the per-voxel
+uncertainty's mean and its correlation with the error.
 """
 
 from __future__ import annotations
@@ -101,6 +106,15 @@ def _cache_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_codec(args: argparse.Namespace) -> int:
+    from dosediffusion_training.training.codec_training import CodecConfig, fit_codec
+
+    folder = fit_codec(CodecConfig.from_yaml(args.config), args.out)
+    errors = json.loads((folder.parent / "reconstruction.json").read_text())["mae"]
+    print(f"wrote {folder}; reconstruction MAE " + ", ".join(f"{k} {v:g}" for k, v in errors.items()))
+    return 0
+
+
 def _fit(args: argparse.Namespace) -> int:
     from dosediffusion_training.training.config import RunConfig
     from dosediffusion_training.training.loop import train
@@ -131,14 +145,16 @@ def model_label(spec: str) -> tuple[str, str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from dosediffusion.prediction.options import check_sampling_options
     from dosediffusion_training.data.dataset import list_cases
     from dosediffusion_training.evaluation import evaluate_model, write_report
 
+    check_sampling_options(args.steps, args.candidates)
     paths = list_cases(args.data, args.split_file, args.split if args.split_file else None)[: args.max_cases]
     models = dict(model_label(m) for m in args.model)
     if len(models) < len(args.model):
         raise InputError("two --model entries have the same name: give them names as NAME=DIR")
-    results = {name: evaluate_model(folder, paths, args.steps, args.seed, args.scorecard, args.device)
+    results = {name: evaluate_model(folder, paths, args.steps, args.seed, args.scorecard, args.device, args.candidates)
                for name, folder in models.items()}
     summary = write_report(Path(args.out), results)
     print((Path(args.out) / "table.md").read_text(), end="")
@@ -184,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--scorecard", help="template for every case (default: the shipped one that fits each case)")
     evaluate.add_argument("--max-cases", type=int, default=None)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--candidates", type=int, default=1,
+                          help="best-of-N by the scorecard, 1-16 (default 1); N >= 2 adds the uncertainty columns")
     evaluate.set_defaults(run=_evaluate)
     cache = commands.add_parser("cache-latents", help="encode a run's training cases once into a latent cache")
     cache.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
@@ -192,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--batch-size", type=int, default=8, help="volumes encoded at a time (default 8)")
     cache.add_argument("--device", help="where the codec runs (default: cuda when available, else cpu)")
     cache.set_defaults(run=_cache_latents)
+    codec = commands.add_parser("fit-codec", help="train a small VAE codec for the modalities (then frozen)")
+    codec.add_argument("--config", required=True, help="codec configuration (see DoseDiffusionTraining/configs/)")
+    codec.add_argument("--out", required=True, help="new folder: vae/, loss.jsonl, reconstruction.json")
+    codec.set_defaults(run=_fit_codec)
     fit = commands.add_parser("fit", help="train a model from a run configuration (YAML)")
     fit.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")
     fit.add_argument("--out", required=True, help="run folder: checkpoints, loss log, and the final pipeline/")

@@ -1,10 +1,13 @@
 """Codecs between a modality's volume (B, 1, D, H, W) in [−1, 1] and the latent grid the DiT sees.
 
-- :class:`WanVAECodec`: the frozen Wan 2.1 VAE. The 1-channel volume is repeated to the VAE's 3
-  channels (depth as frames) and the decoded 3 channels are averaged back; latents are normalised
-  with the VAE's per-channel ``latents_mean`` / ``latents_std``. Depth must be 1 + 4k and height
-  and width multiples of 8 (the VAE silently drops other frames and crops other sizes, so both are
-  errors here). Latents: (B, 16, 1 + (D − 1)/4, H/8, W/8). The encoder's posterior mode is used.
+- :class:`WanVAECodec`: a frozen ``AutoencoderKLWan``: the Wan 2.1 VAE, or a small one of the same
+  class trained on our modalities (``dosediffusion-train fit-codec``). The 1-channel volume is
+  repeated to the VAE's input channels (3 for Wan's; depth as frames) and the decoded channels are
+  averaged back; latents are normalised with the VAE's per-channel ``latents_mean`` /
+  ``latents_std``. Depth must be 1 + 4k (the VAE encodes the first slice, then 4 at a time) and
+  height and width multiples of the spatial factor (it silently drops other frames and crops other
+  sizes, so both are errors here). Latents: (B, z, 1 + (D − 1)/t, H/s, W/s) with the VAE's temporal
+  and spatial factors t and s (Wan's: z 16, t 4, s 8). The encoder's posterior mode is used.
 - :class:`PatchCodec`: no network, the volume itself rearranged space-to-depth by ``factors``
   (fz, fy, fx): (B, fz·fy·fx, D/fz, H/fy, W/fx). Exact both ways; for small models and tests.
 
@@ -75,14 +78,19 @@ class PatchCodec:
         return cls(tuple(json.loads(path.read_text())["factors"]))
 
 
+#: The Wan VAE encodes the first slice alone, then slices four at a time.
+WAN_CHUNK = 4
+
+
 class WanVAECodec:
-    """The frozen Wan 2.1 VAE as a 1-channel codec with normalised latents."""
+    """A frozen ``AutoencoderKLWan`` as a 1-channel codec with normalised latents."""
 
     def __init__(self, vae: AutoencoderKLWan):
         self.vae = vae.eval().requires_grad_(False)
         config = vae.config
         self.temporal = int(config.get("scale_factor_temporal") or 4)
         self.spatial = int(config.get("scale_factor_spatial") or 8)
+        self.in_channels = int(config.get("in_channels") or 3)
         self._mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         if len(config.latents_mean) != config.z_dim or len(config.latents_std) != config.z_dim:
@@ -95,9 +103,10 @@ class WanVAECodec:
 
     def check_shape(self, shape: tuple[int, int, int]) -> None:
         d, h, w = shape
-        if (d - 1) % self.temporal or h % self.spatial or w % self.spatial:
+        step = max(self.temporal, WAN_CHUNK)
+        if (d - 1) % step or h % self.spatial or w % self.spatial:
             raise InputError(f"volume shape {tuple(shape)} does not fit the Wan VAE: depth must be "
-                             f"1 + {self.temporal}k and height and width multiples of {self.spatial}")
+                             f"1 + {step}k and height and width multiples of {self.spatial}")
 
     def latent_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         self.check_shape(shape)
@@ -109,10 +118,10 @@ class WanVAECodec:
 
     @torch.no_grad()
     def encode(self, volume: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) in [−1, 1] → normalised latents (B, 16, 1 + (D − 1)/4, H/8, W/8)."""
+        """(B, 1, D, H, W) in [−1, 1] → normalised latents (B, z, 1 + (D − 1)/t, H/s, W/s)."""
         self.check_shape(tuple(volume.shape[2:]))
         dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode(volume.to(dtype).repeat(1, 3, 1, 1, 1)).latent_dist
+        posterior = self.vae.encode(volume.to(dtype).repeat(1, self.in_channels, 1, 1, 1)).latent_dist
         latents = posterior.mode().float()
         mean, std = self._stats(latents)
         return (latents - mean) / std

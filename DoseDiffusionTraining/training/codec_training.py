@@ -1,0 +1,203 @@
+"""A learned codec for our modalities: a small ``AutoencoderKLWan`` trained on the training cases, then
+frozen (the paper's recipe at demo size: the DiT works in the latent space of a VAE whose
+convolutional decoder draws the detail a token's linear head cannot).
+
+``dosediffusion-train fit-codec --config CODEC.yaml --out DIR`` trains one VAE for every modality
+(1 input and output channel; the volume's depth as the VAE's frames). A codec configuration has
+``data`` and ``preprocessing`` as a run configuration (:mod:`.config`), ``vae`` (``AutoencoderKLWan``
+settings: ``base_dim``, ``z_dim``, ``dim_mult``, ``num_res_blocks``, ``temperal_downsample``,
+``scale_factor_temporal``, ``scale_factor_spatial``) and ``train`` (:class:`CodecTrainSettings`).
+
+Each step draws ``batch_size`` (case, modality) pairs and a random sub-volume of ``patch_shape`` of
+each (the VAE is convolutional, so it learns on patches and encodes the whole crop later), and
+minimises L1(decoded, volume) + ``kl_weight`` · KL(posterior ‖ N(0, 1)) on a sample of the posterior.
+Everything random is a function of (seed, step). Afterwards the per-channel mean and standard
+deviation of the posterior modes over every training case's modalities (whole crops) go into the
+VAE's ``latents_mean`` / ``latents_std``, so :class:`~dosediffusion.model.codecs.WanVAECodec` hands the
+DiT latents of mean 0 and deviation 1. Written: ``DIR/vae`` (a diffusers folder; a run uses it as
+``codec: {type: wan_vae, path: DIR/vae}`` and saves it into its pipeline folder), ``DIR/loss.jsonl``
+and ``DIR/reconstruction.json``: the mean absolute reconstruction error per modality on the held-out
+cases (``val`` and ``test`` of the split file; the training cases without one), in channel units
+(the [−1, 1] range) and, for the dose, in Gy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from diffusers import AutoencoderKLWan
+from tqdm import tqdm
+
+from dosediffusion.conditioning.prepare import PrepareConfig, prepare
+from dosediffusion.errors import InputError
+from dosediffusion.io.atomic import atomic_folder
+from dosediffusion.model.codecs import WAN_CHUNK, WanVAECodec
+from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, list_cases, load_any
+
+#: ``AutoencoderKLWan`` settings a codec configuration may give (channels are fixed at 1).
+VAE_KEYS = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "scale_factor_temporal",
+            "scale_factor_spatial")
+
+
+@dataclass
+class CodecTrainSettings:
+    steps: int = 2000
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    kl_weight: float = 1e-6  # weight of the KL term against the L1 reconstruction (channel units)
+    patch_shape: tuple[int, int, int] = (9, 32, 32)  # (z, y, x) voxels of each training sub-volume
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 50
+
+
+@dataclass
+class CodecConfig:
+    data: dict
+    preprocessing: PrepareConfig
+    vae: dict
+    train: CodecTrainSettings
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CodecConfig:
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise InputError(f"cannot read the codec configuration ({error})", path) from None
+        if not isinstance(raw, dict) or set(raw) != {"data", "preprocessing", "vae", "train"}:
+            raise InputError("a codec configuration has the sections data, preprocessing, vae and train", path)
+        unknown = set(raw["vae"] or {}) - set(VAE_KEYS)
+        known_train = {f.name for f in fields(CodecTrainSettings)}
+        unknown_train = set(raw["train"] or {}) - known_train
+        if unknown or unknown_train or "folder" not in (raw["data"] or {}):
+            raise InputError(f"data needs a folder; vae keys are {list(VAE_KEYS)}, train keys {sorted(known_train)}; "
+                             f"unknown: {sorted(unknown | unknown_train)}", path)
+        train = CodecTrainSettings(**(raw["train"] or {}))
+        train.patch_shape = tuple(int(n) for n in train.patch_shape)
+        config = cls(raw["data"], PrepareConfig.from_dict(raw["preprocessing"]), dict(raw["vae"] or {}), train)
+        check_patch(config)
+        return config
+
+
+def new_vae(settings: dict) -> AutoencoderKLWan:
+    """A randomly initialised 1-channel ``AutoencoderKLWan`` with ``settings`` (see :data:`VAE_KEYS`)."""
+    z = int(settings.get("z_dim", 16))
+    return AutoencoderKLWan(**settings, in_channels=1, out_channels=1, latents_mean=[0.0] * z, latents_std=[1.0] * z)
+
+
+def check_patch(config: CodecConfig) -> None:
+    """Raise unless the training patch and the crop fit the VAE (depth 1 + 4k, sides multiples of its
+    spatial factor) and the patch fits inside the crop."""
+    spatial = int(config.vae.get("scale_factor_spatial", 8))
+    for name, (d, h, w) in (("train.patch_shape", config.train.patch_shape),
+                            ("preprocessing.crop_shape", config.preprocessing.crop_shape)):
+        if (d - 1) % WAN_CHUNK or h % spatial or w % spatial:
+            raise InputError(f"{name} {(d, h, w)} does not fit the VAE: depth 1 + {WAN_CHUNK}k, height and width "
+                             f"multiples of {spatial}")
+    if any(p > c for p, c in zip(config.train.patch_shape, config.preprocessing.crop_shape, strict=True)):
+        raise InputError(f"train.patch_shape {config.train.patch_shape} is larger than the crop "
+                         f"{tuple(config.preprocessing.crop_shape)}")
+
+
+def training_patches(dataset: PreparedCases, step: int, settings: CodecTrainSettings) -> torch.Tensor:
+    """(B, 1, d, h, w): ``batch_size`` random sub-volumes of random modalities of random cases."""
+    rng = np.random.default_rng([settings.seed, step])
+    patches = []
+    for _ in range(settings.batch_size):
+        channels = dataset[int(rng.integers(len(dataset)))]
+        volume = channels[sorted(channels)[int(rng.integers(len(channels)))]]  # (1, D, H, W)
+        start = [int(rng.integers(n - p + 1)) for n, p in zip(volume.shape[1:], settings.patch_shape, strict=True)]
+        patches.append(volume[:, start[0]:start[0] + settings.patch_shape[0], start[1]:start[1] + settings.patch_shape[1],
+                              start[2]:start[2] + settings.patch_shape[2]])
+    return torch.stack(patches)
+
+
+def codec_loss(vae: AutoencoderKLWan, volumes: torch.Tensor, kl_weight: float,
+               generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """L1 reconstruction (channel units) + ``kl_weight`` · KL of a posterior sample; and the L1 alone."""
+    posterior = vae.encode(volumes).latent_dist
+    decoded = vae.decode(posterior.sample(generator)).sample
+    l1 = (decoded - volumes).abs().mean()
+    return l1 + kl_weight * posterior.kl().mean(), l1.item()
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKLWan, dataset: PreparedCases) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the posterior modes of every case's modalities."""
+    total = total_sq = None
+    count = 0
+    for i in range(len(dataset)):
+        for volume in dataset[i].values():
+            z = vae.encode(volume[None]).latent_dist.mode().double()  # (1, z, f, h, w)
+            flat = z.transpose(0, 1).reshape(z.shape[1], -1)
+            total = flat.sum(1) if total is None else total + flat.sum(1)
+            total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
+            count += flat.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+@torch.no_grad()
+def reconstruction_mae(codec: WanVAECodec, paths: list[Path], preprocessing: PrepareConfig) -> dict[str, float]:
+    """Mean absolute error of decode(encode(channel)) per modality over the cases at ``paths`` (channel
+    units), and ``dose_gy``: the dose's in Gy."""
+    errors: dict[str, list[float]] = {}
+    for path in paths:
+        inputs = prepare(load_any(path), preprocessing)
+        for modality, channel in inputs.channels.items():
+            volume = torch.from_numpy(channel)[None, None]
+            error = float((codec.decode(codec.encode(volume)) - volume).abs().mean())
+            errors.setdefault(modality, []).append(error)
+            if modality == "dose":
+                errors.setdefault("dose_gy", []).append(error * inputs.dose_reference_gy / 2.0)
+    return {k: round(float(np.mean(v)), 5) for k, v in errors.items()}
+
+
+def fit_codec(config: CodecConfig, out: str | Path) -> Path:
+    """Train the codec as ``config`` says; write ``out/vae``, ``out/loss.jsonl`` and
+    ``out/reconstruction.json`` (see the module docstring). Returns the VAE folder."""
+    out = Path(out)
+    if out.exists():
+        raise InputError("the codec's output folder exists already; choose another --out", out)
+    settings = config.train
+    split = config.data.get("split_file")
+    train_paths = list_cases(config.data["folder"], split, "train" if split else None)
+    held_out = ([p for part in ("val", "test") for p in list_cases(config.data["folder"], split, part)]
+                if split else train_paths)
+    dataset = PreparedCases(train_paths, config.preprocessing, config.data.get("cache_dir"),
+                            config.data.get("ram_cache_gib", RAM_CACHE_GIB))
+    if len(dataset) == 0:
+        raise InputError("no training cases", config.data["folder"])
+    torch.manual_seed(settings.seed)
+    vae = new_vae(config.vae).train()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=settings.learning_rate)
+    log = []
+    for step in tqdm(range(settings.steps), desc="codec", unit="step"):
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([settings.seed, step]).generate_state(1)[0]))
+        loss, l1 = codec_loss(vae, training_patches(dataset, step, settings), settings.kl_weight, generator)
+        if not np.isfinite(loss.item()):
+            raise InputError(f"the codec's loss became {loss.item()} at step {step + 1}: lower train.learning_rate")
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), settings.grad_clip)
+        optimizer.step()
+        log.append({"step": step + 1, "loss": loss.item(), "l1": l1})
+        if (step + 1) % settings.log_every == 0:
+            tqdm.write(f"step {step + 1}: L1 {np.mean([r['l1'] for r in log[-settings.log_every:]]):.4f}")
+    vae.eval()
+    mean, std = latent_statistics(vae, dataset)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    codec = WanVAECodec(vae)
+    errors = reconstruction_mae(codec, held_out, config.preprocessing)
+    with atomic_folder(out) as staging:
+        vae.save_pretrained(staging / "vae")
+        (staging / "loss.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        (staging / "reconstruction.json").write_text(json.dumps(
+            {"cases": len(held_out), "held_out": bool(split), "mae": errors}, indent=2))
+    return out / "vae"

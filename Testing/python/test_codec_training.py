@@ -1,0 +1,89 @@
+"""The learned codec: a small AutoencoderKLWan trained on the modalities, frozen, saved in the pipeline
+folder like the Wan VAE, and used by a diffusion run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from training_data import write_training_cases
+
+from dosediffusion.errors import InputError
+from dosediffusion.model.codecs import WanVAECodec
+from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion_training.cli import main
+from dosediffusion_training.data.dataset import PreparedCases, list_cases, make_split
+from dosediffusion_training.synth.phantom import make_phantom
+from dosediffusion_training.training.codec_training import CodecConfig, fit_codec
+
+VAE = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2], "num_res_blocks": 1, "temperal_downsample": [False],
+       "scale_factor_temporal": 1, "scale_factor_spatial": 2}
+PREPROCESSING = {"crop_shape": [9, 32, 32], "spacing_mm": [5.0, 5.0, 5.0]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = write_training_cases(tmp_path_factory.mktemp("compact"), range(4), (12, 32, 40))
+    (folder.parent / "split.json").write_text(json.dumps(make_split(list_cases(folder), (0.5, 0.25, 0.25), seed=0)))
+    return folder
+
+
+def _config(tmp_path, data, **train) -> CodecConfig:
+    raw = {"data": {"folder": str(data), "split_file": str(data.parent / "split.json")}, "preprocessing": PREPROCESSING,
+           "vae": VAE, "train": {"steps": 30, "batch_size": 2, "learning_rate": 3e-3, "patch_shape": [5, 16, 16],
+                                 "log_every": 10, **train}}
+    path = tmp_path / "codec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return CodecConfig.from_yaml(path)
+
+
+def test_the_codec_learns_and_normalises_its_latents(tmp_path, data):
+    config = _config(tmp_path, data)
+    folder = fit_codec(config, tmp_path / "codec")
+    losses = [json.loads(line)["l1"] for line in (tmp_path / "codec" / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 30 and np.mean(losses[-6:]) < 0.7 * np.mean(losses[:6])
+    codec = WanVAECodec.from_pretrained(folder)
+    assert (codec.latent_channels, codec.in_channels) == (4, 1)
+    assert codec.latent_shape((9, 32, 32)) == (9, 16, 16)
+    split = json.loads((data.parent / "split.json").read_text())
+    cases = PreparedCases(list_cases(data, data.parent / "split.json", "train"), config.preprocessing)
+    latents = torch.cat([codec.encode(v[None]) for i in range(len(cases)) for v in cases[i].values()])
+    per_channel = latents.transpose(0, 1).reshape(4, -1)
+    np.testing.assert_allclose(per_channel.mean(1), 0.0, atol=1e-3)  # the stats the codec was given
+    np.testing.assert_allclose(per_channel.std(1), 1.0, atol=1e-2)
+    report = json.loads((tmp_path / "codec" / "reconstruction.json").read_text())
+    assert report["cases"] == len(split["val"]) + len(split["test"]) and report["held_out"]
+    assert set(report["mae"]) == {*cases[0], "dose_gy"}
+    volume = cases[0]["dose"][None]
+    direct = float((codec.decode(codec.encode(volume)) - volume).abs().mean())
+    assert 0 < direct < 0.5 and all(0 < v < 1 for k, v in report["mae"].items() if k != "dose_gy")
+
+
+def test_a_run_trains_on_the_learned_codec_and_its_pipeline_predicts(tmp_path, data):
+    fit_codec(_config(tmp_path, data, steps=2), tmp_path / "codec")
+    raw = {"data": {"folder": str(data)}, "preprocessing": PREPROCESSING,
+           "codec": {"type": "wan_vae", "path": str(tmp_path / "codec" / "vae")},
+           "model": {"size": "tiny", "patch_size": [1, 2, 2]},
+           "train": {"steps": 2, "batch_size": 1, "warmup_steps": 1, "checkpoint_every": 2, "tensorboard": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["fit", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")]) == 0
+    pipe = DoseDiffusionPipeline.from_pretrained(tmp_path / "run" / "pipeline")  # the codec travels with it
+    assert isinstance(pipe.codec, WanVAECodec) and pipe.codec.latent_channels == 4
+    case = make_phantom(7, shape=(12, 32, 40))
+    assert pipe(case, steps=1).dose_gy.shape == case.grid.shape
+
+
+def test_bad_codec_configurations_are_refused_before_training(tmp_path, data, capsys):
+    with pytest.raises(InputError, match="patch_shape .* does not fit the VAE"):
+        _config(tmp_path, data, patch_shape=[6, 16, 16])
+    with pytest.raises(InputError, match="larger than the crop"):
+        _config(tmp_path, data, patch_shape=[13, 16, 16])
+    with pytest.raises(InputError, match=r"unknown: \['lr'\]"):
+        _config(tmp_path, data, lr=1)
+    (tmp_path / "taken").mkdir()
+    _config(tmp_path, data)
+    assert main(["fit-codec", "--config", str(tmp_path / "codec.yaml"), "--out", str(tmp_path / "taken")]) == 2
+    assert "exists already" in capsys.readouterr().err
