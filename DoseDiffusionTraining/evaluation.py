@@ -3,8 +3,13 @@ case and aggregated, for one or several models on held-out cases, with paired te
 
 Per case (prediction against the case's own dose, Gy): MAE inside the body (appendix F's
 per-patient MAE), the GDP-HMM challenge MAE, the scorecard totals of prediction and reference and
-their difference, PSNR (dB) and 3-D SSIM inside the body, and the seconds the prediction took.
-LPIPS is not computed: it needs pretrained network weights, which are not available offline.
+their difference, PSNR (dB) and 3-D SSIM inside the body, and the seconds the prediction took
+(all N candidates). With ``candidates`` N ≥ 2 the prediction is the best of N by the case's
+scorecard, as ``dosediffusion predict --candidates N`` chooses, and each row adds the per-voxel
+uncertainty (:mod:`dosediffusion.metrics.uncertainty`: the candidates' standard deviation, Gy): its
+mean in the body and its Pearson and Spearman correlation with the absolute error inside the body
+(a useful uncertainty is high where the error is). LPIPS is not computed: it needs pretrained
+network weights, which are not available offline.
 Between the first model and each other one: two-sided paired t-tests (as the paper's appendix
 F) and Wilcoxon signed-rank tests on the per-case MAE and scorecard. Written as ``cases.csv``,
 ``summary.json`` and ``table.md``.
@@ -25,12 +30,15 @@ from tqdm import tqdm
 from dosediffusion.errors import InputError
 from dosediffusion.metrics.evaluation import gdp_hmm_mae, psnr, ssim3d
 from dosediffusion.metrics.scorecard import score_case
+from dosediffusion.metrics.uncertainty import candidate_std, std_error_correlation
 from dosediffusion.prediction.checks import check_predictable
 from dosediffusion.prediction.predictors import LocalPredictor
 from dosediffusion.prediction.scorecard import choose_scorecard
 from dosediffusion_training.data.dataset import load_any
 
 COLUMNS = ("mae_body_gy", "gdp_hmm_mae_gy", "score_pred", "score_ref", "score_diff", "psnr_db", "ssim", "seconds")
+#: Added with two or more candidates (None where a correlation is undefined: a constant std or error).
+UNCERTAINTY_COLUMNS = ("std_mean_body_gy", "std_error_pearson", "std_error_spearman")
 
 
 def case_metrics(case, pred: np.ndarray, template: dict) -> dict:
@@ -44,11 +52,21 @@ def case_metrics(case, pred: np.ndarray, template: dict) -> dict:
             "psnr_db": psnr(pred, case.dose, body), "ssim": ssim3d(pred, case.dose, body)}
 
 
+def uncertainty_metrics(case, candidates_gy: Sequence[np.ndarray], pred: np.ndarray) -> dict:
+    """The :data:`UNCERTAINTY_COLUMNS` of N ≥ 2 candidate doses (Gy) against ``case.dose``: the mean
+    standard deviation in the body (Gy) and its correlation with |``pred`` − dose| there."""
+    std, body = candidate_std(candidates_gy), case.body.mask
+    correlation = std_error_correlation(std, pred, case.dose, body)
+    return {"std_mean_body_gy": float(std[body].mean(dtype=np.float64)), "std_error_pearson": correlation["pearson"],
+            "std_error_spearman": correlation["spearman"]}
+
+
 def evaluate_model(model: str, paths: Sequence[Path], steps: int, seed: int, scorecard: str | None,
-                   device: str = "cpu") -> list[dict]:
+                   device: str = "cpu", candidates: int = 1) -> list[dict]:
     """Per-case rows of ``model`` (a pipeline folder or ``demo``) on the cases at ``paths``, through the
-    prediction layer (the same checks and scorecard choice as ``dosediffusion predict``); a case no
-    scorecard fits is an error naming it, not scored with another site's."""
+    prediction layer (the same checks and scorecard choice as ``dosediffusion predict``, and the same
+    best-of-``candidates`` selection by that scorecard); a case no scorecard fits is an error naming
+    it, not scored with another site's. With ``candidates`` ≥ 2 the rows add :data:`UNCERTAINTY_COLUMNS`."""
     predictor = LocalPredictor(model, device)
     rows = []
     for path in tqdm(paths, desc=Path(model).name, unit="case"):
@@ -58,8 +76,11 @@ def evaluate_model(model: str, paths: Sequence[Path], steps: int, seed: int, sco
         if choice.template is None:
             raise InputError(f"no scorecard for this case: {choice.reason}", path)
         start = time.perf_counter()
-        pred = predictor(case, steps=steps, seed=seed).dose_gy
-        rows.append({**case_metrics(case, pred, choice.template), "seconds": time.perf_counter() - start})
+        prediction = predictor(case, steps=steps, seed=seed, num_candidates=candidates, scorecard=choice.template)
+        row = {**case_metrics(case, prediction.dose_gy, choice.template), "seconds": time.perf_counter() - start}
+        if candidates > 1:
+            row.update(uncertainty_metrics(case, prediction.candidates_gy, prediction.dose_gy))
+        rows.append(row)
     return rows
 
 
@@ -77,14 +98,14 @@ def paired_tests(a: list[dict], b: list[dict]) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean and standard deviation of each column over the cases."""
+    """Mean and standard deviation of each column over the cases (None values left out)."""
     return {c: {"mean": float(np.mean([r[c] for r in rows if r.get(c) is not None])),
                 "std": float(np.std([r[c] for r in rows if r.get(c) is not None]))}
-            for c in COLUMNS if any(r.get(c) is not None for r in rows)}
+            for c in COLUMNS + UNCERTAINTY_COLUMNS if any(r.get(c) is not None for r in rows)}
 
 
 def markdown_table(summaries: dict[str, dict]) -> str:
-    columns = [c for c in COLUMNS if all(c in s for s in summaries.values())]
+    columns = [c for c in COLUMNS + UNCERTAINTY_COLUMNS if all(c in s for s in summaries.values())]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, summary in summaries.items():
         lines.append(f"| {name} | " + " | ".join(f"{summary[c]['mean']:.3f} ± {summary[c]['std']:.3f}" for c in columns) + " |")
@@ -95,7 +116,8 @@ def write_report(out: Path, results: dict[str, list[dict]]) -> dict:
     """``cases.csv``, ``summary.json`` and ``table.md`` in ``out``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "cases.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["model", "case", *COLUMNS])
+        extra = [c for c in UNCERTAINTY_COLUMNS if any(c in row for rows in results.values() for row in rows)]
+        writer = csv.DictWriter(handle, fieldnames=["model", "case", *COLUMNS, *extra])
         writer.writeheader()
         writer.writerows({"model": name, **row} for name, rows in results.items() for row in rows)
     names = list(results)

@@ -4,9 +4,10 @@
   ``Logic/`` folder, installs the Python requirements inside Slicer, and builds/parses the command
   line of the background prediction process. No Qt at module level.
 - :mod:`.scene`: MRML scene ↔ :class:`dosediffusion.case.Case` (geometry, segments, dose volume,
-  DVH chart, scorecard table). Uses the MRML classes of ``slicer`` only, never Qt or ctk.
+  uncertainty volume, DVH chart, scorecard table). Uses the MRML classes of ``slicer`` only, never Qt or ctk.
 - :mod:`.plan_adapter`: beams of a SlicerRT RT plan node (or its RTPLAN file).
-- :mod:`.prediction_folder`: a prediction's output folder → dose volume, DVH chart, scorecard table.
+- :mod:`.prediction_folder`: a prediction's output folder → dose volume (and its uncertainty), DVH
+  chart, scorecard table.
 - :mod:`.process_tree`: ending the background process with everything it started (psutil).
 
 Importing this package makes ``import dosediffusion`` work (see

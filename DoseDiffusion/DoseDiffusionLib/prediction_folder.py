@@ -2,8 +2,9 @@
 
 The background process, the Python console and the batch script all write the same folder; the
 module shows what is in it instead of computing DVHs and scores again: ``dose.nrrd`` → an RT dose
-volume, ``dvh.csv`` → the DVH chart (predicted solid, the case's own dose dashed), ``scorecard.json``
-→ the scorecard table.
+volume, ``dose_std.nrrd`` (with several candidates) → a scalar volume of the per-voxel uncertainty
+named after the dose (:func:`uncertainty_node_name`), ``dvh.csv`` → the DVH chart (predicted solid,
+the case's own dose dashed), ``scorecard.json`` → the scorecard table.
 """
 
 from __future__ import annotations
@@ -14,18 +15,32 @@ from pathlib import Path
 from dosediffusion.errors import InputError
 from dosediffusion.io.volume_sidecar import read_volume
 from dosediffusion.metrics.scorecard import ScoreReport
-from dosediffusion.prediction.outputs import read_dvh_csv
+from dosediffusion.prediction.outputs import DOSE_STD_FILE, read_dvh_csv
 
-from .scene import add_dose_to_scene, add_dvh_chart, add_scorecard_table, remove_prediction_nodes, segment_colors
+from .scene import (
+    add_dose_to_scene,
+    add_dvh_chart,
+    add_scorecard_table,
+    add_uncertainty_to_scene,
+    remove_prediction_nodes,
+    segment_colors,
+)
+
+
+def uncertainty_node_name(dose_name: str) -> str:
+    """The name of the uncertainty volume shown with the dose node called ``dose_name``."""
+    return f"{dose_name} uncertainty (Gy)"
 
 
 def add_prediction_folder(scene, folder: str | Path, reference_volume_node=None, prescription_gy: float | None = None,
                           segmentation_node=None, name: str = "Predicted dose"):
-    """Add the folder's dose (on the grid it was written on: the CT's), DVH chart and scorecard table
-    (None when the folder has no scorecard) to ``scene``, in place of the previous prediction's nodes
-    (same names; the reference dose stays); the dose's colour scale follows ``prescription_gy``
-    (default: the highest level of the folder's ``summary.json``), each DVH the colour of its segment in
-    ``segmentation_node``. Returns the three nodes."""
+    """Add the folder's dose (on the grid it was written on: the CT's), its uncertainty volume (when
+    the folder has ``dose_std.nrrd``: named :func:`uncertainty_node_name`, found by that name), DVH
+    chart and scorecard table (None when the folder has no scorecard) to ``scene``, in place of the
+    previous prediction's nodes (same names; the reference dose stays); the dose's colour scale
+    follows ``prescription_gy`` (default: the highest level of the folder's ``summary.json``), each
+    DVH the colour of its segment in ``segmentation_node``. Returns the dose node, the chart and the
+    table."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / "summary.json").read_text())
@@ -35,6 +50,9 @@ def add_prediction_folder(scene, folder: str | Path, reference_volume_node=None,
     dose, grid = read_volume(folder / "dose.nrrd")
     remove_prediction_nodes(scene)
     dose_node = add_dose_to_scene(scene, dose, grid, name, reference_volume_node, prescription_gy or levels[0])
+    if (folder / DOSE_STD_FILE).is_file():
+        std, std_grid = read_volume(folder / DOSE_STD_FILE)
+        add_uncertainty_to_scene(scene, std, std_grid, uncertainty_node_name(name), dose_node)
     curves = read_dvh_csv(folder / "dvh.csv")
     chart = add_dvh_chart(scene, curves.get("predicted", {}), curves.get("case"), colors=segment_colors(segmentation_node))
     table = None

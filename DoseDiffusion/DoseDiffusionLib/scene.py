@@ -1,5 +1,5 @@
 """MRML scene ↔ DoseDiffusion core: a :class:`~dosediffusion.case.Case` from scene nodes, and the
-prediction back into the scene (RT dose volume, DVH chart, scorecard table).
+prediction back into the scene (RT dose volume, its uncertainty volume, DVH chart, scorecard table).
 
 Coordinates: Slicer's nodes are in RAS, the core's :class:`~dosediffusion.geometry.Grid` and beams
 in DICOM LPS (x → patient left, y → posterior); the two differ by the flip ``diag(-1, -1, 1)``.
@@ -36,8 +36,10 @@ DOSE_VOLUME_ATTRIBUTE = "DicomRtImport.DoseVolume"
 DOSE_UNIT_NAME_ATTRIBUTE = "DicomRtImport.DoseUnitName"
 DOSE_UNIT_VALUE_ATTRIBUTE = "DicomRtImport.DoseUnitValue"
 DOSE_COLOR_TABLE_NAME = "Dose_ColorTable"
-#: Our marker on nodes this module made (predicted dose, DVH chart and table, scorecard).
+#: Our marker on nodes this module made (predicted dose and its uncertainty, DVH chart and table, scorecard).
 PREDICTION_ATTRIBUTE = "DoseDiffusion.Prediction"
+#: Slicer's built-in black–red–yellow–white heat scale (a PET colour node), for the uncertainty (std) volume.
+UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -344,9 +346,9 @@ def study_item_for_dose(scene, reference_volume_node=None, name: str = "DoseDiff
 
 
 def remove_prediction_nodes(scene) -> int:
-    """Remove every node this module made for a prediction (marked :data:`PREDICTION_ATTRIBUTE`: dose volume
-    with its display node, DVH table, chart and series, scorecard table); the CT, the structures and the
-    reference dose stay. Returns how many nodes were removed."""
+    """Remove every node this module made for a prediction (marked :data:`PREDICTION_ATTRIBUTE`: dose and
+    uncertainty volumes with their display nodes, DVH table, chart and series, scorecard table); the CT,
+    the structures and the reference dose stay. Returns how many nodes were removed."""
     marked = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
     marked = [node for node in marked if node is not None and node.GetAttribute(PREDICTION_ATTRIBUTE) == "1"]
     for node in marked:
@@ -356,6 +358,54 @@ def remove_prediction_nodes(scene) -> int:
                 scene.RemoveNode(display)
         scene.RemoveNode(node)
     return len(marked)
+
+
+def _add_volume_node(scene, array: np.ndarray, grid: Grid, name: str, attributes: Mapping[str, str]):
+    """A new vtkMRMLScalarVolumeNode named ``name`` holding ``array`` ((z, y, x) float32 on ``grid``), given
+    ``attributes`` before it enters the scene (subject hierarchy picks the item's owner plugin when the
+    node is added: SlicerRT's RT dose plugin for a dose volume, as its own RTDOSE import does)."""
+    values = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    if values.shape != grid.shape:
+        raise GeometryError(f"volume {name!r} has shape {values.shape}, its grid {grid.shape}")
+    node = scene.CreateNodeByClass("vtkMRMLScalarVolumeNode")
+    node.SetName(name)  # a re-run removes the previous prediction first (remove_prediction_nodes): same names
+    for key, value in attributes.items():
+        node.SetAttribute(key, value)
+    scene.AddNode(node)
+    node.UnRegister(None)  # the scene holds it now
+    image = vtk.vtkImageData()
+    image.SetDimensions(*grid.size_xyz)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = values.ravel()
+    node.SetAndObserveImageData(image)
+    set_volume_geometry(node, grid)
+    return node
+
+
+def _place_in_study(scene, node, reference_volume_node=None) -> int:
+    """Put ``node`` in :func:`study_item_for_dose`'s study; returns the study item (0 without a subject hierarchy)."""
+    sh = _subject_hierarchy(scene)
+    if sh is None:
+        return 0
+    study = study_item_for_dose(scene, reference_volume_node)
+    item = sh.GetItemByDataNode(node) or sh.CreateItem(sh.GetSceneItemID(), node)
+    sh.SetItemParent(item, study)
+    return study
+
+
+def _display(scene, node, color, top: float, upper: float) -> None:
+    """A display node for ``node``: colour node ``color`` (None: the default), window 0 … ``top``,
+    voxels under 0.5 % of ``top`` or above ``upper`` hidden."""
+    display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
+    if color is not None:
+        display.SetAndObserveColorNodeID(color.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, top)
+    display.AutoThresholdOff()
+    display.SetLowerThreshold(0.005 * top)
+    display.SetUpperThreshold(upper)
+    display.SetApplyThreshold(1)
+    node.SetAndObserveDisplayNodeID(display.GetID())
 
 
 def add_dose_to_scene(scene, dose_gy: np.ndarray, grid: Grid, name: str = "Predicted dose",
@@ -368,46 +418,32 @@ def add_dose_to_scene(scene, dose_gy: np.ndarray, grid: Grid, name: str = "Predi
     and displayed with SlicerRT's ``Dose_ColorTable`` (window 0 … max(prescription, max dose),
     voxels under 0.5 % of that range hidden).
     """
-    dose = np.ascontiguousarray(np.asarray(dose_gy, dtype=np.float32))
-    if dose.shape != grid.shape:
-        raise GeometryError(f"dose shape {dose.shape} does not match its grid {grid.shape}")
-    # marked as dose before it enters the scene: subject hierarchy picks the item's owner plugin (SlicerRT's
-    # RT dose plugin for a dose volume) when the node is added, as SlicerRT's own RTDOSE import does
-    node = scene.CreateNodeByClass("vtkMRMLScalarVolumeNode")
-    node.SetName(name)  # a re-run removes the previous prediction first (remove_prediction_nodes): same names
-    node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
-    node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
-    scene.AddNode(node)
-    node.UnRegister(None)  # the scene holds it now
-    image = vtk.vtkImageData()
-    image.SetDimensions(*grid.size_xyz)
-    image.AllocateScalars(vtk.VTK_FLOAT, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = dose.ravel()
-    node.SetAndObserveImageData(image)
-    set_volume_geometry(node, grid)
-
-    sh = _subject_hierarchy(scene)
-    if sh is not None:
-        study = study_item_for_dose(scene, reference_volume_node)
-        item = sh.GetItemByDataNode(node) or sh.CreateItem(sh.GetSceneItemID(), node)
-        sh.SetItemParent(item, study)
+    node = _add_volume_node(scene, dose_gy, grid, name, {DOSE_VOLUME_ATTRIBUTE: "1", PREDICTION_ATTRIBUTE: "1"})
+    study = _place_in_study(scene, node, reference_volume_node)
+    if study:
+        sh = _subject_hierarchy(scene)
         if not sh.GetItemAttribute(study, DOSE_UNIT_NAME_ATTRIBUTE):
             sh.SetItemAttribute(study, DOSE_UNIT_NAME_ATTRIBUTE, "GY")
         if not sh.GetItemAttribute(study, DOSE_UNIT_VALUE_ATTRIBUTE):
             sh.SetItemAttribute(study, DOSE_UNIT_VALUE_ATTRIBUTE, "1.0")
+    dose_max = float(np.max(dose_gy)) if np.size(dose_gy) else 0.0
+    top = max(dose_max, float(prescription_gy or 0.0), 1e-3)
+    _display(scene, node, _dose_color_table(scene), top, max(top * 10.0, dose_max + 1.0))
+    return node
 
-    display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
-    color = _dose_color_table(scene)
-    if color is not None:
-        display.SetAndObserveColorNodeID(color.GetID())
-    top = max(float(dose.max()) if dose.size else 0.0, float(prescription_gy or 0.0), 1e-3)
-    display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(0.0, top)
-    display.AutoThresholdOff()
-    display.SetLowerThreshold(0.005 * top)
-    display.SetUpperThreshold(max(top * 10.0, float(dose.max()) + 1.0))
-    display.SetApplyThreshold(1)
-    node.SetAndObserveDisplayNodeID(display.GetID())
+
+def add_uncertainty_to_scene(scene, std_gy: np.ndarray, grid: Grid, name: str = "Predicted dose uncertainty (Gy)",
+                             reference_volume_node=None):
+    """Add the per-voxel uncertainty ``std_gy`` ((z, y, x) on ``grid``: the standard deviation over the
+    candidates, Gy) as a plain scalar volume (not an RT dose), marked as this module's prediction (a
+    re-run replaces it), in the study of ``reference_volume_node`` (pass the predicted dose's node to
+    keep the two together), displayed with the ``PET-Heat`` colour node when the scene has it (window
+    0 … its maximum, voxels under 0.5 % of that hidden). Returns the node."""
+    node = _add_volume_node(scene, std_gy, grid, name, {PREDICTION_ATTRIBUTE: "1"})
+    _place_in_study(scene, node, reference_volume_node)
+    std_max = float(np.max(std_gy)) if np.size(std_gy) else 0.0
+    top = max(std_max, 1e-3)
+    _display(scene, node, scene.GetNodeByID(UNCERTAINTY_COLOR_NODE_ID), top, top + 1.0)
     return node
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from phantoms import make_phantom_case
 
 from dosediffusion.case import Prescription, Structure
@@ -26,6 +27,26 @@ def test_report_shows_three_views_dvhs_and_scorecard():
     dvh_axes = next(a for a in figure.axes if a.get_xlabel() == "Dose (Gy)")
     assert len(dvh_axes.get_lines()) == 2 * len(case_dvhs(case))
     assert any(a.tables for a in figure.axes)
+    assert not any("uncertainty" in a.get_title() for a in figure.axes)
+
+
+def test_report_adds_a_row_of_uncertainty_planes_when_given_the_std():
+    case, _ = make_phantom_case(spacing=(5.0, 5.0, 5.0))
+    predicted = case.dose * np.float32(0.9)
+    std = (case.dose * np.float32(0.05) + np.linspace(0, 1, case.dose.size, dtype=np.float32).reshape(case.dose.shape)
+           * case.body.mask)
+    figure = case_report_figure(case, predicted, case_dvhs(case, predicted), std_gy=std)
+    views = [a for a in figure.axes if a.get_images()]
+    assert [a.get_title().split(" ")[:2] for a in views[3:]] == [["axial", "uncertainty"], ["coronal", "uncertainty"],
+                                                                 ["sagittal", "uncertainty"]]
+    assert all(a.get_position().y0 < d.get_position().y0 for a, d in zip(views[3:], views[:3], strict=True))
+    centre = tuple(int(round(v)) for v in np.argwhere(case.structures["PTV_60"].mask).mean(axis=0))
+    wash = views[3].get_images()[1]
+    assert wash.get_cmap().name == "magma" and wash.get_clim() == (0, pytest.approx(float(std.max())))
+    assert np.allclose(wash.get_array().filled(0), np.where(std[centre[0]] >= 0.05 * std.max(), std[centre[0]], 0))
+    assert [a.get_ylabel() for a in figure.axes if a.get_ylabel().startswith("Std")] == ["Std over candidates (Gy)"]
+    dvh_axes = next(a for a in figure.axes if a.get_xlabel() == "Dose (Gy)")
+    assert dvh_axes.get_position().y1 < min(a.get_position().y0 for a in views)  # the DVHs under both rows
 
 
 def test_suggested_scorecard_follows_the_prescription():

@@ -13,11 +13,11 @@ from peers import slicer_bundled_python
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-#: The tests of the core's reading, writing, geometry, DVH, metrics and scorecards (no torch in them).
+#: The tests of the core's reading, writing, geometry, DVH, metrics, scorecards and uncertainty (no torch in them).
 CORE_TESTS = ("test_case_model.py", "test_cli.py", "test_dicom_bad_input.py", "test_dicom_real_files.py",
               "test_dicom_roundtrip.py", "test_dose_metrics.py", "test_dvh.py", "test_gdp_hmm.py", "test_geometry.py",
               "test_mask_contours.py", "test_rasterize.py", "test_safe_pickle.py", "test_scorecard.py",
-              "test_volume_sidecar.py")
+              "test_uncertainty.py", "test_volume_sidecar.py")
 #: The oldest Python the core supports (pyproject's requires-python; 3D Slicer 5.10 has 3.12).
 OLDEST_PYTHON = (3, 10)
 

@@ -15,6 +15,7 @@ from dosediffusion.cli.main import main
 from dosediffusion.io.load import load_case
 from dosediffusion.io.volume_sidecar import read_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs
+from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion.resources import resource_path
 
 
@@ -53,8 +54,31 @@ def test_predict_writes_every_file(phantom_dicom, model_dir, tmp_path, capsys):
     body = case.body.mask
     assert summary["mae_body_gy"] == pytest.approx(np.abs(dose[body] - case.dose[body]).mean(), abs=1e-3)
     assert summary["structures"]["PTV_60"]["max_gy"] == pytest.approx(float(dose[case.structures["PTV_60"].mask].max()), abs=0.5)
+    assert "uncertainty" not in summary  # one candidate: no std map (and no dose_std.nrrd above)
     printed = capsys.readouterr().out
     assert "MAE against the case's own dose" in printed and "scorecard Lung 60" in printed
+
+
+def test_predict_with_candidates_writes_their_std(phantom_dicom, model_dir, tmp_path, capsys):
+    """CLI → prediction layer → outputs: ``dose_std.nrrd`` on the CT grid is the std of the candidates
+    that the same model, seed and case give."""
+    folder = phantom_dicom[0]
+    assert main(["predict", str(folder), "--model", str(model_dir), "--out", str(tmp_path), "--steps", "1",
+                 "--candidates", "3", "--no-report"]) == 0
+    out = tmp_path / folder.name
+    case = load_case(folder)
+    std, grid = read_volume(out / "dose_std.nrrd")
+    assert grid.same_as(case.grid) and std.dtype == np.float32
+    candidates = DoseDiffusionPipeline.from_pretrained(model_dir)(case, steps=1, seed=0, num_candidates=3,
+                                                                  scorecard="lung_60", device="cpu").candidates_gy
+    np.testing.assert_allclose(std, np.std(np.stack(candidates), axis=0, ddof=1), atol=1e-4)
+    assert std[case.body.mask].max() > 0
+    summary = json.loads((out / "summary.json").read_text())
+    uncertainty = summary["uncertainty"]
+    assert summary["candidates"] == uncertainty["candidates"] == 3 and uncertainty["ddof"] == 1
+    assert uncertainty["regions"]["body"]["mean_gy"] == pytest.approx(float(std[case.body.mask].mean()), abs=1e-4)
+    assert uncertainty["error_correlation"]["voxels"] == case.body.mask.sum()
+    assert "uncertainty (std over 3 candidates) → dose_std.nrrd" in capsys.readouterr().out
 
 
 def test_batch_folder_with_a_bad_case(phantom_dicom, model_dir, tmp_path, capsys):

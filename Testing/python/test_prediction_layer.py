@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from case_builders import box_case
 from model_builders import tiny_pipeline
+from phantoms import make_phantom_case
 
 from dosediffusion.case import Case, Structure
 from dosediffusion.cli.main import main
@@ -25,6 +26,7 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
 from dosediffusion.io.volume_sidecar import read_volume
 from dosediffusion.prediction.checks import DERIVED_BODY, check_predictable
+from dosediffusion.prediction.outputs import write_prediction
 from dosediffusion.prediction.predictors import LocalPredictor
 from dosediffusion.prediction.run import predict_to_folder
 from dosediffusion.prediction.scorecard import choose_scorecard
@@ -292,3 +294,22 @@ def test_training_never_imports_the_command_line():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("dosediffusion.cli")]
     assert not offenders
+
+
+def test_a_prediction_exposes_and_writes_the_std_of_its_candidates(tmp_path):
+    """``DosePrediction.dose_std_gy`` is the std of its candidates; ``write_prediction`` writes it and its
+    summary with several candidates, neither with one."""
+    case, _ = make_phantom_case(spacing=(5.0, 5.0, 5.0))
+    pipeline = tiny_pipeline(seed=2)
+    prediction = pipeline(case, steps=1, seed=0, num_candidates=3, device="cpu", selection="mae")
+    std = prediction.dose_std_gy
+    np.testing.assert_allclose(std, np.std(np.stack(prediction.candidates_gy), axis=0, ddof=1), rtol=1e-5, atol=1e-5)
+    assert std.max() > 0 and (std[~case.body.mask] == 0).all()
+    summary = write_prediction(case, prediction, tmp_path / "three", report=False)
+    assert (tmp_path / "three" / "dose_std.nrrd").is_file()
+    assert summary["uncertainty"]["regions"]["body"]["max_gy"] == pytest.approx(float(std[case.body.mask].max()), abs=1e-4)
+    assert summary["uncertainty"]["error_correlation"]["voxels"] == case.body.mask.sum()
+    single = pipeline(case, steps=1, seed=0, device="cpu")
+    assert single.dose_std_gy is None
+    assert "uncertainty" not in write_prediction(case, single, tmp_path / "one", report=False)
+    assert not (tmp_path / "one" / "dose_std.nrrd").exists()

@@ -230,6 +230,7 @@ def test_remote_prediction_equals_local(worker, case, reference):
     local = reference(case, steps=2, seed=3, num_candidates=2, device="cpu")
     assert np.array_equal(remote.dose_gy, local.dose_gy)
     assert all(np.array_equal(r, v) for r, v in zip(remote.candidates_gy, local.candidates_gy, strict=True))
+    assert np.array_equal(remote.dose_std_gy, local.dose_std_gy) and remote.dose_std_gy.max() > 0  # every candidate comes back
     assert remote.selected == local.selected and remote.selection_scores == local.selection_scores
     assert remote.device == "cpu (remote)" and {"remote_queued", "remote_run", "model"} <= set(remote.timing_s)
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)

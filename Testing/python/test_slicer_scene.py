@@ -389,6 +389,47 @@ def test_a_rerun_replaces_the_previous_prediction_and_keeps_the_reference(predic
     assert mrml.GetNodeByID(reference.GetID()) is reference and reference.GetImageData() is not None
 
 
+def test_the_uncertainty_volume_is_shown_and_replaced_with_the_prediction(predicted, tmp_path):
+    """``dose_std.nrrd`` → a plain scalar volume beside the dose (same grid, not an RT dose, marked as the
+    prediction): a re-run replaces it, and a folder without one leaves none behind."""
+    import dataclasses
+
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    from dosediffusion.prediction.outputs import write_prediction
+    from dosediffusion.prediction.scorecard import choose_scorecard
+
+    _, _, _, scene_case, prediction = predicted
+    dose = prediction.dose_gy
+    three = dataclasses.replace(prediction, candidates_gy=[dose, dose * np.float32(1.1), dose * np.float32(0.9)])
+    mrml, ct, _ = scene_from_case(scene_case)
+    color_logic = slicer.vtkMRMLColorLogic()  # the colour nodes a Slicer scene has
+    color_logic.SetMRMLScene(mrml)
+    choice = choose_scorecard("none", scene_case)
+    write_prediction(scene_case, three, tmp_path / "three", choice, report=False)
+    write_prediction(scene_case, prediction, tmp_path / "one", choice, report=False)
+
+    def uncertainty_nodes():
+        return [n for n in _volumes(mrml) if n.GetName() == "Predicted dose uncertainty (Gy)"]
+
+    dose_node, _, _ = add_prediction_folder(mrml, tmp_path / "three", ct)
+    (node,) = uncertainty_nodes()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node), 0.1 * dose, rtol=1e-4, atol=1e-5)
+    assert scene.grid_from_volume_node(node).same_as(scene.grid_from_volume_node(dose_node))
+    assert node.GetAttribute(scene.PREDICTION_ATTRIBUTE) == "1" and not node.GetAttribute("DicomRtImport.DoseVolume")
+    assert node.GetDisplayNode().GetColorNodeID() == scene.UNCERTAINTY_COLOR_NODE_ID
+    assert node.GetDisplayNode().GetWindowLevelMax() == pytest.approx(0.1 * float(dose.max()), rel=1e-4)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == sh.GetItemParent(sh.GetItemByDataNode(dose_node))
+    assert scene.find_scene_inputs(mrml).ct is ct
+    count = mrml.GetNumberOfNodes()
+    add_prediction_folder(mrml, tmp_path / "three", ct)
+    (again,) = uncertainty_nodes()
+    assert mrml.GetNumberOfNodes() == count and mrml.GetNodeByID(node.GetID()) is None
+    add_prediction_folder(mrml, tmp_path / "one", ct)
+    assert uncertainty_nodes() == [] and mrml.GetNodeByID(again.GetID()) is None
+
+
 def test_dvh_colours_are_the_segments(predicted, tmp_path):
     from DoseDiffusionLib.prediction_folder import add_prediction_folder
 

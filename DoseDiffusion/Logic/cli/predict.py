@@ -27,6 +27,7 @@ from tqdm import tqdm
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
 from dosediffusion.prediction.options import check_sampling_options
+from dosediffusion.prediction.outputs import DOSE_STD_FILE
 from dosediffusion.prediction.predictors import LocalPredictor, RemotePredictor
 from dosediffusion.prediction.run import predict_to_folder
 from dosediffusion.prediction.scorecard import check_scorecard_option
@@ -147,6 +148,14 @@ def format_summary(summary: dict, folder: Path) -> str:
              f"{summary['timing_s']['total']:.1f} s → {folder}"]
     if "mae_body_gy" in summary:
         lines.append(f"  MAE against the case's own dose (body): {summary['mae_body_gy']:.2f} Gy")
+    if "uncertainty" in summary:
+        u = summary["uncertainty"]
+        body = u["regions"].get("body")
+        line = f"  uncertainty (std over {u['candidates']} candidates) → {DOSE_STD_FILE}"
+        line += f": mean {body['mean_gy']:.2f} Gy in the body" if body else ""
+        pearson = u.get("error_correlation", {}).get("pearson")
+        line += f"; correlation with the error (Pearson) {pearson:.2f}" if pearson is not None else ""
+        lines.append(line)
     if "scorecard" in summary:
         s = summary["scorecard"]
         lines.append(f"  scorecard {s['template']}: {s['total']:.1f} of {s['max_total']:g}"

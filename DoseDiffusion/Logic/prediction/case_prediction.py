@@ -14,6 +14,7 @@ from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.errors import InputError
+from dosediffusion.metrics.uncertainty import candidate_std
 from dosediffusion.model.selection import Selector, resolve_selector
 from dosediffusion.prediction.options import check_sampling_options
 
@@ -40,6 +41,13 @@ class DosePrediction:
     steps: int
     seed: int
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def dose_std_gy(self) -> np.ndarray | None:
+        """The per-voxel uncertainty: the sample standard deviation (Gy, float32, (z, y, x) on the CT grid)
+        over the candidates (:func:`~dosediffusion.metrics.uncertainty.candidate_std`), computed on each
+        access; None for a single candidate."""
+        return candidate_std(self.candidates_gy)
 
 
 def check_finite_result(volumes: np.ndarray) -> None:

@@ -1,12 +1,17 @@
 """The files of one prediction, written together into one folder.
 
 ``RTDOSE.dcm`` (on the CT's study and frame of reference, referencing its plan when it has one),
-``dose.nrrd`` (Gy, CT grid), ``dvh.csv`` (cumulative DVHs: structure, source, dose_gy,
-volume_percent at 0.1 Gy steps; source ``predicted`` and, when the case has its own dose,
+``dose.nrrd`` (Gy, CT grid), ``dose_std.nrrd`` (with two or more candidates: the per-voxel
+uncertainty, the sample standard deviation over the candidates, Gy, CT grid; see
+:mod:`dosediffusion.metrics.uncertainty`), ``dvh.csv`` (cumulative DVHs: structure, source,
+dose_gy, volume_percent at 0.1 Gy steps; source ``predicted`` and, when the case has its own dose,
 ``case``), ``scorecard.json`` (when a scorecard applies), ``summary.json`` (DVH metrics, MAE
-against the case's own dose, model, scorecard and why, warnings, timing) and ``report.png`` (needs
-matplotlib). Everything is written into a staging folder first and moved into place only when
-complete, with ordinary permissions; an existing folder is replaced only when asked to.
+against the case's own dose, model, scorecard and why, warnings, timing, and with two or more
+candidates ``uncertainty``: the std map's summary over the body, PTVs, OARs and the high-dose
+region and, with the case's own dose, its correlation with the error) and ``report.png`` (needs
+matplotlib; with the uncertainty drawn when there is a map). Everything is written into a staging
+folder first and moved into place only when complete, with ordinary permissions; an existing folder
+is replaced only when asked to.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dosediffusion.io.volume_sidecar import write_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, standard_metrics
 from dosediffusion.metrics.dvh import DVH
 from dosediffusion.metrics.scorecard import score_case
+from dosediffusion.metrics.uncertainty import uncertainty_summary
 from dosediffusion.prediction.model_folder import ModelDescription
 from dosediffusion.prediction.scorecard import ScorecardChoice
 
@@ -33,6 +39,8 @@ if TYPE_CHECKING:
     from dosediffusion.prediction.case_prediction import DosePrediction
 
 DVH_STEP_GY = 0.1
+#: The per-voxel uncertainty (Gy, CT grid), written with two or more candidates.
+DOSE_STD_FILE = "dose_std.nrrd"
 
 
 def write_dvh_csv(path: Path, curves: dict[str, dict[str, DVH]]) -> None:
@@ -62,7 +70,7 @@ def read_dvh_csv(path: str | Path) -> dict[str, dict[str, tuple[np.ndarray, np.n
 
 
 def _summary(case: Case, prediction: DosePrediction, dvhs: dict[str, DVH], score, scorecard: ScorecardChoice | None,
-             model: ModelDescription | None) -> dict:
+             model: ModelDescription | None, std_gy: np.ndarray | None) -> dict:
     summary = {"case_id": case.case_id, "steps": prediction.steps, "seed": prediction.seed,
                "candidates": len(prediction.candidates_gy), "selected": prediction.selected,
                "device": prediction.device, "dtype": prediction.dtype,
@@ -75,6 +83,8 @@ def _summary(case: Case, prediction: DosePrediction, dvhs: dict[str, DVH], score
     if case.dose is not None and case.body is not None:
         body = case.body.mask
         summary["mae_body_gy"] = round(float(np.abs(prediction.dose_gy[body] - case.dose[body]).mean()), 4)
+    if std_gy is not None:
+        summary["uncertainty"] = uncertainty_summary(std_gy, case, prediction.dose_gy, len(prediction.candidates_gy))
     if scorecard is not None:
         summary["scorecard_choice"] = {"template": scorecard.name, "reason": scorecard.reason}
     if score is not None:
@@ -100,6 +110,9 @@ def write_prediction(case: Case, prediction: DosePrediction, out_dir: str | Path
         dose = prediction.dose_gy
         write_rtdose(dose, case.grid, staging / "RTDOSE.dcm", case.meta)
         write_volume(dose, case.grid, staging / "dose.nrrd")
+        std = prediction.dose_std_gy
+        if std is not None:
+            write_volume(std, case.grid, staging / DOSE_STD_FILE)
         dvhs = case_dvhs(case, dose)
         dvhs_ref = case_dvhs(case) if case.dose is not None else None
         write_dvh_csv(staging / "dvh.csv", {"predicted": dvhs, **({"case": dvhs_ref} if dvhs_ref else {})})
@@ -108,10 +121,10 @@ def write_prediction(case: Case, prediction: DosePrediction, out_dir: str | Path
         if score is not None:
             document = {"predicted": score.to_dict(), **({"case": score_ref.to_dict()} if score_ref else {})}
             (staging / "scorecard.json").write_text(json.dumps(document, indent=2))
-        summary = _summary(case, prediction, dvhs, score, scorecard, model)
+        summary = _summary(case, prediction, dvhs, score, scorecard, model, std)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))
         if report:
             from dosediffusion.report.case_report import plot_case_report
 
-            plot_case_report(staging / "report.png", case, dose, dvhs, dvhs_ref, score, score_ref, template)
+            plot_case_report(staging / "report.png", case, dose, dvhs, dvhs_ref, score, score_ref, template, std_gy=std)
     return summary
