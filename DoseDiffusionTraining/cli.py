@@ -4,8 +4,10 @@
 folder, case sidecar, GDP-HMM npz) → a GDP-HMM-layout ``.npz`` (OUT ending in ``.npz``) or a
 NRRD + ``case.json`` folder (any other OUT).
 
-``dosediffusion-train synth --out DIR --n N --seed S``: synthetic phantoms with pyRadPlan doses
-(see :mod:`dosediffusion_training.synth.generate`; needs the engine environment).
+``dosediffusion-train synth --out DIR --n N --seed S [--sites thorax,head_neck,pelvis --concave-share 0.3]``:
+synthetic phantoms of the sites (taking turns by seed; a share with a C-shaped high PTV wrapping an
+organ at risk) with pyRadPlan doses (see :mod:`dosediffusion_training.synth.generate`; needs the
+engine environment).
 
 ``dosediffusion-train split DATA --out split.json``: a seeded train/val/test split of the cases in
 DATA.
@@ -73,8 +75,9 @@ def _plan(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from dosediffusion_training.synth.generate import generate
 
+    sites = tuple(site.strip() for site in args.sites.split(",") if site.strip())
     written, failed = generate(Path(args.out), args.n, args.seed, tuple(args.spacing), tuple(args.shape),
-                               args.max_iterations)
+                               args.max_iterations, sites, args.concave_share)
     print(f"wrote {written} cases to {args.out}" + (f"; {failed} failed (see failures.log)" if failed else ""))
     return 1 if failed and not written else 0
 
@@ -181,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--shape", type=int, nargs=3, default=(36, 56, 72), metavar=("Z", "Y", "X"),
                        help="grid shape in voxels (default 36 56 72)")
     synth.add_argument("--max-iterations", type=int, default=300, help="fluence optimisation iterations")
+    synth.add_argument("--sites", default="thorax,head_neck,pelvis",
+                       help="comma-separated sites, taking turns by seed (default thorax,head_neck,pelvis)")
+    synth.add_argument("--concave-share", type=float, default=0.3,
+                       help="share of cases whose high PTV wraps an organ at risk (default 0.3)")
     synth.set_defaults(run=_synth)
     split = commands.add_parser("split", help="a seeded train/val/test split of a data folder")
     split.add_argument("data", help="folder of cases (compact files, DICOM folders, ...)")

@@ -197,6 +197,7 @@ def compute_dose(ct_hu: np.ndarray, spacing_mm: Sequence[float], origin_mm: Sequ
                 "bixel_weights": np.asarray(out["bixel_weights"], dtype=np.float64),
                 "num_bixels": int(out["num_bixels"]),
                 "num_iterations": int(out["num_iterations"]),
+                "optimizer_message": str(out["optimizer_message"]),
                 "seconds_dose": float(out["seconds_dose"]),
                 "seconds_opt": float(out["seconds_opt"]),
                 "seconds_total": seconds_total,

@@ -217,16 +217,27 @@ def patient_mask(r: dict) -> np.ndarray:
     return np.any(chosen, axis=0)
 
 
-def overlap_priorities(r: dict) -> list[int]:
-    """pyRadPlan overlap priorities (lowest wins a shared voxel): PTVs by falling prescription, then
-    OARs, then the falloff shells (max + 1), then the body; equal priorities would keep a shared voxel
-    in both structures (a nested SIB PTV would pull its boost towards the lower dose)."""
+def overlap_priorities(r: dict) -> tuple[list[int], int]:
+    """pyRadPlan overlap priorities (lowest wins a shared voxel) of the structures, and of the falloff
+    shells: PTVs by falling prescription, then OARs, then the shells, then the body (so the shells
+    keep their voxels: ranked after the body they would own none, and their objectives would be 0/0);
+    equal priorities would keep a shared voxel in both structures (a nested SIB PTV would pull its
+    boost towards the lower dose)."""
     order = sorted({float(rx) for role, rx in zip(r["roles"], r["prescriptions"], strict=True) if role == "ptv"},
                    reverse=True)
     n = len(order)
     ranks = {"oar": n, "body": n + 2}
     return [order.index(float(rx)) if role == "ptv" else ranks[role]
-            for role, rx in zip(r["roles"], r["prescriptions"], strict=True)]
+            for role, rx in zip(r["roles"], r["prescriptions"], strict=True)], n + 1
+
+
+def owned_voxels(masks: list[np.ndarray], priorities: list[int]) -> list[int]:
+    """How many voxels each structure keeps once overlaps are resolved (a voxel goes to the lowest
+    priority among the structures that hold it; ties keep it in each)."""
+    best = np.full(masks[0].shape, np.iinfo(np.int64).max)
+    for mask, priority in zip(masks, priorities, strict=True):
+        best[mask] = np.minimum(best[mask], priority)
+    return [int(np.count_nonzero(mask & (best == priority))) for mask, priority in zip(masks, priorities, strict=True)]
 
 
 def plan(r: dict) -> dict:
@@ -242,10 +253,13 @@ def plan(r: dict) -> dict:
     ct = validate_ct(cube_hu=r["ct_hu"].astype(np.float32), resolution=_xyz(r["spacing"]),
                      origin=tuple(float(v) for v in r["origin"]))
     rx_max = float(np.max(r["prescriptions"]))
-    priorities = overlap_priorities(r)
+    priorities, shell_priority = overlap_priorities(r)
+    shells = falloff_shells(r)
+    owned = owned_voxels([*r["masks"], *(mask for _, mask, _ in shells)],
+                         [*priorities, *[shell_priority] * len(shells)])
     vois = []
-    for name, role, mask, rx, priority in zip(r["names"], r["roles"], r["masks"], r["prescriptions"], priorities,
-                                              strict=True):
+    for name, role, mask, rx, priority, kept in zip(r["names"], r["roles"], r["masks"], r["prescriptions"], priorities,
+                                                    owned[: len(priorities)], strict=True):
         if role == "ptv":
             objectives = [SquaredDeviation(priority=PTV_PRIORITY, d_ref=float(rx) / n_fx)]
         elif role == "oar":
@@ -254,11 +268,12 @@ def plan(r: dict) -> dict:
         else:
             objectives = []
         vois.append(validate_voi(name=name, voi_type=ROLES[role], mask=mask.astype(np.uint8), ct_image=ct,
-                                 overlap_priority=priority, objectives=objectives))
-    for name, mask, d_max in falloff_shells(r):
-        vois.append(validate_voi(name=name, voi_type="HELPER", mask=mask.astype(np.uint8), ct_image=ct,
-                                 overlap_priority=max(priorities) + 1,
-                                 objectives=[SquaredOverdosing(priority=RING_PRIORITY, d_max=d_max / n_fx)]))
+                                 overlap_priority=priority, objectives=objectives if kept else []))
+    for (name, mask, d_max), kept in zip(shells, owned[len(priorities):], strict=True):
+        if kept:  # an objective over no voxels is 0/0
+            vois.append(validate_voi(name=name, voi_type="HELPER", mask=mask.astype(np.uint8), ct_image=ct,
+                                     overlap_priority=shell_priority,
+                                     objectives=[SquaredOverdosing(priority=RING_PRIORITY, d_max=d_max / n_fx)]))
     cst = validate_cst(vois, ct)
 
     pln = PhotonPlan(machine="Generic", num_of_fractions=n_fx, prescribed_dose=rx_max)
@@ -297,6 +312,7 @@ def plan(r: dict) -> dict:
         "pyradplan_version": np.str_(version("pyradplan")),
         "num_bixels": np.int64(np.asarray(weights).size),
         "num_iterations": np.int64(opt_info.get("num_iter", -1)),
+        "optimizer_message": np.str_(str((opt_info.get("result_info") or {}).get("message", ""))),
         # pyRadPlan's own view of the geometry, for checks: the targets' centre of mass in its
         # world frame (x, y, z) mm (its default isocentre), from its CT image and masks
         "target_centroid_mm": np.asarray(cst.target_center_of_mass(), dtype=np.float64),

@@ -89,6 +89,9 @@ def test_five_beam_plan_covers_the_ptv(five_beam_plan):
     np.testing.assert_allclose(info["target_centroid_mm"], ptv_centroid, atol=0.01)
     assert info["num_bixels"] == info["bixel_weights"].size > 0
     assert np.all(info["bixel_weights"] >= 0)
+    # the optimiser ran on a finite objective: it converged or used its iterations, never "ABNORMAL"
+    # (falloff shells ranked after the body owned no voxels, and their objectives were 0/0)
+    assert "ABNORMAL" not in info["optimizer_message"].upper() and info["optimizer_message"], info
     assert np.all(dose >= 0)
     # the maximum lies in the PTV (one voxel of margin for the dose grid's interpolation)
     near_ptv = _sphere(PTV_CENTRE, PTV_RADIUS_MM + max(SPACING))
@@ -167,3 +170,19 @@ def test_worker_failure_is_reported_in_one_line():
     ct, structures = _phantom()
     with pytest.raises(InputError, match="pyRadPlan dose engine failed: .*isocenter"):
         engine.compute_dose(ct, SPACING, _origin(), structures, FRACTIONS, [(0.0, 0.0)], (1000.0, 0.0, 0.0))
+
+
+def test_overlaps_go_to_the_lowest_priority_and_shells_rank_before_the_body():
+    from dosediffusion_training.synth.pyradplan_worker import overlap_priorities, owned_voxels
+
+    request = {"roles": ["ptv", "ptv", "oar", "body"], "prescriptions": [60.0, 54.0, 0.0, 0.0]}
+    priorities, shell = overlap_priorities(request)
+    assert priorities == [0, 1, 2, 4] and shell == 3
+    body = np.ones((1, 1, 6), bool)
+    high, low, oar = (np.zeros_like(body) for _ in range(3))
+    high[..., 0:2], low[..., 0:3], oar[..., 2:4] = True, True, True
+    shell_mask = np.zeros_like(body)
+    shell_mask[..., 3:5] = True
+    # high keeps 2, low keeps 1 (voxel 2), the OAR 1 (voxel 3), the shell 1 (voxel 4), the body 1 (voxel 5)
+    assert owned_voxels([high, low, oar, body, shell_mask], [*priorities, shell]) == [2, 1, 1, 1, 1]
+    assert owned_voxels([high, high.copy()], [0, 0]) == [2, 2]  # ties keep the voxel in both
