@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from diffusers import AutoencoderKLWan
 from tqdm import tqdm
 
@@ -38,6 +37,7 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.model.codecs import WAN_CHUNK, WanVAECodec
 from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, list_cases, load_any
+from dosediffusion_training.training.config import check_data, read_mapping
 
 #: ``AutoencoderKLWan`` settings a codec configuration may give (channels are fixed at 1).
 VAE_KEYS = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "scale_factor_temporal",
@@ -65,17 +65,15 @@ class CodecConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CodecConfig:
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise InputError(f"cannot read the codec configuration ({error})", path) from None
-        if not isinstance(raw, dict) or set(raw) != {"data", "preprocessing", "vae", "train"}:
+        raw = read_mapping(path, "codec configuration")
+        if set(raw) != {"data", "preprocessing", "vae", "train"}:
             raise InputError("a codec configuration has the sections data, preprocessing, vae and train", path)
+        check_data(raw["data"], path)
         unknown = set(raw["vae"] or {}) - set(VAE_KEYS)
         known_train = {f.name for f in fields(CodecTrainSettings)}
         unknown_train = set(raw["train"] or {}) - known_train
-        if unknown or unknown_train or "folder" not in (raw["data"] or {}):
-            raise InputError(f"data needs a folder; vae keys are {list(VAE_KEYS)}, train keys {sorted(known_train)}; "
+        if unknown or unknown_train:
+            raise InputError(f"vae keys are {list(VAE_KEYS)}, train keys {sorted(known_train)}; "
                              f"unknown: {sorted(unknown | unknown_train)}", path)
         train = CodecTrainSettings(**(raw["train"] or {}))
         train.patch_shape = tuple(int(n) for n in train.patch_shape)

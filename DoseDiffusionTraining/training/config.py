@@ -29,6 +29,25 @@ from dosediffusion.errors import InputError
 DATA_KEYS = {"folder", "split_file", "cache_dir", "ram_cache_gib", "latent_cache"}
 
 
+def read_mapping(path: str | Path, what: str) -> dict:
+    """The YAML mapping in ``path`` (``what``: the kind of file, for the messages)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"cannot read the {what} ({error})", path) from None
+    if not isinstance(raw, dict):
+        raise InputError(f"the {what} must be a mapping", path)
+    return raw
+
+
+def check_data(data, path: str | Path) -> None:
+    """Raise unless ``data`` is a ``data`` section: a mapping with a folder and only :data:`DATA_KEYS`."""
+    data = data if isinstance(data, dict) else {}
+    if "folder" not in data or set(data) - DATA_KEYS:
+        raise InputError(f"data needs a folder; its keys are {sorted(DATA_KEYS)}, unknown: "
+                         f"{sorted(set(data) - DATA_KEYS)}", path)
+
+
 @dataclass
 class TrainSettings:
     steps: int = 1000
@@ -79,20 +98,12 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise InputError(f"cannot read the run configuration ({error})", path) from None
-        if not isinstance(raw, dict):
-            raise InputError("the run configuration must be a mapping", path)
+        raw = read_mapping(path, "run configuration")
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown or "data" not in raw or "preprocessing" not in raw:
             raise InputError(f"sections must be {sorted(known)} with data and preprocessing; unknown: {sorted(unknown)}", path)
-        data = raw["data"] if isinstance(raw["data"], dict) else {}
-        if "folder" not in data or set(data) - DATA_KEYS:
-            raise InputError(f"data needs a folder; its keys are {sorted(DATA_KEYS)}, unknown: "
-                             f"{sorted(set(data) - DATA_KEYS)}", path)
+        check_data(raw["data"], path)
         train_keys = {f.name for f in fields(TrainSettings)}
         bad = set(raw.get("train") or {}) - train_keys
         if bad:
