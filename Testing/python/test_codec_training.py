@@ -17,7 +17,7 @@ from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion_training.cli import main
 from dosediffusion_training.data.dataset import PreparedCases, list_cases, make_split
 from dosediffusion_training.synth.phantom import make_phantom
-from dosediffusion_training.training.codec_training import CodecConfig, fit_codec
+from dosediffusion_training.training.codec_training import CodecConfig, fit_codec, new_vae
 
 VAE = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2], "num_res_blocks": 1, "temperal_downsample": [False],
        "scale_factor_temporal": 1, "scale_factor_spatial": 2}
@@ -87,3 +87,13 @@ def test_bad_codec_configurations_are_refused_before_training(tmp_path, data, ca
     _config(tmp_path, data)
     assert main(["fit-codec", "--config", str(tmp_path / "codec.yaml"), "--out", str(tmp_path / "taken")]) == 2
     assert "exists already" in capsys.readouterr().err
+
+
+def test_the_shipped_codec_configuration_reads_and_fits_its_crop():
+    from pathlib import Path
+
+    config = CodecConfig.from_yaml(Path(__file__).resolve().parents[2] / "DoseDiffusionTraining" / "configs"
+                                   / "demo-codec-cpu.yaml")
+    codec = WanVAECodec(new_vae(config.vae))
+    assert codec.latent_shape(tuple(config.preprocessing.crop_shape)) == (33, 12, 16)
+    assert codec.latent_channels == 8 and codec.in_channels == 1
