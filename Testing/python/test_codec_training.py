@@ -92,8 +92,8 @@ def test_bad_codec_configurations_are_refused_before_training(tmp_path, data, ca
 def test_the_shipped_codec_configuration_reads_and_fits_its_crop():
     from pathlib import Path
 
-    config = CodecConfig.from_yaml(Path(__file__).resolve().parents[2] / "DoseDiffusionTraining" / "configs"
-                                   / "demo-codec-cpu.yaml")
+    config = CodecConfig.from_yaml(Path(__file__).resolve().parents[2] / "DoseDiffusionTraining" / "configs" / "codec"
+                                   / "demo-cpu.yaml")
     codec = WanVAECodec(new_vae(config.vae))
     assert codec.latent_shape(tuple(config.preprocessing.crop_shape)) == (33, 12, 16)
     assert codec.latent_channels == 8 and codec.in_channels == 1
