@@ -85,6 +85,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False  # recompute each transformer block in the backward pass (less memory)
     gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step
     stall_timeout_s: float = 0.0  # > 0: stop the run (exit 3) when no step completes for this long
+    max_minutes: float = 0.0  # > 0: end the run (checkpoint and pipeline) after this much wall time (equal budgets)
 
 
 @dataclass
@@ -113,9 +114,10 @@ class RunConfig:
             raise InputError(f"train.stage must be 'A', 'B' or 'C', got {train.stage!r}", path)
         if train.stage == "C" and (not train.scorecard or train.num_candidates < 2):
             raise InputError("stage C needs train.scorecard and num_candidates of at least 2", path)
-        if train.gradient_accumulation_steps < 1 or train.candidate_micro_batch < 0 or train.stall_timeout_s < 0:
-            raise InputError("train.gradient_accumulation_steps must be at least 1, train.candidate_micro_batch and "
-                             "train.stall_timeout_s at least 0", path)
+        if (train.gradient_accumulation_steps < 1 or train.candidate_micro_batch < 0 or train.stall_timeout_s < 0
+                or train.max_minutes < 0):
+            raise InputError("train.gradient_accumulation_steps must be at least 1, train.candidate_micro_batch, "
+                             "train.stall_timeout_s and train.max_minutes at least 0", path)
         return cls(data=raw["data"], preprocessing=PrepareConfig.from_dict(raw["preprocessing"]),
                    codec=raw.get("codec") or cls.__dataclass_fields__["codec"].default_factory(),
                    model=raw.get("model") or {}, scheduler=raw.get("scheduler") or {"shift": 3.0},

@@ -7,6 +7,8 @@
 - :class:`StallWatchdog`: a thread that ends the process (exit 3) when no step has completed for
   ``train.stall_timeout_s`` seconds, e.g. a collective waiting for a process that died or hangs.
   Checkpoints are written atomically, so ending at any moment never leaves one half-written.
+- :func:`out_of_time`: ``train.max_minutes`` ends a run after that much wall time, on every process after
+  the same step (a checkpoint and the pipeline are written as at the last step): comparisons at equal budget.
 - :func:`mean_over_processes`: the logged numbers are means over all processes, not process 0's.
 """
 
@@ -59,6 +61,17 @@ def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> d
         return dict(values)
     stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device)
     return dict(zip(values, accelerator.reduce(stacked, reduction="mean").tolist(), strict=True))
+
+
+def out_of_time(accelerator: Accelerator, started: float, max_minutes: float) -> bool:
+    """Whether ``max_minutes`` (0: no limit) of wall time have passed since ``started`` (``time.monotonic()``)
+    on any process: every process gets the same answer, so that all stop after the same step."""
+    if max_minutes <= 0:
+        return False
+    late = float(time.monotonic() - started > 60.0 * max_minutes)
+    if accelerator.num_processes > 1:
+        late = accelerator.reduce(torch.tensor([late], device=accelerator.device), reduction="sum").item()
+    return late > 0
 
 
 class StallWatchdog:

@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import shutil
+import time
 from functools import partial
 from pathlib import Path
 
@@ -40,7 +41,13 @@ from dosediffusion.model.wan_loading import any2any_from_wan
 from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate, list_cases
 from dosediffusion_training.data.latent_cache import LatentBatch, LatentCases, check_latent_model, open_latent_cache
 from dosediffusion_training.training.config import RunConfig
-from dosediffusion_training.training.guards import StallWatchdog, check_step, mean_over_processes, resume_hint
+from dosediffusion_training.training.guards import (
+    StallWatchdog,
+    check_step,
+    mean_over_processes,
+    out_of_time,
+    resume_hint,
+)
 from dosediffusion_training.training.memory_plan import check_fits
 
 STATE = "state.json"
@@ -253,8 +260,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     log = []
     bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
     where = partial(where_it_stands, out)
+    started, last = time.monotonic(), step >= settings.steps
     with StallWatchdog(settings.stall_timeout_s, where) as watchdog:
-        while step < settings.steps:
+        while not last:
             indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
             losses = []
             for k in range(micro):
@@ -283,7 +291,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
             bar.update(1)
             if step % settings.log_every == 0:
                 bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-settings.log_every:]]):.4f}")
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
+            last = step >= settings.steps or out_of_time(accelerator, started, settings.max_minutes)
+            if step % settings.checkpoint_every == 0 or last:
                 _checkpoint(accelerator, out, step, log)
             watchdog.beat()
     bar.close()

@@ -50,6 +50,16 @@ def test_resume_continues_exactly(tmp_path, data):
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_2", "step_4"]
 
 
+def test_a_wall_time_budget_ends_the_run_with_a_checkpoint_and_a_pipeline(tmp_path, data):
+    out = tmp_path / "run"
+    folder = train(_config(tmp_path, data, steps=1000, checkpoint_every=1000, max_minutes=1e-9), out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
+    assert (folder / "model_index.json").exists()
+    resumed = train(_config(tmp_path, data, steps=2, checkpoint_every=1000), out)  # resumes at step 1
+    assert [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()] == [1, 2]
+    assert resumed == folder
+
+
 def test_training_lowers_the_loss_and_the_pipeline_predicts(tmp_path, data):
     out = tmp_path / "run"
     folder = train(_config(tmp_path, data, steps=60, learning_rate=3e-3, log_every=5, checkpoint_every=60), out)
