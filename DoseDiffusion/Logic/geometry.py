@@ -3,6 +3,9 @@
 Arrays are indexed ``(z, y, x)``; spacing, origin and direction follow SimpleITK, so they are in
 ``(x, y, z)`` order and in mm, with ``direction`` the 3×3 matrix (row-major, 9 numbers) whose
 columns are the patient-space directions of the x, y and z index axes (DICOM LPS patient space).
+
+:func:`resample` uses SimpleITK; where SimpleITK is not installed (a bare GPU training image, say) it
+uses :func:`resample_scipy`, which gives the same values (tested against SimpleITK).
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
+from scipy import ndimage
+
+try:
+    import SimpleITK as sitk
+except ImportError:  # resample() then uses resample_scipy(); Grid.from_image/to_image need SimpleITK
+    sitk = None
 
 from dosediffusion.errors import GeometryError
 
@@ -125,10 +133,12 @@ def resample(
     """
     if source.same_as(target):
         return np.array(array, copy=True)
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"interpolation must be one of ['linear', 'nearest'], got {interpolation!r}")
+    if sitk is None:
+        return resample_scipy(array, source, target, interpolation, default)
     is_mask = np.asarray(array).dtype == bool
     kinds = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
-    if interpolation not in kinds:
-        raise ValueError(f"interpolation must be one of {sorted(kinds)}, got {interpolation!r}")
     values = np.asarray(array, dtype=np.float32) if (is_mask or interpolation == "linear") else array
     reference = sitk.Image(target.size_xyz, sitk.sitkUInt8)
     reference.SetSpacing(target.spacing)
@@ -137,3 +147,30 @@ def resample(
     out = sitk.Resample(source.to_image(values), reference, sitk.Transform(), kinds[interpolation], float(default))
     result = sitk.GetArrayFromImage(out)
     return result >= 0.5 if is_mask else result
+
+
+def resample_scipy(array: np.ndarray, source: Grid, target: Grid, interpolation: str = "linear",
+                   default: float = 0.0) -> np.ndarray:
+    """:func:`resample` with scipy, to SimpleITK's rules: a target voxel takes ``default`` unless its
+    continuous index ``c`` in ``source`` has −0.5 ≤ c < n − 0.5 on every axis; inside, linear
+    interpolation clamps at the border voxels, nearest rounds halves up. Same arguments and result."""
+    is_mask = np.asarray(array).dtype == bool
+    values = np.asarray(array, dtype=np.float32) if (is_mask or interpolation == "linear") else np.asarray(array)
+    # the continuous source index (x, y, z) of target index i (x, y, z): (Ds Ss)⁻¹ (ot + Dt St i − os)
+    to_source = np.linalg.inv(source.matrix @ np.diag(source.spacing))
+    matrix = to_source @ target.matrix @ np.diag(target.spacing)
+    offset = to_source @ (np.asarray(target.origin) - np.asarray(source.origin))
+    nz, ny, nx = target.shape
+    index = (np.arange(nx, dtype=np.float64)[None, None, :], np.arange(ny, dtype=np.float64)[None, :, None],
+             np.arange(nz, dtype=np.float64)[:, None, None])
+    xyz = [np.broadcast_to(offset[k] + sum(matrix[k, j] * index[j] for j in range(3)), target.shape)
+           for k in range(3)]
+    inside = np.ones(target.shape, dtype=bool)
+    for c, n in zip(xyz, source.shape[::-1], strict=True):
+        inside &= (c >= -0.5) & (c < n - 0.5)
+    zyx = np.stack(xyz[::-1])
+    if interpolation == "nearest":
+        zyx = np.floor(zyx + 0.5)
+    out = ndimage.map_coordinates(values, zyx, order=1 if interpolation == "linear" else 0, mode="nearest")
+    out = np.where(inside, out, default).astype(values.dtype)
+    return out >= 0.5 if is_mask else out

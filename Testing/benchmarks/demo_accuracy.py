@@ -1,17 +1,24 @@
-"""Benchmark: accuracy of a trained pipeline (default: the bundled demo model) on held-out cases.
+"""Benchmark: the demo model's comparison table, models against each other and the baselines, on held-out cases.
 
-For every case of the ``test`` split of a data folder (compact files from ``dosediffusion-train
-synth``): the GDP-HMM MAE (Gy), MAE inside the PTVs and inside the OARs (Gy), the gamma pass rate
-(3 %/3 mm, global, 10 % cut-off) and the scorecard difference (prediction − the case's own dose,
-``--scorecard``, default ``lung_60`` as the phantoms are thoracic) for the model at 1 and 10 steps and for the
-trivial distance fall-off baseline fitted on the ``train`` split and, with ``--regression DIR``, the
-MedNeXt regression baseline (a pipeline folder from a ``model.type: mednext`` run); with ``--tg119`` the same on
-pyRadPlan's TG119 C-shape phantom with three beam setups (doses from the same engine; needs its
-environment). Prints the mean over cases per data set and writes
-``Testing/benchmarks/results/demo_accuracy.json`` with the per-case rows.
+For every case of the ``test`` split of a data folder (compact files from ``dosediffusion-train synth``),
+grouped by site (the case's BodyPartExamined) and over all sites, and for the TG-119 phantom cases of
+``--tg119 DIR`` (compact files; ``DoseDiffusionTraining/datasets/tg119`` holds pyRadPlan's C-shape phantom
+with three beam setups): the GDP-HMM MAE (Gy), the MAE inside the PTVs and inside the OARs (Gy), the
+gamma pass rate (3 %/3 mm, global, 10 % cut-off), the scorecard difference (prediction − the case's own
+dose; the shipped scorecard that fits the case, or ``--scorecard``) and the seconds per case, for
 
-Run: ``python Testing/benchmarks/demo_accuracy.py --data data/synth/compact --split data/synth/split.json
-[--model demo|DIR] [--regression DIR] [--max-cases 20] [--tg119]``.
+- each diffusion model (``--model NAME=DIR``, repeatable; ``demo`` is the bundled one) at each of
+  ``--steps``, and best of ``--candidates`` N by the scorecard at the most steps (with the correlation of
+  the candidates' per-voxel standard deviation with the absolute error inside the body);
+- each regression comparator (``--regression NAME=DIR``, a pipeline folder of a ``model.type: mednext`` run);
+- the trivial distance fall-off baseline fitted on the ``train`` split.
+
+Every prediction goes through the prediction layer (:class:`~dosediffusion.prediction.predictors.LocalPredictor`).
+Prints a table of means per data set and writes the means and the per-case rows as JSON (``--out``).
+
+Run: ``python Testing/benchmarks/demo_accuracy.py --data DoseDiffusionTraining/datasets/synth-v2/compact
+--split DoseDiffusionTraining/datasets/synth-v2/split.json --model v2=demo --regression MedNeXt=DIR
+--tg119 DoseDiffusionTraining/datasets/tg119 [--steps 1 10] [--candidates 4] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -19,88 +26,125 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from dosediffusion.cli.evaluate import evaluate
-from dosediffusion.model.pipeline import load_pipeline
-from dosediffusion.prediction.model_folder import resolve_model_folder
+from dosediffusion.metrics.scorecard_choice import suggest_template
+from dosediffusion.metrics.uncertainty import std_error_correlation
+from dosediffusion.prediction.predictors import LocalPredictor
 from dosediffusion_training.baselines.distance_falloff import DistanceFalloff
 from dosediffusion_training.data.dataset import list_cases, load_any
 
-COLUMNS = ("gdp_hmm_mae_gy", "ptv_mae_gy", "oar_mae_gy", "gamma_3_3_percent", "score_diff", "seconds")
+COLUMNS = ("gdp_hmm_mae_gy", "ptv_mae_gy", "oar_mae_gy", "gamma_3_3_percent", "score_diff", "std_error_pearson",
+           "seconds")
 
 
-def case_row(case, pred: np.ndarray, seconds: float, template: str) -> dict:
-    """The benchmark's metrics of ``pred`` against the case's own dose."""
+def case_row(case, prediction, seconds: float, scorecard: str | None) -> dict:
+    """The benchmark's metrics of ``prediction`` (a dose in Gy, or a DosePrediction with candidates) against
+    the case's own dose."""
+    pred = getattr(prediction, "dose_gy", prediction)
+    template = scorecard or suggest_template(case)
     metrics = evaluate(pred, case.dose, case, scorecard=template)
     union = {role: np.any([s.mask for s in case.with_role(role)], axis=0) for role in ("ptv", "oar")}
+    std = getattr(prediction, "dose_std_gy", None)
+    pearson = std_error_correlation(std, pred, case.dose, case.body.mask)["pearson"] if std is not None else None
     return {"case": case.case_id, "gdp_hmm_mae_gy": metrics.get("gdp_hmm_mae_gy"),
             "ptv_mae_gy": float(np.abs(pred - case.dose)[union["ptv"]].mean()),
             "oar_mae_gy": float(np.abs(pred - case.dose)[union["oar"]].mean()),
             "gamma_3_3_percent": metrics["gamma_pass_percent"]["3%/3mm"],
-            "score_diff": metrics["scorecard"]["diff"] if "scorecard" in metrics else None, "seconds": seconds}
+            "score_diff": metrics["scorecard"]["diff"] if "scorecard" in metrics else None,
+            "std_error_pearson": pearson, "seconds": seconds}
 
 
-def evaluate_cases(cases, pipe, baseline: DistanceFalloff, steps: list[int], scorecard: str,
-                   regression=None) -> dict[str, list[dict]]:
-    """Rows per method (the model at each number of steps, the trivial baseline, the regression
-    baseline when given) over ``cases``."""
-    methods = {f"model, {n} step{'s' if n > 1 else ''}": (lambda case, n=n: pipe(case, steps=n, seed=0, device="cpu").dose_gy)
-               for n in steps}
-    methods["trivial baseline"] = baseline.predict
-    if regression is not None:
-        methods["MedNeXt regression"] = lambda case: regression(case, device="cpu").dose_gy
-    rows: dict[str, list[dict]] = {name: [] for name in methods}
+def methods(models: dict[str, str], regressions: dict[str, str], baseline: DistanceFalloff, steps: list[int],
+            candidates: int, device: str, scorecard: str | None) -> dict[str, Callable]:
+    """Name → predict(case) for every compared method."""
+    out: dict[str, Callable] = {}
+    for name, folder in models.items():
+        predictor = LocalPredictor(folder, device)
+        for n in steps:
+            out[f"{name}, {n} step{'s' if n > 1 else ''}"] = lambda case, p=predictor, n=n: p(case, steps=n, seed=0)
+        if candidates > 1:
+            out[f"{name}, best of {candidates} ({max(steps)} steps)"] = (
+                lambda case, p=predictor: p(case, steps=max(steps), seed=0, num_candidates=candidates,
+                                            scorecard=scorecard or suggest_template(case)))
+    for name, folder in regressions.items():
+        predictor = LocalPredictor(folder, device)
+        out[name] = lambda case, p=predictor: p(case)
+    out["trivial baseline"] = baseline.predict
+    return out
+
+
+def evaluate_cases(cases, predictors: dict[str, Callable], scorecard: str | None) -> dict[str, list[dict]]:
+    """Rows per method over ``cases``, each row with the case's site."""
+    rows: dict[str, list[dict]] = {name: [] for name in predictors}
     for case in cases:
-        for name, predict in methods.items():
+        for name, predict in predictors.items():
             start = time.perf_counter()
-            pred = predict(case)
-            rows[name].append(case_row(case, pred, time.perf_counter() - start, scorecard))
+            prediction = predict(case)
+            row = case_row(case, prediction, time.perf_counter() - start, scorecard)
+            rows[name].append({**row, "site": case.meta.get("BodyPartExamined", "")})
     return rows
+
+
+def by_site(rows: dict[str, list[dict]]) -> dict[str, dict[str, list[dict]]]:
+    """The rows of each site, then of all sites ("all")."""
+    sites = sorted({r["site"] for items in rows.values() for r in items})
+    grouped = {site: {m: [r for r in items if r["site"] == site] for m, items in rows.items()} for site in sites}
+    return {**grouped, "all": rows} if len(sites) > 1 else {"all": rows}
 
 
 def print_table(title: str, rows: dict[str, list[dict]]) -> dict:
     """Print the means of ``rows`` under ``title``; return them."""
     print(title)
-    print(f"{'method':<22}" + "".join(f"{c:>18}" for c in COLUMNS))
+    print(f"{'method':<34}" + "".join(f"{c:>20}" for c in COLUMNS))
     summary = {}
     for method, items in rows.items():
         means = {c: float(np.mean(values)) if (values := [r[c] for r in items if r[c] is not None]) else None
                  for c in COLUMNS}
         summary[method] = means
-        print(f"{method:<22}" + "".join(f"{'–' if means[c] is None else f'{means[c]:.2f}':>18}" for c in COLUMNS))
+        print(f"{method:<34}" + "".join(f"{'–' if means[c] is None else f'{means[c]:.2f}':>20}" for c in COLUMNS))
     return summary
+
+
+def named(values: list[str]) -> dict[str, str]:
+    """``NAME=DIR`` (or ``DIR``, named after itself) → {NAME: DIR}."""
+    return dict(v.split("=", 1) if "=" in v else (v, v) for v in values)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", required=True)
-    parser.add_argument("--model", default="demo")
-    parser.add_argument("--regression", help="a MedNeXt regression pipeline folder to compare with")
-    parser.add_argument("--max-cases", type=int, default=20)
+    parser.add_argument("--model", action="append", default=[], help="NAME=DIR of a diffusion pipeline, or demo")
+    parser.add_argument("--regression", action="append", default=[], help="NAME=DIR of a regression pipeline")
+    parser.add_argument("--max-cases", type=int, default=None)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--scorecard", default="lung_60")
-    parser.add_argument("--tg119", action="store_true", help="also TG119 with three beam setups (pyRadPlan)")
+    parser.add_argument("--candidates", type=int, default=4, help="best of N by the scorecard (1: none)")
+    parser.add_argument("--scorecard", help="one template for every case (default: the shipped one that fits it)")
+    parser.add_argument("--tg119", help="folder of the TG-119 phantom cases (compact files)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_accuracy.json"))
     args = parser.parse_args()
+    models = named(args.model) if args.model or args.regression else {"demo": "demo"}
     test = list_cases(args.data, args.split, "test")[: args.max_cases]
     baseline = DistanceFalloff.fit(load_any(p) for p in list_cases(args.data, args.split, "train"))
-    pipe = load_pipeline(resolve_model_folder(args.model))
-    regression = load_pipeline(args.regression) if args.regression else None
-    results = {"held-out synthetic": evaluate_cases((load_any(p) for p in test), pipe, baseline, args.steps,
-                                                    args.scorecard, regression)}
+    predictors = methods(models, named(args.regression), baseline, args.steps, args.candidates, args.device,
+                         args.scorecard)
+    results = {f"held-out {site}": rows for site, rows in
+               by_site(evaluate_cases((load_any(p) for p in test), predictors, args.scorecard)).items()}
     if args.tg119:
-        from dosediffusion_training.synth.generate import plan_case
-        from dosediffusion_training.synth.tg119 import SETUPS, tg119_case
-
-        phantoms = (plan_case(tg119_case(setup))[0] for setup in SETUPS)
-        results["TG119"] = evaluate_cases(phantoms, pipe, baseline, args.steps, args.scorecard, regression)
-    summary = {name: print_table(f"{name} ({len(next(iter(rows.values())))} cases), model {args.model}", rows)
+        results["TG119"] = evaluate_cases((load_any(p) for p in sorted(Path(args.tg119).glob("*.npz"))), predictors,
+                                          args.scorecard)
+    summary = {name: print_table(f"{name} ({len(next(iter(rows.values())))} cases)", rows)
                for name, rows in results.items()}
-    out = Path(__file__).parent / "results" / "demo_accuracy.json"
-    out.write_text(json.dumps({"data": args.data, "model": args.model, "regression": args.regression, "mean": summary, "rows": results}, indent=2))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": args.data, "models": models, "regressions": named(args.regression),
+                               "device": args.device, "mean": summary, "rows": results}, indent=2))
     print(f"wrote {out}")
 
 

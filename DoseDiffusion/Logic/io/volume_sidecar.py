@@ -30,7 +30,6 @@ from os import PathLike
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Beam, Case, Prescription, Structure
@@ -50,6 +49,8 @@ _WRITERS = {".nrrd": "NrrdImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiIma
 
 def read_volume(path: str | PathLike) -> tuple[np.ndarray, Grid]:
     """A 3-D volume file → (array (z, y, x), its Grid)."""
+    import SimpleITK as sitk  # here, not above: the case files and training need no SimpleITK
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -66,6 +67,8 @@ def write_volume(array: np.ndarray, grid: Grid, path: str | PathLike) -> Path:
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
     if suffix not in _WRITERS:
         raise InputError(f"cannot write volumes as {suffix!r}: use one of {', '.join(_WRITERS)}", path)
+    import SimpleITK as sitk
+
     image = grid.to_image(array)
     return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), True, imageIO=_WRITERS[suffix]))
 
