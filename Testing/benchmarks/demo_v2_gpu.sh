@@ -16,12 +16,8 @@ minutes="${MINUTES:-4}"
 cases="${MAX_CASES:-100}"
 device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 rm -rf "$work" && mkdir -p "$out" "$work"
-if ! python3 -c "import diffusers, pydicom, monai" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --target /tmp/site \
-    .whl/*.whl .
-  export PYTHONPATH=/tmp/site PATH="/tmp/site/bin:$PATH"
-fi
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-6}" PYTHONUNBUFFERED=1
+source Testing/benchmarks/gpu_image_env.sh
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-6}"
 [ "$device" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for name in demo-v2-gpu demo-v2-mednext-gpu; do
   sed "s/^  max_minutes: .*/  max_minutes: $minutes/" "DoseDiffusionTraining/configs/$name.yaml" > "$work/$name.yaml"
