@@ -200,8 +200,6 @@ def fit_codec(config: CodecConfig, out: str | Path) -> Path:
     optimizer = torch.optim.Adam(vae.parameters(), lr=settings.learning_rate)
     log, started = [], time.monotonic()
     for step in tqdm(range(settings.steps), desc="codec", unit="step"):
-        if settings.max_minutes and time.monotonic() - started > 60.0 * settings.max_minutes:
-            break
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([settings.seed, step]).generate_state(1)[0]))
         patches = training_patches(dataset, step, settings).to(device)
         loss, l1 = codec_loss(vae, patches, settings.kl_weight, generator)
@@ -214,6 +212,8 @@ def fit_codec(config: CodecConfig, out: str | Path) -> Path:
         log.append({"step": step + 1, "loss": loss.item(), "l1": l1})
         if (step + 1) % settings.log_every == 0:
             tqdm.write(f"step {step + 1}: L1 {np.mean([r['l1'] for r in log[-settings.log_every:]]):.4f}")
+        if settings.max_minutes and time.monotonic() - started > 60.0 * settings.max_minutes:
+            break
     vae.eval()
     mean, std = latent_statistics(vae, dataset)
     vae.register_to_config(latents_mean=mean, latents_std=std)
