@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 try:
     import SimpleITK as sitk
@@ -154,6 +153,8 @@ def resample_scipy(array: np.ndarray, source: Grid, target: Grid, interpolation:
     """:func:`resample` with scipy, to SimpleITK's rules: a target voxel takes ``default`` unless its
     continuous index ``c`` in ``source`` has −0.5 ≤ c < n − 0.5 on every axis; inside, linear
     interpolation clamps at the border voxels, nearest rounds halves up. Same arguments and result."""
+    from scipy import ndimage  # here: scipy is a training dependency, not the core's
+
     is_mask = np.asarray(array).dtype == bool
     values = np.asarray(array, dtype=np.float32) if (is_mask or interpolation == "linear") else np.asarray(array)
     # the continuous source index (x, y, z) of target index i (x, y, z): (Ds Ss)⁻¹ (ot + Dt St i − os)
