@@ -8,7 +8,8 @@ convolutional decoder draws the detail a token's linear head cannot).
 settings: ``base_dim``, ``z_dim``, ``dim_mult``, ``num_res_blocks``, ``temperal_downsample``,
 ``scale_factor_temporal``, ``scale_factor_spatial``) and ``train`` (:class:`CodecTrainSettings`).
 
-Each step draws ``batch_size`` (case, modality) pairs and a random sub-volume of ``patch_shape`` of
+Each step draws ``batch_size`` (case, modality) pairs (the dose at least ``dose_share`` of the time: the
+modality a model predicts, whose error inside the PTVs matters most) and a random sub-volume of ``patch_shape`` of
 each (the VAE is convolutional, so it learns on patches and encodes the whole crop later), and
 minimises L1(decoded before the VAE's clamp, volume) + ``kl_weight`` · KL(posterior ‖ N(0, 1)) on a sample of the posterior.
 Everything random is a function of (seed, step). Afterwards the per-channel mean and standard
@@ -57,6 +58,7 @@ class CodecTrainSettings:
     seed: int = 0
     log_every: int = 50
     max_minutes: float = 0.0  # > 0: stop training after this much wall time (then statistics and the report)
+    dose_share: float = 0.0  # > 0: this fraction of the patches is the dose (the rest: any modality)
 
 
 @dataclass
@@ -111,7 +113,10 @@ def training_patches(dataset: PreparedCases, step: int, settings: CodecTrainSett
     patches = []
     for _ in range(settings.batch_size):
         channels = dataset[int(rng.integers(len(dataset)))]
-        volume = channels[sorted(channels)[int(rng.integers(len(channels)))]]  # (1, D, H, W)
+        modality = sorted(channels)[int(rng.integers(len(channels)))]
+        if settings.dose_share and "dose" in channels and rng.random() < settings.dose_share:
+            modality = "dose"
+        volume = channels[modality]  # (1, D, H, W)
         start = [int(rng.integers(n - p + 1)) for n, p in zip(volume.shape[1:], settings.patch_shape, strict=True)]
         patches.append(volume[:, start[0]:start[0] + settings.patch_shape[0], start[1]:start[1] + settings.patch_shape[1],
                               start[2]:start[2] + settings.patch_shape[2]])

@@ -10,6 +10,8 @@ dose; the shipped scorecard that fits the case, or ``--scorecard``) and the seco
 - each diffusion model (``--model NAME=DIR``, repeatable; ``demo`` is the bundled one) at each of
   ``--steps``, and best of ``--candidates`` N by the scorecard at the most steps (with the correlation of
   the candidates' per-voxel standard deviation with the absolute error inside the body);
+- with ``--codec-floor``, each diffusion model's codec alone: the case's own dose prepared, encoded,
+  decoded and restored (the floor under any model in that latent space);
 - each regression comparator (``--regression NAME=DIR``, a pipeline folder of a ``model.type: mednext`` run);
 - the trivial distance fall-off baseline fitted on the ``train`` split.
 
@@ -18,7 +20,7 @@ Prints a table of means per data set and writes the means and the per-case rows 
 
 Run: ``python Testing/benchmarks/demo_accuracy.py --data DoseDiffusionTraining/datasets/synth-v2/compact
 --split DoseDiffusionTraining/datasets/synth-v2/split.json --model v2=demo --regression MedNeXt=DIR
---tg119 DoseDiffusionTraining/datasets/tg119 [--steps 1 10] [--candidates 4] [--device cpu|cuda]``.
+--tg119 DoseDiffusionTraining/datasets/tg119 [--steps 1 10] [--candidates 4] [--codec-floor] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dosediffusion.cli.evaluate import evaluate
+from dosediffusion.conditioning.prepare import prepare
+from dosediffusion.conditioning.restore import restore
 from dosediffusion.metrics.scorecard_choice import suggest_template
 from dosediffusion.metrics.uncertainty import std_error_correlation
 from dosediffusion.prediction.predictors import LocalPredictor
@@ -59,12 +64,28 @@ def case_row(case, prediction, seconds: float, scorecard: str | None) -> dict:
             "std_error_pearson": pearson, "seconds": seconds}
 
 
+def codec_round_trip(predictor: LocalPredictor, device: str) -> Callable:
+    """predict(case): the case's own dose through the codec of ``predictor``'s pipeline alone, in Gy on the CT grid."""
+    pipeline = predictor.load()
+
+    @torch.no_grad()
+    def predict(case):
+        inputs = prepare(case, pipeline.preprocessing)
+        codec = pipeline.codec.to(device)
+        channel = codec.decode(codec.encode(torch.from_numpy(inputs.channels["dose"])[None, None].to(device)))
+        return restore(channel[0, 0].float().cpu().numpy(), case, inputs)
+
+    return predict
+
+
 def methods(models: dict[str, str], regressions: dict[str, str], baseline: DistanceFalloff, steps: list[int],
-            candidates: int, device: str, scorecard: str | None) -> dict[str, Callable]:
+            candidates: int, device: str, scorecard: str | None, codec_floor: bool = False) -> dict[str, Callable]:
     """Name → predict(case) for every compared method."""
     out: dict[str, Callable] = {}
     for name, folder in models.items():
         predictor = LocalPredictor(folder, device)
+        if codec_floor:
+            out[f"{name}, codec round trip"] = codec_round_trip(predictor, device)
         for n in steps:
             out[f"{name}, {n} step{'s' if n > 1 else ''}"] = lambda case, p=predictor, n=n: p(case, steps=n, seed=0)
         if candidates > 1:
@@ -126,6 +147,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=4, help="best of N by the scorecard (1: none)")
     parser.add_argument("--scorecard", help="one template for every case (default: the shipped one that fits it)")
     parser.add_argument("--tg119", help="folder of the TG-119 phantom cases (compact files)")
+    parser.add_argument("--codec-floor", action="store_true", help="add each model's codec round trip of the true dose")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_accuracy.json"))
     args = parser.parse_args()
@@ -133,7 +155,7 @@ def main() -> None:
     test = list_cases(args.data, args.split, "test")[: args.max_cases]
     baseline = DistanceFalloff.fit(load_any(p) for p in list_cases(args.data, args.split, "train"))
     predictors = methods(models, named(args.regression), baseline, args.steps, args.candidates, args.device,
-                         args.scorecard)
+                         args.scorecard, args.codec_floor)
     results = {f"held-out {site}": rows for site, rows in
                by_site(evaluate_cases((load_any(p) for p in test), predictors, args.scorecard)).items()}
     if args.tg119:

@@ -4,6 +4,7 @@ folder like the Wan VAE, and used by a diffusion run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from dosediffusion_training.training.codec_training import (
     fit_codec,
     new_vae,
     reconstruction_mae,
+    training_patches,
     unclamped_decode,
 )
 
@@ -102,11 +104,12 @@ def test_bad_codec_configurations_are_refused_before_training(tmp_path, data, ca
     assert "exists already" in capsys.readouterr().err
 
 
-def test_the_shipped_codec_configuration_reads_and_fits_its_crop():
-    from pathlib import Path
+SHIPPED_CODECS = sorted((Path(__file__).resolve().parents[2] / "DoseDiffusionTraining" / "configs" / "codec").glob("*.yaml"))
 
-    config = CodecConfig.from_yaml(Path(__file__).resolve().parents[2] / "DoseDiffusionTraining" / "configs" / "codec"
-                                   / "demo-cpu.yaml")
+
+@pytest.mark.parametrize("path", SHIPPED_CODECS, ids=lambda p: p.name)
+def test_the_shipped_codec_configurations_read_and_fit_their_crop(path):
+    config = CodecConfig.from_yaml(path)
     codec = WanVAECodec(new_vae(config.vae))
     assert codec.latent_shape(tuple(config.preprocessing.crop_shape)) == (33, 12, 16)
     assert codec.latent_channels == 8 and codec.in_channels == 1
@@ -121,3 +124,23 @@ def test_training_sees_the_decoder_before_its_clamp():
         clamped = vae.decode(latents).sample
     assert raw.shape == clamped.shape == (2, 1, 5, 16, 16)
     assert torch.allclose(raw.clamp(-1, 1), clamped, atol=1e-6) and raw.abs().max() > 1
+
+
+def test_dose_share_draws_that_share_of_patches_from_the_dose(tmp_path, data):
+    config = _config(tmp_path, data, batch_size=64)
+    dataset = PreparedCases(list_cases(data), config.preprocessing)
+    doses = [dataset[i]["dose"] for i in range(len(dataset))]
+
+    def dose_patches(share: float) -> int:
+        config.train.dose_share = share
+        patches = training_patches(dataset, 0, config.train)
+        return sum(any(_is_sub_volume(p, d) for d in doses) for p in patches)
+
+    assert dose_patches(1.0) == 64
+    assert dose_patches(0.0) < 32  # one modality of seven, by chance (or a patch alike in two)
+    assert 32 <= dose_patches(0.5) < 64
+
+
+def _is_sub_volume(patch: torch.Tensor, volume: torch.Tensor) -> bool:
+    windows = volume.unfold(1, patch.shape[1], 1).unfold(2, patch.shape[2], 1).unfold(3, patch.shape[3], 1)
+    return bool((windows == patch[:, None, None, None]).all(dim=(-3, -2, -1)).any())

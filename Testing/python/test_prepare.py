@@ -61,6 +61,16 @@ def test_restore_is_zero_outside_the_body_and_the_crop():
     assert back.max() == pytest.approx(84.0)
 
 
+def test_a_ct_on_the_model_spacing_is_cropped_on_its_lattice_without_interpolation():
+    case = box_case()  # 2.5 x 2.5 x 2.0 mm, iso at index (6, 8, 10)
+    case.beams[0].isocenter_mm = tuple(np.asarray(case.beams[0].isocenter_mm) + [1.1, -0.6, 0.7])  # off the lattice
+    inputs = prepare(case, PrepareConfig(crop_shape=(13, 16, 32), spacing_mm=(2.5, 2.5, 2.0)))
+    assert inputs.aligned and inputs.crop_grid.spacing == case.grid.spacing
+    np.testing.assert_allclose(inputs.crop_grid.index_to_physical(np.array([6, 7, 15])),
+                               case.grid.index_to_physical(np.array([6, 8, 10])))  # the voxel nearest the iso
+    np.testing.assert_allclose(restore(inputs.channels["dose"], case, inputs), case.dose, rtol=1e-6, atol=1e-5)
+
+
 def test_resampled_round_trip_is_close():
     case = box_case()  # 2.5 x 2.5 x 2.0 mm
     config = PrepareConfig(crop_shape=(17, 32, 48), spacing_mm=(1.25, 1.25, 1.0))

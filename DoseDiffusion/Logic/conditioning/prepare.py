@@ -7,8 +7,9 @@ Field of view: a ``crop_shape`` (z, y, x) box at ``spacing_mm`` (or the CT's own
 on the plan isocenter (the first beam's; the PTV centroid without beams), in the CT's orientation.
 Depth must be 1 + 4k (the Wan VAE's frame rule) and height and width multiples of 16 (latents
 even for (1, 2, 2) patches). Where the patient is smaller than the box, CT is padded with air
-(−1000 HU) and every other channel with its background. With the CT's spacing the box sits on the
-CT's voxel lattice, so crop and paste-back are exact copies; with another spacing both resample
+(−1000 HU) and every other channel with its background. With the CT's spacing (``spacing_mm`` None,
+or equal to the CT's) the box sits on the CT's voxel lattice, centred on the voxel nearest the
+isocenter, so crop and paste-back are exact copies; with another spacing both resample
 (linear for CT and dose, fractions thresholded at 0.5 for masks).
 
 Channels, each float32 (D, H, W) in [−1, 1] (background −1):
@@ -101,10 +102,12 @@ def _centre(case: Case) -> np.ndarray:
 
 
 def crop_grid(case: Case, config: PrepareConfig) -> tuple[Grid, bool, tuple[int, int, int]]:
-    """The field-of-view grid, whether it is on the CT lattice, and its index offset if so."""
+    """The field-of-view grid, whether it is on the CT lattice, and its index offset if so. It is on the
+    lattice (centred on the CT voxel nearest the centre, so nothing is interpolated) when the model
+    keeps the CT's spacing or the CT already has the model's."""
     shape = np.asarray(config.crop_shape)
     centre = _centre(case)
-    if config.spacing_mm is None:
+    if config.spacing_mm is None or np.allclose(config.spacing_mm, case.grid.spacing, rtol=0.0, atol=1e-3):
         centre_index = np.round(case.grid.physical_to_index(centre)).astype(int)
         offset = centre_index - (shape - 1) // 2
         origin = case.grid.index_to_physical(offset)
