@@ -19,7 +19,7 @@ Every prediction goes through the prediction layer (:class:`~dosediffusion.predi
 Prints a table of means per data set and writes the means and the per-case rows as JSON (``--out``).
 
 Run: ``python Testing/benchmarks/demo_accuracy.py --data DoseDiffusionTraining/datasets/synth-v2/compact
---split DoseDiffusionTraining/datasets/synth-v2/split.json --model v2=demo --regression MedNeXt=DIR
+--split DoseDiffusionTraining/datasets/synth-v2/split.json --model v3=demo --regression MedNeXt=DIR
 --tg119 DoseDiffusionTraining/datasets/tg119 [--steps 1 10] [--candidates 4] [--codec-floor] [--device cpu|cuda]``.
 """
 
