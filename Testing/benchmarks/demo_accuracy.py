@@ -67,11 +67,11 @@ def case_row(case, prediction, seconds: float, scorecard: str | None) -> dict:
 def codec_round_trip(predictor: LocalPredictor, device: str) -> Callable:
     """predict(case): the case's own dose through the codec of ``predictor``'s pipeline alone, in Gy on the CT grid."""
     pipeline = predictor.load()
+    codec = pipeline.codec.to(device)
 
     @torch.no_grad()
     def predict(case):
         inputs = prepare(case, pipeline.preprocessing)
-        codec = pipeline.codec.to(device)
         channel = codec.decode(codec.encode(torch.from_numpy(inputs.channels["dose"])[None, None].to(device)))
         return restore(channel[0, 0].float().cpu().numpy(), case, inputs)
 
