@@ -17,6 +17,9 @@ from dosediffusion.geometry import Grid, resample
 
 Role = Literal["ptv", "oar", "body", "other"]
 ROLES: tuple[str, ...] = ("ptv", "oar", "body", "other")
+#: The structure that marks the voxels where a dose can be non-zero (the OpenKBP challenge's
+#: ``possible_dose_mask``; role ``other``): the dose's support, over which the challenge scores.
+DOSE_SUPPORT = "possible_dose_mask"
 
 
 @dataclass
@@ -161,6 +164,13 @@ class Case:
         """The body (external) structure, if any."""
         bodies = self.with_role("body")
         return bodies[0] if bodies else None
+
+    def dose_support(self) -> np.ndarray | None:
+        """The voxels (z, y, x) where a dose can be non-zero: the :data:`DOSE_SUPPORT` structure when the
+        source gives one, else the body's mask, else None."""
+        if DOSE_SUPPORT in self.structures:
+            return self.structures[DOSE_SUPPORT].mask
+        return self.body.mask if self.body is not None else None
 
     def resampled(self, grid: Grid) -> Case:
         """This case on another grid: CT and dose linearly, masks as thresholded fractions."""

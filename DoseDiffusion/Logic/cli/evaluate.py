@@ -27,8 +27,10 @@ from dosediffusion.report.plots import check_plot_path, plot_dvhs, plot_scorecar
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("evaluate", help="compare a predicted dose with a reference dose")
-    parser.add_argument("--pred", required=True, help="predicted dose: NRRD/NIfTI (Gy) or RTDOSE .dcm")
-    parser.add_argument("--ref", required=True, help="reference dose: NRRD/NIfTI (Gy) or RTDOSE .dcm")
+    parser.add_argument("--pred", required=True,
+                        help="predicted dose: NRRD/NIfTI (Gy), RTDOSE .dcm or an OpenKBP dose .csv (Gy)")
+    parser.add_argument("--ref", help="reference dose: NRRD/NIfTI (Gy), RTDOSE .dcm or an OpenKBP dose .csv (Gy); "
+                                      "default: the case's own dose")
     parser.add_argument("--case", required=True, help="the case (structures, grid, prescription)")
     parser.add_argument("--scorecard", help="also compare scorecard totals with this template")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -40,6 +42,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _dose(path: str, case) -> np.ndarray:
+    if Path(path).suffix.lower() == ".csv":
+        from dosediffusion.io.openkbp import read_openkbp_dose_csv
+
+        return read_openkbp_dose_csv(path, case)
     if Path(path).suffix.lower() == ".dcm":
         dose, _ = read_rtdose(Path(path), case.grid, case.meta.get("FrameOfReferenceUID", ""))
         return dose
@@ -55,8 +61,9 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = No
              reports: tuple[ScoreReport, ScoreReport] | None = None) -> dict:
     """Every evaluation metric of ``pred`` against ``ref`` on ``case`` (Gy, %, dB); the scorecard totals
     with a ``scorecard`` template name or file, or from already computed (pred, ref) ``reports``."""
-    from dosediffusion.metrics.evaluation import gdp_hmm_mae, masked_mae, openkbp_scores, psnr, ssim3d  # torch
+    from dosediffusion.metrics.evaluation import gdp_hmm_mae, masked_mae, psnr, ssim3d  # torch
     from dosediffusion.metrics.gamma import gamma_index
+    from dosediffusion.metrics.openkbp import openkbp_scores
     body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
     ptvs = sorted((s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()), key=lambda s: -s.prescription_gy)
     result: dict = {"case_id": case.case_id}
@@ -82,8 +89,9 @@ MEANINGS = {
     "gdp_hmm_mae_gy": "Gy: GDP-HMM challenge MAE: reference scaled to D97 of the high PTV = its prescription; "
                       "|difference| summed where either dose exceeds 5 Gy in the body, per body voxel above 5 Gy "
                       "in the reference",
-    "dose_score_gy": "Gy: OpenKBP dose score, mean |difference| over the body",
-    "dvh_score_gy": "Gy: OpenKBP DVH score, mean |difference| of the DVH points (OAR D0.1cc/mean, PTV D1/D95/D99)",
+    "dose_score_gy": "Gy: OpenKBP dose score, sum of |difference| over the grid per voxel of the {support}",
+    "dvh_score_gy": "Gy: OpenKBP DVH score, mean |difference| of the DVH points from the voxel doses (OAR "
+                    "D0.1cc/mean, PTV D1/D95/D99)",
     "psnr_db": "dB: peak signal-to-noise ratio inside the body",
     "ssim": "3-D structural similarity inside the body (1 = identical)",
 }
@@ -123,9 +131,11 @@ def run(args: argparse.Namespace) -> int:
     _check_plot_options(args)
     template = load_template(args.scorecard) if args.scorecard else None
     case = read_case(args.case, args)
-    pred, ref = _dose(args.pred, case), _dose(args.ref, case)
+    if args.ref is None and case.dose is None:
+        raise InputError("the case has no dose of its own: give the reference dose with --ref FILE", args.case)
+    pred, ref = _dose(args.pred, case), case.dose if args.ref is None else _dose(args.ref, case)
     if not np.any(ref > 0):
-        raise InputError("the reference dose is zero everywhere", args.ref)
+        raise InputError("the reference dose is zero everywhere", args.ref or args.case)
     reports = scorecard_reports(case, template, pred, ref) if template else None
     result = evaluate(pred, ref, case, reports=reports)
     write_plots(args, case, pred, ref, template, reports)
@@ -134,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for key in ("gdp_hmm_mae_gy", "dose_score_gy", "dvh_score_gy", "psnr_db", "ssim"):
         if key in result:
-            print(f"{key:<16} {result[key]:.4f}   {MEANINGS[key]}")
+            print(f"{key:<16} {result[key]:.4f}   {MEANINGS[key].format(support=result.get('support'))}")
     print("MAE inside each structure (Gy; mean |predicted - reference| over its voxels, no normalisation):")
     width = max((len(name) for name in result["structure_mae_gy"]), default=0)
     for name, mae in result["structure_mae_gy"].items():

@@ -3,7 +3,8 @@
 - a folder (or a list of files) of DICOM: CT series + optional RTSTRUCT, RTPLAN, RTDOSE;
 - a ``.json`` sidecar (NRRD/NIfTI volumes + structures, beams, prescription), or a folder holding
   exactly one ``case.json``;
-- a GDP-HMM challenge ``.npz``.
+- a GDP-HMM challenge ``.npz``;
+- an OpenKBP challenge patient: its folder of sparse CSV files (``pt_N/``) or a compact ``pt_N.npz``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def load_case(path: str | Path, *, aliases: AliasTable | None = None, roles: Map
     if not path.exists():
         raise InputError("no such file or folder", path)
     suffixes = "".join(path.suffixes).lower()
+    from dosediffusion.io.openkbp import is_openkbp_folder, is_openkbp_npz, read_openkbp_case
+
+    if is_openkbp_folder(path) or (path.is_file() and suffixes.endswith(".npz") and is_openkbp_npz(path)):
+        return read_openkbp_case(path, aliases=aliases, roles=roles)
     if path.is_file() and suffixes.endswith(".npz"):
         from dosediffusion.io.gdp_hmm import read_gdp_hmm_case
 

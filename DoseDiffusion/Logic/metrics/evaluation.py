@@ -9,6 +9,8 @@
 - :func:`psnr`: 20·log10(peak / RMSE) inside a mask, peak the reference maximum (dB).
 - :func:`ssim3d`: structural similarity with a 3-D Gaussian window (σ 1.5 voxels, 11³), constants
   of Wang et al. 2004 with the data range = reference maximum; mean over the mask.
+
+The OpenKBP challenge's dose and DVH scores are in :mod:`dosediffusion.metrics.openkbp`.
 """
 
 from __future__ import annotations
@@ -89,31 +91,3 @@ def ssim3d(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, si
     ssim = ssim[0, 0].numpy()
     mask = np.ones(ssim.shape, bool) if mask is None else mask
     return float(ssim[mask].mean())
-
-
-def dvh_points(dvh, role: str) -> dict[str, float]:
-    """The OpenKBP DVH points (Gy): D99, D95, D1 for targets; D0.1cc and mean for OARs."""
-    if role == "ptv":
-        return {"D99": dvh.dose_at_volume_percent(99), "D95": dvh.dose_at_volume_percent(95),
-                "D1": dvh.dose_at_volume_percent(1)}
-    return {"D0.1cc": dvh.dose_at_volume_cc(0.1), "mean": dvh.mean_gy}
-
-
-def openkbp_scores(pred: np.ndarray, ref: np.ndarray, case) -> dict:
-    """The OpenKBP challenge's scores (Babier et al. 2021, repository ababier/open-kbp): the dose score is
-    the mean |ref − pred| over the possible-dose mask (here the body, Gy); the DVH score is the mean
-    |Δ| over the DVH points of :func:`dvh_points` for every PTV and OAR (Gy). Also returns each point."""
-    from dosediffusion.metrics.dvh import compute_dvh
-
-    _check(pred, ref)
-    body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
-    points = {}
-    for s in case.structures.values():
-        if s.role in ("ptv", "oar") and s.mask.any():
-            p = dvh_points(compute_dvh(pred, case.grid, s), s.role)
-            r = dvh_points(compute_dvh(ref, case.grid, s), s.role)
-            points[s.name] = {k: {"pred_gy": p[k], "ref_gy": r[k], "diff_gy": p[k] - r[k]} for k in p}
-    diffs = [abs(v["diff_gy"]) for per in points.values() for v in per.values()]
-    return {"dose_score_gy": masked_mae(pred, ref, body),
-            "dvh_score_gy": float(np.mean(diffs)) if diffs else float("nan"),
-            "dvh_points": points}

@@ -9,7 +9,9 @@ dose_gy, volume_percent at 0.1 Gy steps; source ``predicted`` and, when the case
 against the case's own dose, model, scorecard and why, warnings, timing, and with two or more
 candidates ``uncertainty``: the std map's summary over the body, PTVs, OARs and the high-dose
 region and, with the case's own dose, its correlation with the error) and ``report.png`` (needs
-matplotlib; with the uncertainty drawn when there is a map). Everything is written into a staging
+matplotlib; with the uncertainty drawn when there is a map); for a case read from an OpenKBP patient
+also ``<case id>.csv``, the dose in the challenge's submission format
+(:func:`~dosediffusion.io.openkbp.write_openkbp_dose_csv`). Everything is written into a staging
 folder first and moved into place only when complete, with ordinary permissions; an existing folder
 is replaced only when asked to.
 """
@@ -26,6 +28,7 @@ import numpy as np
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_folder
+from dosediffusion.io.openkbp import is_openkbp_case, write_openkbp_dose_csv
 from dosediffusion.io.rtdose_write import write_rtdose
 from dosediffusion.io.volume_sidecar import write_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, standard_metrics
@@ -110,6 +113,8 @@ def write_prediction(case: Case, prediction: DosePrediction, out_dir: str | Path
         dose = prediction.dose_gy
         write_rtdose(dose, case.grid, staging / "RTDOSE.dcm", case.meta)
         write_volume(dose, case.grid, staging / "dose.nrrd")
+        if is_openkbp_case(case):
+            write_openkbp_dose_csv(dose, case, staging / f"{case.case_id}.csv")
         std = prediction.dose_std_gy
         if std is not None:
             write_volume(std, case.grid, staging / DOSE_STD_FILE)
