@@ -19,7 +19,6 @@ import os
 import queue
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +27,7 @@ import qt
 import slicer
 import vtk
 from DoseDiffusionLib import dependencies  # makes ``import dosediffusion`` work (the core in Logic/)
+from DoseDiffusionLib.widget_rules import SCORECARD_FILE
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -46,7 +46,7 @@ SETTINGS_REMOTE_TOKEN_FILE = "DoseDiffusion/RemoteTokenFile"
 #: The oldest 3D Slicer this module supports (Python 3.12, pydicom 2.4.4 bundled).
 MINIMUM_SLICER = (5, 10)
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "remote")
-SCORECARD_AUTO, SCORECARD_NONE, SCORECARD_FILE = "auto", "none", "file"
+SCORECARD_AUTO, SCORECARD_NONE = "auto", "none"
 
 
 #
@@ -68,8 +68,21 @@ Predicts the 3D dose (Gy) of a radiotherapy plan from the CT, the structures and
 with an Any2Any 3D diffusion transformer, and shows it with DVHs and a clinical scorecard beside the reference
 dose. Not for clinical use. Needs 3D Slicer 5.10 or newer; SlicerRT for RT plans and doses, the PyTorch extension
 for local prediction (or a remote DoseDiffusion worker). The bundled demo model was trained on synthetic plans only:
-a demonstration, released with the code under the Apache-2.0 licence. See the
+a demonstration, released with the code under the Apache-2.0 licence (LICENSE.txt). See the
 <a href="https://github.com/DoseDiffusion/DoseDiffusion">documentation</a>.
+<p><b>Prescription.</b> With the prescription and fractions at <i>automatic</i> (0), the selected plan's
+prescription is used (all its dose levels and its fractions, from its RTPLAN file, else its RxDose), else the
+PTV doses in the structure names (e.g. PTV_70): the same as the batch script. Selecting a plan sets both boxes
+back to automatic and shows the plan's prescription; a value entered by hand is used instead and, when it is
+not the plan's, the log says so.</p>
+<p><b>Structures it cannot score.</b> A scorecard entry whose structure is missing, empty or has no role is
+listed without a value or score (not evaluable, never scored as zero) and its points are left out of both the
+total and the maximum; the prediction uses only the roles PTV, OAR and body (a structure set to <i>ignore</i> or
+with an unknown name is not used).</p>
+<p><b>Segments outside the dose.</b> SlicerRT's DVHs are computed for the segments that overlap each dose
+grid; a segment with no voxel in a dose (common with a clinical RTDOSE) gets no curve for it and a warning
+in the log, and the results are kept. The chart is SlicerRT's DVH engine, the scorecard DoseDiffusion's.</p>
+<p>Results and exports belong to the CT and plan the dose was predicted from, whatever is selected later.</p>
 """)
         self.parent.acknowledgementText = _("""
 Built on 3D Slicer, SlicerRT and SlicerPyTorch. The layout of this module follows the Slicer Extension Wizard
@@ -97,15 +110,25 @@ def registerSampleData() -> None:
 
 
 def loadDemoCase(source=None) -> None:
-    """Import the bundled demo case's DICOM RT files into Slicer's DICOM database and load its patient
-    (SlicerRT reads the structure set, plan and dose)."""
+    """Load the bundled demo case's DICOM RT files (SlicerRT reads the structure set, plan and dose):
+    copied into the open DICOM database (no entry points into the extension's folder, which an
+    update replaces), else through a temporary database (closed again; the user's settings stay)."""
     import pydicom
     from DICOMLib import DICOMUtils
 
     folder = Path(__file__).resolve().parent / "Resources" / "DemoCase"
-    DICOMUtils.importDicom(str(folder))
-    first = next(folder.glob("*.dcm"))
-    DICOMUtils.loadPatientByPatientID(str(pydicom.dcmread(first, stop_before_pixels=True).PatientID))
+    patientID = str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).PatientID)
+    database = getattr(slicer, "dicomDatabase", None)
+    with slicer.util.tryWithErrorDisplay(_("Failed to load the DoseDiffusion demo case."), waitCursor=True):
+        if database is not None and database.isOpen:
+            if not DICOMUtils.importDicom(str(folder), database, copyFiles=True):
+                raise RuntimeError(f"the DICOM database could not import {folder}")
+            DICOMUtils.loadPatientByPatientID(patientID)
+            return
+        with DICOMUtils.TemporaryDICOMDatabase() as temporary:
+            if not DICOMUtils.importDicom(str(folder), temporary, copyFiles=True):
+                raise RuntimeError(f"the DICOM database could not import {folder}")
+            DICOMUtils.loadPatientByPatientID(patientID)
 
 
 #
@@ -119,7 +142,8 @@ class DoseDiffusionParameterNode:
 
     ctVolume - CT (HU). segmentation - structures. plan - SlicerRT RT plan (optional).
     referenceDose - the plan's own dose in Gy (optional). roles - JSON {segment name: [role, PTV dose Gy]}.
-    prescriptionGy - highest prescribed dose, Gy (total). fractions - number of fractions.
+    prescriptionGy - highest prescribed dose, Gy (total); fractions - number of fractions; 0 in either
+    is automatic (the plan's, else the PTV names': ``DoseDiffusionLib.widget_rules``).
     modelFolder - pipeline folder ("" = the bundled demo model). scorecard - "auto", "none", a shipped
     template name or "file" (then scorecardFile). device - auto/cuda/cpu/remote. steps, candidates - sampling.
     predictedDose, dvhChart, scorecardTable - the outputs of the last prediction.
@@ -130,8 +154,8 @@ class DoseDiffusionParameterNode:
     plan: slicer.vtkMRMLNode  # a vtkMRMLRTPlanNode (SlicerRT); the selector is synchronised by hand
     referenceDose: vtkMRMLScalarVolumeNode
     roles: str = ""
-    prescriptionGy: Annotated[float, WithinRange(0.0, 200.0)] = 60.0
-    fractions: Annotated[int, WithinRange(1, 100)] = 30
+    prescriptionGy: Annotated[float, WithinRange(0.0, 200.0)] = 0.0
+    fractions: Annotated[int, WithinRange(0, 100)] = 0
     modelFolder: str = ""
     scorecard: str = SCORECARD_AUTO
     scorecardFile: str = ""
@@ -158,6 +182,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._updatingRoles = False
+        self._planPrescription = None  # the selected plan's dosediffusion.case.Prescription (None: no plan)
         self._job: dict[str, Any] | None = None
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
@@ -249,7 +274,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from DoseDiffusionLib.scene import find_scene_inputs
 
         self.setParameterNode(self.logic.getParameterNode())
-        found = find_scene_inputs(slicer.mrmlScene)
+        found = find_scene_inputs(slicer.mrmlScene, getattr(slicer, "dicomDatabase", None))
         if not self._parameterNode.ctVolume and found.ct:
             self._parameterNode.ctVolume = found.ct
         if not self._parameterNode.segmentation and found.segmentation:
@@ -286,8 +311,16 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.currentIndex = index
 
     def onPlanChanged(self, node=None) -> None:
+        """A newly selected plan sets the prescription boxes to automatic (its prescription is used,
+        all its levels) and shows its prescription (``widget_rules``)."""
+        from DoseDiffusionLib.plan_adapter import read_plan
+        from DoseDiffusionLib.widget_rules import AUTOMATIC, plan_prescription_note
+
+        self._planPrescription = read_plan(node, getattr(slicer, "dicomDatabase", None)).prescription if node else None
+        self.ui.prescriptionNoteLabel.text = plan_prescription_note(self._planPrescription)
         if self._parameterNode and self._parameterNode.plan is not node:
             self._parameterNode.plan = node
+            self._parameterNode.prescriptionGy, self._parameterNode.fractions = float(AUTOMATIC), AUTOMATIC
 
     # ------------------------------------------------------------------ structure roles
 
@@ -305,6 +338,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         (ptv/oar/body/ignore), PTV dose; from the saved roles, or (``reset`` or new names) suggested from
         the names by the alias table."""
         from DoseDiffusionLib.scene import segment_names
+        from DoseDiffusionLib.widget_rules import suggestion_levels
 
         from dosediffusion.roles import USER_ROLES, suggested_role
 
@@ -313,7 +347,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._tableSegmentation = segmentation
         names = segment_names(segmentation) if segmentation else []
         saved = {} if reset else self._savedRoles()
-        levels = [self.ui.prescriptionSpinBox.value] if self.ui.prescriptionSpinBox.value else []
+        levels = suggestion_levels(self.ui.prescriptionSpinBox.value, self._planPrescription)
         suggested = {n: suggested_role(n, levels)[0] for n in names if n not in saved}
         table = self.ui.structureTable
         self._updatingRoles = True
@@ -386,17 +420,25 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue(SETTINGS_REMOTE_TOKEN_FILE, self.ui.remoteTokenFileLineEdit.currentPath)
 
     def _scorecardOption(self) -> str:
-        data = self.ui.scorecardComboBox.currentData or SCORECARD_AUTO
-        if data == SCORECARD_FILE:
-            return self.ui.scorecardPathLineEdit.currentPath
-        return data
+        from DoseDiffusionLib.widget_rules import scorecard_option
+
+        return scorecard_option(self.ui.scorecardComboBox.currentData or SCORECARD_AUTO,
+                                self.ui.scorecardPathLineEdit.currentPath)
 
     # ------------------------------------------------------------------ prediction in the background
 
     def onPredictButton(self) -> None:
         """Build the case from the scene and start ``dosediffusion predict`` in a separate process; missing
         Python packages are installed first, in the background as well (after asking)."""
+        from DoseDiffusionLib.widget_rules import prescription_arguments
+
         with slicer.util.tryWithErrorDisplay(_("Failed to start the dose prediction."), waitCursor=True):
+            scorecard = self._scorecardOption()  # a mistake in the options before anything is installed
+            if importlib.util.find_spec("torch") is None:
+                # SlicerPyTorch installs in this process: the window does not respond until it is done
+                self.ui.statusLabel.text = _("Installing PyTorch: Slicer does not respond until it is done "
+                                             "(minutes; the Python console shows its progress)")
+                slicer.app.processEvents()
             dependencies.ensure_torch()
             importlib.invalidate_caches()  # packages a background install has just added
             missing = dependencies.missing_requirements(dependencies.read_requirements())
@@ -405,14 +447,14 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         _("DoseDiffusion needs these Python packages, which will be installed into Slicer's Python "
                           "now:") + "\n\n" + "\n".join(missing), _("DoseDiffusion: install Python packages")):
                     return
-                self._startProcess(dependencies.install_command(missing), {"onSuccess": self.onPredictButton},
-                                   _("Installing Python packages..."))
+                self._installPackages(missing)
                 return
             p = self._parameterNode
             p.modelFolder = self.ui.modelPathLineEdit.currentPath
             p.scorecardFile = self.ui.scorecardPathLineEdit.currentPath
-            case = self.logic.caseFromScene(p.ctVolume, p.segmentation, p.plan, self.roleChoices(), p.prescriptionGy,
-                                            p.fractions, p.referenceDose)
+            prescriptionGy, fractions = prescription_arguments(p.prescriptionGy, p.fractions)
+            case = self.logic.caseFromScene(p.ctVolume, p.segmentation, p.plan, self.roleChoices(), prescriptionGy,
+                                            fractions, p.referenceDose)
             from dosediffusion.prediction.checks import check_predictable
 
             check_predictable(case)  # what cannot be predicted is refused now, before a process starts
@@ -423,17 +465,42 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             casePath = write_sidecar_case(case, work / "case")
             device = self.ui.deviceComboBox.currentText
-            scorecard = self._scorecardOption()
             command = dependencies.predict_command(
                 casePath, work / "out", self.logic.modelFolder(p.modelFolder), p.steps, p.candidates,
                 "auto" if device == "remote" else device, scorecard)
             if device == "remote":
                 command += self._remoteArguments()
-            # the results go to the CT and prescription of now, whatever the selectors show when it ends
+            # the results go to the CT, plan and prescription of now, whatever the selectors show when it ends
             job = {"work": work, "casePath": casePath, "ctVolume": p.ctVolume, "segmentation": p.segmentation,
-                   "referenceDose": p.referenceDose, "prescriptionGy": p.prescriptionGy}
+                   "referenceDose": p.referenceDose, "plan": p.plan, "prescriptionGy": case.prescription.high_gy}
             job["onSuccess"] = lambda: self.showResults(job)
             self._startProcess(command, job, _("Starting..."))
+
+    def _installPackages(self, missing: list[str]) -> None:
+        """Install ``missing``: on Slicer 5.12+ through ``slicer.packaging`` (Slicer's constraints; it blocks
+        and asks again), else by a background pip constrained to every installed version; then predict."""
+        before = dependencies.installed_versions()
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if dependencies.uses_slicer_packaging((slicer.app.majorVersion, slicer.app.minorVersion), packaging):
+            packaging.pip_install(list(missing))
+            self._afterInstall(before)
+            return
+        constraints = Path(tempfile.mkdtemp(prefix="DoseDiffusion-pip-")) / "installed-constraints.txt"
+        dependencies.write_installed_constraints(constraints)
+        job = {"work": constraints.parent, "onSuccess": lambda: self._afterInstall(before)}
+        self._startProcess(dependencies.install_command(missing, constraints), job, _("Installing Python packages..."))
+
+    def _afterInstall(self, before: dict[str, str]) -> None:
+        importlib.invalidate_caches()
+        changed = dependencies.restart_needed(before, dependencies.installed_versions())
+        if changed:
+            slicer.util.warningDisplay(_("The install changed packages that are already in use: {names}. Restart "
+                                         "Slicer, then predict.").format(names=", ".join(changed)))
+            return
+        self.onPredictButton()
 
     def _remoteArguments(self) -> list[str]:
         url = self.ui.remoteUrlLineEdit.text.strip()
@@ -447,15 +514,11 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         thread queues its lines and a QTimer polls the queue and the process (the GUI stays responsive)."""
         logging.info("DoseDiffusion: " + " ".join(command))
         # PYTHONUTF8: the child's output is UTF-8 on every platform (Windows' console code page cannot print "→")
+        from DoseDiffusionLib.process_output import start_reader
+
         process = slicer.util.launchConsoleProcess(command, updateEnvironment={"PYTHONUTF8": "1"})
         lines: queue.Queue = queue.Queue()
-
-        def read() -> None:
-            for line in iter(process.stdout.readline, ""):
-                lines.put(line)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        reader = start_reader(process.stdout, lines.put)  # UTF-8 whatever the code page (process_output)
         self._job = dict(job, process=process, lines=lines, reader=reader, log=[])
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
@@ -506,7 +569,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showResults(self, job: dict[str, Any]) -> None:
         folder = job["work"] / "out" / job["casePath"].parent.name
         doseNode, chart, table = self.logic.addPredictionFolder(folder, job["ctVolume"], job["prescriptionGy"],
-                                                                job["segmentation"], job["referenceDose"])
+                                                                job["segmentation"], job["referenceDose"], job["plan"])
         if self._parameterNode:
             p = self._parameterNode
             p.predictedDose, p.dvhChart, p.scorecardTable = doseNode, chart, table
@@ -544,14 +607,14 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to export the RTDOSE."), waitCursor=True):
-            written = self.logic.exportRtDose(p.predictedDose, p.ctVolume, p.plan, path)
+            written = self.logic.exportRtDose(p.predictedDose, path)  # on the CT and plan it was predicted from
             self.ui.statusLabel.text = _("Exported {path}").format(path=written)
 
     def onExportToDatabaseButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to add the RTDOSE to the DICOM database."), waitCursor=True):
-            self.logic.exportRtDoseToDatabase(p.predictedDose, p.ctVolume, p.plan)
-            self.ui.statusLabel.text = _("The predicted RTDOSE is in the DICOM database, in the CT's study")
+            self.logic.exportRtDoseToDatabase(p.predictedDose)
+            self.ui.statusLabel.text = _("The predicted RTDOSE is in the DICOM database, in its CT's study")
 
 
 #
@@ -616,79 +679,66 @@ class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
                                  status=lambda message: logging.info(f"DoseDiffusion: {message}"))
 
     def addPredictionFolder(self, folder, referenceVolume=None, prescriptionGy: float | None = None, segmentation=None,
-                            referenceDose=None):
+                            referenceDose=None, plan=None):
         """The prediction folder's dose volume (RT dose), DVH chart (in the segments' colours) and scorecard
-        table (None without a scorecard) in the scene, in place of the previous prediction's
-        (``DoseDiffusionLib.prediction_folder``); with SlicerRT, the chart is SlicerRT's own DVHs of the
-        predicted and the reference dose (:meth:`slicerRtDvhChart`). Returns the three nodes."""
-        from DoseDiffusionLib.prediction_folder import add_prediction_folder
+        table (None without a scorecard) in the scene, in place of the previous prediction of the CT
+        ``referenceVolume`` (``DoseDiffusionLib.prediction_folder``; the nodes reference that CT and ``plan``,
+        which the export uses); with SlicerRT, the chart is SlicerRT's own DVHs of the predicted and the
+        reference dose for the segments inside each (``DoseDiffusionLib.slicerrt_dvh``), and the module's own
+        chart is removed. Returns the three nodes."""
+        from DoseDiffusionLib.prediction_folder import add_prediction_folder, chart_nodes
+        from DoseDiffusionLib.slicerrt_dvh import remove_nodes
 
         doseNode, chart, table = add_prediction_folder(slicer.mrmlScene, folder, referenceVolume, prescriptionGy,
-                                                       segmentation)
-        return doseNode, self.slicerRtDvhChart(doseNode, segmentation, referenceDose) or chart, table
+                                                       segmentation, plan_node=plan)
+        slicerRtChart = self.slicerRtDvhChart(doseNode, segmentation, referenceDose, referenceVolume, plan)
+        if slicerRtChart is None:
+            return doseNode, chart, table
+        remove_nodes(slicer.mrmlScene, chart_nodes(chart))
+        return doseNode, slicerRtChart, table
 
     @staticmethod
-    def slicerRtDvhChart(doseNode, segmentation, referenceDose=None):
+    def slicerRtDvhChart(doseNode, segmentation, referenceDose=None, ctVolume=None, plan=None):
         """SlicerRT's DVHs (its Dose Volume Histogram module's logic: DVH tables that its DVH comparison
-        reads, curves in the segments' colours) of the predicted dose and, when given, the reference dose,
-        in one chart; the nodes are marked as this module's prediction, so a re-run replaces them. None
-        without SlicerRT or a segmentation (the module's own chart is shown then)."""
-        from DoseDiffusionLib.scene import PREDICTION_ATTRIBUTE
+        reads, curves in the segments' colours, named "<segment> (predicted|reference)") of the predicted and,
+        when given, the reference dose, for the segments inside each dose (a warning for the others), in one
+        chart; None without SlicerRT or a segmentation, or when SlicerRT fails (the module's own chart stays)."""
+        from DoseDiffusionLib.slicerrt_dvh import add_slicerrt_dvhs
 
         module = getattr(slicer.modules, "dosevolumehistogram", None)
         if module is None or segmentation is None:
             return None
-        logic, chart = module.logic(), None
-        for dose in (doseNode, referenceDose):
-            if dose is None:
-                continue
-            parameters = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLDoseVolumeHistogramNode", f"DVH {dose.GetName()}")
-            parameters.SetAndObserveDoseVolumeNode(dose)
-            parameters.SetAndObserveSegmentationNode(segmentation)
-            error = logic.ComputeDvh(parameters)
-            if error:
-                raise RuntimeError(f"SlicerRT could not compute the DVHs of {dose.GetName()}: {error}")
-            metrics = parameters.GetMetricsTableNode()
-            chart = chart or parameters.GetChartNode()
-            made = [parameters, metrics, chart]
-            for segmentId in segmentation.GetSegmentation().GetSegmentIDs():
-                dvhTable = metrics.GetNodeReference(parameters.AssembleDvhNodeReference(segmentId))
-                if dvhTable is not None:
-                    logic.AddDvhToChart(chart, dvhTable)
-                    made.append(dvhTable)
-            made += [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
-            for node in made:
-                node.SetAttribute(PREDICTION_ATTRIBUTE, "1")
-        return chart
+        doses = [(doseNode, "predicted")] + ([(referenceDose, "reference")] if referenceDose is not None else [])
+        made = add_slicerrt_dvhs(slicer.mrmlScene, module.logic(), doses, segmentation, ctVolume, plan)
+        for warning in made.warnings:
+            logging.warning(f"DoseDiffusion: {warning}")
+        return made.chart
 
-    def exportRtDoseToDatabase(self, doseNode, ctVolume, plan=None) -> None:
-        """Write ``doseNode`` as RTDOSE in the CT's DICOM study (:meth:`exportRtDose`) and add it to
-        ``slicer.dicomDatabase``, as Slicer's DICOM export dialog adds what it writes (indexing the
-        folder); the DICOM browser then shows it under the CT's patient and study."""
+    def exportRtDoseToDatabase(self, doseNode) -> None:
+        """Write ``doseNode`` as RTDOSE in its CT's DICOM study (:meth:`exportRtDose`) and add it to
+        ``slicer.dicomDatabase``, as Slicer's DICOM export dialog adds what it writes (copying the file);
+        the DICOM browser then shows it under the CT's patient and study."""
         from DICOMLib import DICOMUtils
 
         if getattr(slicer, "dicomDatabase", None) is None or not slicer.dicomDatabase.isOpen:
             raise ValueError("no DICOM database is open: open the DICOM module once, or export to a file")
         folder = Path(tempfile.mkdtemp(prefix="DoseDiffusion-RTDOSE-"))
         try:
-            self.exportRtDose(doseNode, ctVolume, plan, folder / "RTDOSE.dcm")
-            DICOMUtils.importDicom(str(folder), slicer.dicomDatabase, copyFiles=True)
+            self.exportRtDose(doseNode, folder / "RTDOSE.dcm")
+            if not DICOMUtils.importDicom(str(folder), slicer.dicomDatabase, copyFiles=True):
+                raise RuntimeError("the DICOM database did not import the RTDOSE (see the Python console); "
+                                   "export it to a file instead")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     @staticmethod
-    def exportRtDose(doseNode, ctVolume=None, plan=None, path: str | os.PathLike = "RTDOSE.dcm") -> Path:
-        """Write ``doseNode`` (Gy) as an RTDOSE file on the CT's study and frame of reference (when the
-        CT came from DICOM), referencing the plan's RTPLAN when it has one."""
-        from DoseDiffusionLib.plan_adapter import dicom_meta
-        from DoseDiffusionLib.scene import array_from_volume_node, grid_from_volume_node
+    def exportRtDose(doseNode, path: str | os.PathLike = "RTDOSE.dcm") -> Path:
+        """Write ``doseNode`` (Gy) as an RTDOSE file on the study and frame of reference of the CT it was
+        predicted from (when that CT came from DICOM), referencing that plan's RTPLAN when it has one
+        (``DoseDiffusionLib.export``)."""
+        from DoseDiffusionLib.export import export_rtdose
 
-        from dosediffusion.io.rtdose_write import write_rtdose
-
-        if not doseNode:
-            raise ValueError("no predicted dose to export")
-        meta = dicom_meta(ctVolume, plan, getattr(slicer, "dicomDatabase", None)) if ctVolume else {}
-        return write_rtdose(array_from_volume_node(doseNode), grid_from_volume_node(doseNode), path, meta)
+        return export_rtdose(doseNode, path, getattr(slicer, "dicomDatabase", None))
 
 
 #
@@ -703,8 +753,15 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        """Run the tests; a skip (no PyTorch) is reported as a skip, not as the failure popup that Reload
+        and Test shows for any exception (Slicer's ``onReloadAndTest`` calls this method directly)."""
+        import unittest
+
         self.setUp()
-        self.test_DoseDiffusionDemoCase()
+        try:
+            self.test_DoseDiffusionDemoCase()
+        except unittest.SkipTest as skip:
+            self.delayDisplay(f"Test skipped: {skip}")
 
     def test_DoseDiffusionDemoCase(self):
         from dosediffusion.resources import resource_path
@@ -727,7 +784,7 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
 
             from DoseDiffusionLib.scene import find_scene_inputs
 
-            found = find_scene_inputs(slicer.mrmlScene)
+            found = find_scene_inputs(slicer.mrmlScene, database)
             ct = found.ct
             self.assertIsNotNone(ct)
             self.assertIsNotNone(found.segmentation)
@@ -739,7 +796,7 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
         try:
             logic.predict(case, outFolder, "demo", steps=2, device="cpu")
             doseNode, chart, table = logic.addPredictionFolder(outFolder, ct, segmentation=found.segmentation,
-                                                               referenceDose=found.reference_dose)
+                                                               referenceDose=found.reference_dose, plan=found.plan)
         finally:
             shutil.rmtree(outFolder.parent, ignore_errors=True)
 

@@ -21,7 +21,7 @@ python -c "import pymedphys, numba" 2>/dev/null || pip install -q "${constrain[@
 if [ -f Testing/peers/setup_peers.sh ]; then
   bash Testing/peers/setup_peers.sh
 fi
-# the core on the packages 3D Slicer bundles (pydicom 2.4.4, numpy 1.26), in its own virtual environment
+# the core on the packages 3D Slicer 5.10 bundles (Python 3.12, numpy 2.0.2, pydicom 2.4.4, scipy 1.13.1), in its own virtual environment
 bash Testing/peers/setup_slicer_bundled.sh
 # slicer-core: a real MRML scene (volumes, segmentations, tables, plots) for the Slicer module's scene logic
 python -c "import slicer" 2>/dev/null || pip install -q "${constrain[@]}" slicer-core

@@ -7,8 +7,12 @@
   uncertainty volume, DVH chart, scorecard table). Uses the MRML classes of ``slicer`` only, never Qt or ctk.
 - :mod:`.plan_adapter`: beams of a SlicerRT RT plan node (or its RTPLAN file).
 - :mod:`.prediction_folder`: a prediction's output folder → dose volume (and its uncertainty), DVH
-  chart, scorecard table.
-- :mod:`.process_tree`: ending the background process with everything it started (psutil).
+  chart, scorecard table, referencing the CT and plan it was predicted from.
+- :mod:`.export`: the predicted dose → RTDOSE on the patient it was predicted for.
+- :mod:`.slicerrt_dvh`: SlicerRT's DVHs for the segments inside each dose (never aborting).
+- :mod:`.widget_rules`: the panel's decisions (prescription boxes, plan prescription, scorecard file).
+- :mod:`.process_tree`: ending the background process with everything it started (psutil or not).
+- :mod:`.process_output`: reading the background process's output as UTF-8.
 
 Importing this package makes ``import dosediffusion`` work (see
 :func:`.dependencies.ensure_core_package`).

@@ -3,9 +3,13 @@
 - :func:`ensure_core_package`: ``import dosediffusion`` from the module's ``Logic/`` folder (the
   extension's install tree holds the core there, not as an installed distribution).
 - :func:`ensure_torch`: PyTorch through SlicerPyTorch's ``PyTorchUtils`` (its version checked);
-  :func:`missing_requirements` of ``Resources/requirements.txt`` (only what is not installed at all:
-  a package Slicer ships is never upgraded) and :func:`install_command`, which the module runs in the
-  background after asking; torch is never left to pip's dependency resolution.
+  :func:`missing_requirements` of ``Resources/requirements.txt`` (only what is not installed at all)
+  and :func:`install_command`, which the module runs in the background after asking, constrained
+  to every version already installed (:func:`write_installed_constraints`: a package Slicer ships is
+  never upgraded by a dependency; Slicer 5.10's pip has no ``skip_packages``); on Slicer 5.12 and
+  newer, ``slicer.packaging.pip_install`` with Slicer's own constraints (:func:`uses_slicer_packaging`).
+  :func:`restart_needed` names the imported packages an install changed. torch is never left to
+  pip's dependency resolution.
 - :func:`predict_command`, :func:`parse_progress_line`: the background ``dosediffusion predict``
   process and its ``--progress-json`` lines.
 
@@ -96,11 +100,61 @@ def ensure_torch() -> None:
                                   "from the 'PyTorch Util' module and try again.")
 
 
-def install_command(requirements: Sequence[str]) -> list[str]:
+def install_command(requirements: Sequence[str], constraints: str | Path | None = None) -> list[str]:
     """The pip command line that installs ``requirements`` into Slicer's Python, run by the module as a
-    background process (the GUI stays responsive, its output goes to the log panel). torch is already
-    there (:func:`ensure_torch`), so pip sees it satisfied and never pulls its own build."""
-    return [python_executable(), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
+    background process (the GUI stays responsive, its output goes to the log panel), with the
+    constraints file ``constraints`` (:func:`write_installed_constraints`: what is installed stays as
+    it is). torch is already there (:func:`ensure_torch`), so pip sees it satisfied and never pulls its
+    own build."""
+    pinned = ["-c", str(constraints)] if constraints else []
+    return [python_executable(), "-m", "pip", "install", "--disable-pip-version-check", *pinned, *requirements]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_versions() -> dict[str, str]:
+    """Canonical distribution name → installed version, of every distribution this Python sees."""
+    from importlib import metadata
+
+    versions = {}
+    for distribution in metadata.distributions():
+        name = distribution.metadata["Name"] if distribution.metadata else None
+        if name and distribution.version:
+            versions.setdefault(_canonical(name), distribution.version)
+    return versions
+
+
+def write_installed_constraints(path: str | Path) -> Path:
+    """A pip constraints file at ``path`` pinning every installed distribution to its installed
+    version (``name==version`` lines): an install that would change one fails with pip's message
+    instead of upgrading a package Slicer ships."""
+    lines = [f"{name}=={version}" for name, version in sorted(installed_versions().items())]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def uses_slicer_packaging(slicer_version: tuple[int, int], packaging_module=None) -> bool:
+    """True when the install goes through Slicer's ``slicer.packaging.pip_install`` (Slicer 5.12 and
+    newer, where it applies Slicer's own constraints): ``packaging_module`` is ``slicer.packaging`` or
+    None where it cannot be imported."""
+    return tuple(slicer_version) >= (5, 12) and callable(getattr(packaging_module, "pip_install", None))
+
+
+def restart_needed(before: dict[str, str], after: dict[str, str], modules=None) -> list[str]:
+    """The distributions whose version changed from ``before`` to ``after`` (:func:`installed_versions`)
+    and that have a module imported in this process (``modules``: default ``sys.modules``): Slicer
+    must restart to use their new version."""
+    from importlib import metadata
+
+    modules = sys.modules if modules is None else modules
+    changed = {name for name, version in after.items() if name in before and before[name] != version}
+    if not changed:
+        return []
+    owners = metadata.packages_distributions()
+    imported = {_canonical(d) for m in modules if "." not in m for d in owners.get(m, ())}
+    return sorted(changed & imported)
 
 
 def missing_requirements(requirements: Sequence[str]) -> list[str]:

@@ -22,6 +22,7 @@ from .scene import (
     add_dvh_chart,
     add_scorecard_table,
     add_uncertainty_to_scene,
+    mark_prediction_sources,
     remove_prediction_nodes,
     segment_colors,
 )
@@ -33,14 +34,15 @@ def uncertainty_node_name(dose_name: str) -> str:
 
 
 def add_prediction_folder(scene, folder: str | Path, reference_volume_node=None, prescription_gy: float | None = None,
-                          segmentation_node=None, name: str = "Predicted dose"):
+                          segmentation_node=None, name: str = "Predicted dose", plan_node=None):
     """Add the folder's dose (on the grid it was written on: the CT's), its uncertainty volume (when
-    the folder has ``dose_std.nrrd``: named :func:`uncertainty_node_name`, found by that name), DVH
-    chart and scorecard table (None when the folder has no scorecard) to ``scene``, in place of the
-    previous prediction's nodes (same names; the reference dose stays); the dose's colour scale
-    follows ``prescription_gy`` (default: the highest level of the folder's ``summary.json``), each
-    DVH the colour of its segment in ``segmentation_node``. Returns the dose node, the chart and the
-    table."""
+    the folder has ``dose_std.nrrd``: named :func:`uncertainty_node_name`), DVH chart and scorecard
+    table (None when the folder has no scorecard) to ``scene``, in place of the previous prediction
+    of the same CT ``reference_volume_node`` (other patients' predictions and the reference dose
+    stay); every node references that CT and ``plan_node`` (:func:`.scene.mark_prediction_sources`:
+    the export uses them). The dose's colour scale follows ``prescription_gy`` (default: the highest
+    level of the folder's ``summary.json``), each DVH the colour of its segment in
+    ``segmentation_node``. Returns the dose node, the chart and the table."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / "summary.json").read_text())
@@ -48,16 +50,28 @@ def add_prediction_folder(scene, folder: str | Path, reference_volume_node=None,
         raise InputError(f"not a prediction folder ({error})", folder) from None
     levels = summary.get("prescription", {}).get("levels_gy") or [None]
     dose, grid = read_volume(folder / "dose.nrrd")
-    remove_prediction_nodes(scene)
+    remove_prediction_nodes(scene, reference_volume_node)
     dose_node = add_dose_to_scene(scene, dose, grid, name, reference_volume_node, prescription_gy or levels[0])
+    made = [dose_node]
     if (folder / DOSE_STD_FILE).is_file():
         std, std_grid = read_volume(folder / DOSE_STD_FILE)
-        add_uncertainty_to_scene(scene, std, std_grid, uncertainty_node_name(name), dose_node)
+        made.append(add_uncertainty_to_scene(scene, std, std_grid, uncertainty_node_name(name), dose_node))
     curves = read_dvh_csv(folder / "dvh.csv")
     chart = add_dvh_chart(scene, curves.get("predicted", {}), curves.get("case"), colors=segment_colors(segmentation_node))
+    made += chart_nodes(chart)
     table = None
     if (folder / "scorecard.json").is_file():
         document = json.loads((folder / "scorecard.json").read_text())
         reference = ScoreReport.from_dict(document["case"]) if "case" in document else None
         table = add_scorecard_table(scene, ScoreReport.from_dict(document["predicted"]), reference)
+        made.append(table)
+    for node in made:
+        mark_prediction_sources(node, reference_volume_node, plan_node)
     return dose_node, chart, table
+
+
+def chart_nodes(chart) -> list:
+    """``chart``, its plot series and the tables they plot (each once)."""
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    tables = {s.GetTableNode().GetID(): s.GetTableNode() for s in series if s.GetTableNode() is not None}
+    return [chart, *series, *tables.values()]

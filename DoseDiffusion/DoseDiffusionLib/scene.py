@@ -38,6 +38,15 @@ DOSE_UNIT_VALUE_ATTRIBUTE = "DicomRtImport.DoseUnitValue"
 DOSE_COLOR_TABLE_NAME = "Dose_ColorTable"
 #: Our marker on nodes this module made (predicted dose and its uncertainty, DVH chart and table, scorecard).
 PREDICTION_ATTRIBUTE = "DoseDiffusion.Prediction"
+#: Node-reference roles from a prediction's nodes to the CT and the plan it was predicted from (kept
+#: through scene save and load): a re-run replaces that CT's prediction only, and the export writes
+#: the RTDOSE on that CT's patient, study and frame of reference, whatever the selectors show then.
+SOURCE_CT_ROLE = "DoseDiffusion.SourceCT"
+SOURCE_PLAN_ROLE = "DoseDiffusion.SourcePlan"
+#: SeriesDescription of the RTDOSE the module writes (``dosediffusion.io.rtdose_write``'s default):
+#: such a dose loaded back from DICOM is a prediction, never the reference dose.
+EXPORTED_PREDICTION_DESCRIPTION = "DoseDiffusion predicted dose"
+SERIES_DESCRIPTION_TAG = "0008,103E"
 #: Slicer's built-in black–red–yellow–white heat scale (a PET colour node), for the uncertainty (std) volume.
 UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 
@@ -249,7 +258,7 @@ def case_from_scene(
               [float(v) for v in prescription or ()])
     plan_reading = read_plan(plan_node, dicom_database) if plan_node is not None else None
     if plan_reading is not None:
-        warnings += plan_reading.warnings
+        warnings += plan_reading.warnings + prescription_override_warnings(levels, fractions, plan_reading.prescription)
         if not levels:
             levels = list(plan_reading.prescription.levels_gy)
         if fractions is None:
@@ -280,6 +289,22 @@ def case_from_scene(
     )
 
 
+def prescription_override_warnings(levels: Sequence[float], fractions: int | None, plan: Prescription) -> list[str]:
+    """A warning for each of ``levels`` (Gy) and ``fractions`` that was given and is not the plan's
+    (the given values are used; an empty ``levels`` or None ``fractions`` takes the plan's)."""
+    warnings = []
+    if levels and plan.levels_gy and sorted(levels, reverse=True) != plan.levels_gy:
+        warnings.append(f"the prescription given ({_gy(levels)}) is not the plan's ({_gy(plan.levels_gy)}): "
+                        f"{_gy(levels)} is used; set it to automatic (0) to use the plan's")
+    if fractions is not None and plan.fractions is not None and int(fractions) != int(plan.fractions):
+        warnings.append(f"the {fractions} fractions given are not the plan's {plan.fractions}: {fractions} are used")
+    return warnings
+
+
+def _gy(levels: Sequence[float]) -> str:
+    return "/".join(f"{v:g}" for v in sorted(levels, reverse=True)) + " Gy"
+
+
 @dataclass
 class SceneInputs:
     """The nodes a prediction starts from, as found in a scene (None where there is none)."""
@@ -295,15 +320,35 @@ def _first_node(scene, class_name: str, keep=lambda node: True) -> Any:
     return next((node for node in nodes if keep(node)), None)
 
 
-def find_scene_inputs(scene) -> SceneInputs:
+def is_exported_prediction(volume_node, dicom_database=None) -> bool:
+    """True for a dose this module exported, loaded back from DICOM: its series description (from the
+    DICOM database through the node's instance UIDs, else in the node's name, which SlicerRT takes
+    from it) is :data:`EXPORTED_PREDICTION_DESCRIPTION`."""
+    if EXPORTED_PREDICTION_DESCRIPTION.lower() in (volume_node.GetName() or "").lower():
+        return True
+    scene = volume_node.GetScene()
+    sh = _subject_hierarchy(scene) if scene is not None and dicom_database is not None else None
+    item = sh.GetItemByDataNode(volume_node) if sh is not None else 0
+    if not item:
+        return False
+    uids = (sh.GetItemUID(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMInstanceUIDName()) or "").split()
+    return bool(uids) and str(dicom_database.instanceValue(uids[0], SERIES_DESCRIPTION_TAG)).strip() == \
+        EXPORTED_PREDICTION_DESCRIPTION
+
+
+def find_scene_inputs(scene, dicom_database=None) -> SceneInputs:
     """The first CT-like volume (a scalar volume that is neither an RT dose, nor a label map, nor one of
     this module's predictions), the first segmentation, the first SlicerRT plan and the first RT dose
-    that is not a prediction (the reference): what a freshly loaded DICOM RT patient gives."""
+    that is not a prediction, in the scene or exported by this module and loaded back
+    (:func:`is_exported_prediction`; ``dicom_database``: Slicer's, to read the series description):
+    the reference. What a freshly loaded DICOM RT patient gives."""
 
     def volume(dose: bool):
         def keep(v) -> bool:
             is_dose = bool(v.GetAttribute(DOSE_VOLUME_ATTRIBUTE))
-            return not v.IsA("vtkMRMLLabelMapVolumeNode") and not v.GetAttribute(PREDICTION_ATTRIBUTE) and is_dose == dose
+            if v.IsA("vtkMRMLLabelMapVolumeNode") or v.GetAttribute(PREDICTION_ATTRIBUTE) or is_dose != dose:
+                return False
+            return not (dose and is_exported_prediction(v, dicom_database))
 
         return _first_node(scene, "vtkMRMLScalarVolumeNode", keep)
 
@@ -330,7 +375,9 @@ def _dose_color_table(scene):
 
 def study_item_for_dose(scene, reference_volume_node=None, name: str = "DoseDiffusion") -> int:
     """The subject-hierarchy study item a dose belongs in: the reference volume's study, else a new
-    patient/study pair named ``name``. Returns 0 when the scene has no subject hierarchy."""
+    patient/study pair named ``name``, marked :data:`PREDICTION_ATTRIBUTE` so that it is removed with
+    the last prediction in it (:func:`remove_prediction_nodes`). Returns 0 when the scene has no
+    subject hierarchy."""
     sh = _subject_hierarchy(scene)
     if sh is None:
         return 0
@@ -342,22 +389,62 @@ def study_item_for_dose(scene, reference_volume_node=None, name: str = "DoseDiff
             if study:
                 return study
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), name)
-    return sh.CreateStudyItem(patient, name)
+    study = sh.CreateStudyItem(patient, name)
+    for item in (patient, study):
+        sh.SetItemAttribute(item, PREDICTION_ATTRIBUTE, "1")
+    return study
 
 
-def remove_prediction_nodes(scene) -> int:
-    """Remove every node this module made for a prediction (marked :data:`PREDICTION_ATTRIBUTE`: dose and
-    uncertainty volumes with their display nodes, DVH table, chart and series, scorecard table); the CT,
-    the structures and the reference dose stay. Returns how many nodes were removed."""
+def mark_prediction_sources(node, ct_node=None, plan_node=None) -> None:
+    """Reference from ``node`` (a node of a prediction) to the CT and plan it was predicted from
+    (:data:`SOURCE_CT_ROLE`, :data:`SOURCE_PLAN_ROLE`; a plan that is not an MRML node is not referenced)."""
+    node.SetNodeReferenceID(SOURCE_CT_ROLE, ct_node.GetID() if ct_node is not None else None)
+    plan_id = plan_node.GetID() if plan_node is not None and hasattr(plan_node, "GetID") else None
+    node.SetNodeReferenceID(SOURCE_PLAN_ROLE, plan_id)
+
+
+def prediction_sources(node) -> tuple[Any, Any]:
+    """The (CT, plan) nodes a prediction's ``node`` was predicted from (None where not referenced)."""
+    return node.GetNodeReference(SOURCE_CT_ROLE), node.GetNodeReference(SOURCE_PLAN_ROLE)
+
+
+def remove_prediction_nodes(scene, source_ct_node=None) -> int:
+    """Remove the nodes this module made for the prediction of ``source_ct_node`` (marked
+    :data:`PREDICTION_ATTRIBUTE` and referencing that CT, :func:`mark_prediction_sources`; with None,
+    those referencing no CT): dose and uncertainty volumes with their display nodes, DVH tables, chart
+    and series, scorecard table, then the subject-hierarchy studies this module made that are left
+    empty. Other patients' predictions, the CT, the structures and the reference dose stay. Returns
+    how many nodes were removed."""
     marked = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-    marked = [node for node in marked if node is not None and node.GetAttribute(PREDICTION_ATTRIBUTE) == "1"]
+    marked = [node for node in marked if node is not None and node.GetAttribute(PREDICTION_ATTRIBUTE) == "1"
+              and node.GetNodeReference(SOURCE_CT_ROLE) is source_ct_node]
+    sh = _subject_hierarchy(scene)
     for node in marked:
         for i in reversed(range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0)):
             display = node.GetNthDisplayNode(i)
             if display is not None:
                 scene.RemoveNode(display)
+        item = sh.GetItemByDataNode(node) if sh is not None else 0
+        if item:  # its item first: without Slicer's subject hierarchy logic an item outlives its node
+            sh.RemoveItem(item, False, False)
         scene.RemoveNode(node)
+    _remove_empty_prediction_items(scene)
     return len(marked)
+
+
+def _remove_empty_prediction_items(scene) -> None:
+    """Remove the studies, then the patients, that :func:`study_item_for_dose` made and that hold nothing now."""
+    sh = _subject_hierarchy(scene)
+    if sh is None:
+        return
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    for level in (constants.GetDICOMLevelStudy(), constants.GetDICOMLevelPatient()):
+        items = vtk.vtkIdList()
+        sh.GetItemChildren(sh.GetSceneItemID(), items, True)
+        for item in [items.GetId(i) for i in range(items.GetNumberOfIds())]:
+            if (sh.GetItemLevel(item) == level and sh.GetItemAttribute(item, PREDICTION_ATTRIBUTE) == "1"
+                    and sh.GetNumberOfItemChildren(item) == 0):
+                sh.RemoveItem(item)
 
 
 def _add_volume_node(scene, array: np.ndarray, grid: Grid, name: str, attributes: Mapping[str, str]):

@@ -60,7 +60,7 @@ def predict_patient(logic, patient_uid: str, args: argparse.Namespace, roles: di
 
     slicer.mrmlScene.Clear(0)
     DICOMUtils.loadPatientByUID(patient_uid)
-    found = find_scene_inputs(slicer.mrmlScene)
+    found = find_scene_inputs(slicer.mrmlScene, slicer.dicomDatabase)  # the temporary database of main()
     if found.ct is None or found.segmentation is None:
         raise RuntimeError("the patient has no CT or no RT structure set")
     case = logic.caseFromScene(found.ct, found.segmentation, found.plan, roles, referenceDose=found.reference_dose,

@@ -1,6 +1,6 @@
-"""The core runs on what 3D Slicer 5.10 bundles (pydicom 2.4.4, numpy 1.26): its tests that need no
-torch run again in that environment (``Testing/peers/setup_slicer_bundled.sh``), and no core module
-uses syntax newer than the oldest Python it supports."""
+"""The core runs on what 3D Slicer 5.10 bundles (Python 3.12, numpy 2.0.2, pydicom 2.4.4, scipy 1.13.1):
+its tests that need no torch run again in that environment (``Testing/peers/setup_slicer_bundled.sh``),
+and no core module uses syntax newer than the oldest Python it supports."""
 
 from __future__ import annotations
 
@@ -22,11 +22,16 @@ CORE_TESTS = ("test_case_model.py", "test_cli.py", "test_dicom_bad_input.py", "t
 OLDEST_PYTHON = (3, 10)
 
 
-def test_the_core_tests_pass_with_slicers_pydicom_and_numpy():
+#: What 3D Slicer 5.10 bundles: Python (major, minor) and the versions of the packages the core uses.
+SLICER_5_10 = {"python": "3.12", "pydicom": "2.4.4", "numpy": "2.0.2", "scipy": "1.13.1"}
+
+
+def test_the_core_tests_pass_with_slicers_python_and_packages():
     python = slicer_bundled_python()
-    versions = subprocess.run([str(python), "-c", "import pydicom, numpy; print(pydicom.__version__, numpy.__version__)"],
-                              capture_output=True, text=True, check=True, cwd="/").stdout.split()
-    assert versions[0] == "2.4.4" and versions[1].startswith("1.26")
+    code = ("import sys, pydicom, numpy, scipy; print('%d.%d' % sys.version_info[:2], pydicom.__version__, "
+            "numpy.__version__, scipy.__version__)")
+    versions = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, cwd="/").stdout.split()
+    assert dict(zip(SLICER_5_10, versions, strict=True)) == SLICER_5_10
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
     done = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
                            *(str(HERE / name) for name in CORE_TESTS)],

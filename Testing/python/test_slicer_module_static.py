@@ -24,7 +24,7 @@ REQUIRED_WIDGETS = {
     "refreshStructuresButton", "prescriptionSpinBox", "fractionsSpinBox", "modelPathLineEdit", "scorecardComboBox",
     "scorecardPathLineEdit", "deviceComboBox", "remoteUrlLineEdit", "remoteTokenFileLineEdit", "stepsSpinBox",
     "candidatesSpinBox", "predictButton", "cancelButton", "progressBar", "statusLabel", "logTextEdit",
-    "exportRtDoseButton", "exportToDatabaseButton", "torchStatusLabel",
+    "exportRtDoseButton", "exportToDatabaseButton", "torchStatusLabel", "prescriptionNoteLabel",
 }
 
 
@@ -161,3 +161,126 @@ def test_the_sample_data_it_registers_is_there():
     assert "customDownloader=loadDemoCase" in text
     assert sorted((MODULE_DIR / "Resources" / "DemoCase").glob("*.dcm")) and (MODULE_DIR / "Resources" / "Icons" /
                                                                              "DoseDiffusion.png").is_file()
+
+
+# ----------------------------------------------------------------------------- issue 29: calls pinned to the real APIs
+
+LIB_DIR = MODULE_DIR / "DoseDiffusionLib"
+ROOT = MODULE_DIR.parent
+
+
+def _function(path: Path, name: str, cls: str | None = None) -> ast.FunctionDef:
+    tree = ast.parse(path.read_text())
+    body = tree.body
+    if cls is not None:
+        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+    return next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _called(function: ast.AST) -> set[str]:
+    """Names of the methods and functions ``function`` calls."""
+    return {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
+            for c in ast.walk(function) if isinstance(c, ast.Call)}
+
+
+#: SlicerRT's DVH API as its sources define it (SlicerRT master, DoseVolumeHistogram/Logic and MRML):
+#: vtkSlicerDoseVolumeHistogramModuleLogic::ComputeDvh(vtkMRMLDoseVolumeHistogramNode*) -> std::string (error,
+#: "" on success) and AddDvhToChart(vtkMRMLPlotChartNode*, vtkMRMLTableNode*) -> vtkMRMLPlotSeriesNode*;
+#: vtkMRMLDoseVolumeHistogramNode: SetAndObserveDoseVolumeNode, SetAndObserveSegmentationNode,
+#: SetSelectedSegmentIDs(std::vector<std::string>), GetMetricsTableNode, GetChartNode, AssembleDvhNodeReference.
+SLICERRT_DVH_API = {"ComputeDvh", "AddDvhToChart", "SetAndObserveDoseVolumeNode", "SetAndObserveSegmentationNode",
+                    "SetSelectedSegmentIDs", "GetMetricsTableNode", "GetChartNode", "AssembleDvhNodeReference"}
+
+
+def test_slicerrt_dvhs_select_the_overlapping_segments_and_never_raise():
+    function = _function(LIB_DIR / "slicerrt_dvh.py", "add_slicerrt_dvhs")
+    assert SLICERRT_DVH_API <= _called(function)
+    assert "segments_in_dose" in _called(function)
+    assert not [n for n in ast.walk(function) if isinstance(n, ast.Raise)]
+    # the selection is set before ComputeDvh runs (else SlicerRT computes every segment and aborts)
+    source = ast.get_source_segment((LIB_DIR / "slicerrt_dvh.py").read_text(), function)
+    assert source.index("SetSelectedSegmentIDs(inside)") < source.index("logic.ComputeDvh(parameters)")
+    logic = _function(MODULE_FILE, "slicerRtDvhChart", "DoseDiffusionLogic")
+    assert "add_slicerrt_dvhs" in _called(logic) and not [n for n in ast.walk(logic) if isinstance(n, ast.Raise)]
+    # the module's own chart is removed when SlicerRT's replaces it
+    assert {"remove_nodes", "chart_nodes"} <= _called(_function(MODULE_FILE, "addPredictionFolder", "DoseDiffusionLogic"))
+
+
+def test_parameter_node_prescription_defaults_are_automatic():
+    """Defaults 60 Gy / 30 fractions were always passed on, so the plan's prescription was never used."""
+    wrapper = next(n for n in ast.parse(MODULE_FILE.read_text()).body
+                   if isinstance(n, ast.ClassDef) and n.name == "DoseDiffusionParameterNode")
+    defaults = {s.target.id: ast.literal_eval(s.value) for s in wrapper.body
+                if isinstance(s, ast.AnnAssign) and s.value is not None and s.target.id in ("prescriptionGy", "fractions")}
+    assert defaults == {"prescriptionGy": 0.0, "fractions": 0}
+    widgets = ui_widgets()
+    for name in ("prescriptionSpinBox", "fractionsSpinBox"):
+        props = {p.get("name"): p for p in widgets[name].findall("property")}
+        assert props["specialValueText"].find("string").text == "automatic"
+        assert "minimum" not in props or props["minimum"].find("number").text == "0"
+    predict = _function(MODULE_FILE, "onPredictButton", "DoseDiffusionWidget")
+    assert "prescription_arguments" in _called(predict)
+    assert "prescriptionNoteLabel" in code_widget_names()
+
+
+def test_exports_take_the_dose_nodes_own_ct_and_plan():
+    for name in ("onExportRtDoseButton", "onExportToDatabaseButton"):
+        source = ast.unparse(_function(MODULE_FILE, name, "DoseDiffusionWidget"))
+        assert "ctVolume" not in source and ".plan" not in source, name
+    assert "export_rtdose" in _called(_function(MODULE_FILE, "exportRtDose", "DoseDiffusionLogic"))
+
+
+def _import_dicom_calls(function: ast.AST) -> list[ast.Call]:
+    return [c for c in ast.walk(function) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+            and c.func.attr == "importDicom"]
+
+
+def test_dicom_imports_copy_the_files_and_check_the_result():
+    """DICOMUtils.importDicom(dicomDataDir, dicomDatabase=None, copyFiles=False) returns False on failure
+    (Slicer's DICOMLib/DICOMUtils.py): the module copies (no entry points into the extension's folder) and
+    reports a False."""
+    for name, cls in (("loadDemoCase", None), ("exportRtDoseToDatabase", "DoseDiffusionLogic")):
+        function = _function(MODULE_FILE, name, cls)
+        calls = _import_dicom_calls(function)
+        assert calls, name
+        checked = {id(n.test.operand) for n in ast.walk(function) if isinstance(n, ast.If)
+                   and isinstance(n.test, ast.UnaryOp) and isinstance(n.test.op, ast.Not)}
+        for call in calls:
+            assert id(call) in checked, f"{name}: importDicom's result is not checked"
+            assert len(call.args) == 2 and {k.arg: ast.literal_eval(k.value) for k in call.keywords} == {"copyFiles": True}
+    assert "TemporaryDICOMDatabase" in ast.unparse(_function(MODULE_FILE, "loadDemoCase"))  # no database open yet
+
+
+def test_reload_and_test_reports_a_skip_as_a_skip():
+    """Slicer's onReloadAndTest calls runTest directly and shows a failure popup for any exception."""
+    run = _function(MODULE_FILE, "runTest", "DoseDiffusionTest")
+    handlers = [h for t in ast.walk(run) if isinstance(t, ast.Try) for h in t.handlers]
+    assert any(ast.unparse(h.type) == "unittest.SkipTest" for h in handlers)
+
+
+def test_background_processes_read_utf8_and_install_within_constraints():
+    assert "start_reader" in _called(_function(MODULE_FILE, "_startProcess", "DoseDiffusionWidget"))
+    install = _function(MODULE_FILE, "_installPackages", "DoseDiffusionWidget")
+    assert {"write_installed_constraints", "install_command", "uses_slicer_packaging", "pip_install"} <= _called(install)
+    assert "restart_needed" in _called(_function(MODULE_FILE, "_afterInstall", "DoseDiffusionWidget"))
+    # psutil is optional in the process tree (Slicer 5.10 does not bundle it)
+    tree = _function(LIB_DIR / "process_tree.py", "terminate_process_tree")
+    assert any(isinstance(t, ast.Try) and any(ast.unparse(h.type) == "ImportError" for h in t.handlers)
+               for t in ast.walk(tree))
+
+
+def test_help_text_says_what_it_does_with_prescriptions_unscorable_structures_and_segments_outside_the_dose():
+    text = MODULE_FILE.read_text()
+    help_text = text[text.index("self.parent.helpText"):text.index("self.parent.acknowledgementText")]
+    for phrase in ("plan's\nprescription is used", "Structures it cannot score", "not evaluable",
+                   "Segments outside the dose", "no voxel in a dose", "results are kept", "Apache-2.0"):
+        assert phrase in help_text, phrase
+
+
+def test_licence_screenshot_and_cmake_version():
+    assert (ROOT / "LICENSE.txt").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert "cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)" in text  # Slicer 5.10's template
+    urls = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', text).group(1).split()
+    prefix = "https://raw.githubusercontent.com/DoseDiffusion/DoseDiffusion/main/"
+    assert urls and all(u.startswith(prefix) and (ROOT / u[len(prefix):]).is_file() for u in urls)

@@ -822,3 +822,289 @@ def test_background_process_predicts_a_scene_case(predicted, tmp_path):
     assert [e.fraction for e in events] == sorted(e.fraction for e in events)
     dose, grid = read_volume(tmp_path / "out" / "case" / "dose.nrrd")
     assert grid.same_as(scene_case.grid) and dose.max() > 0
+
+
+# ----------------------------------------------------------------------------- two patients (issue 29)
+
+from DoseDiffusionLib import export, slicerrt_dvh, widget_rules  # noqa: E402
+
+from dosediffusion.case import Prescription  # noqa: E402
+
+PATIENTS = {"A": ("PAT-A", "1.2.826.0.1.1", "1.2.826.0.1.2"), "B": ("PAT-B", "1.2.826.0.2.1", "1.2.826.0.2.2")}
+"""Patient label → (PatientID, StudyInstanceUID, FrameOfReferenceUID) of the two patients' CTs."""
+
+
+@pytest.fixture(scope="module")
+def two_patients(predicted, phantom_dicom, tmp_path_factory):
+    """A scene with two patients (the phantom's CT and structures twice, each in its own DICOM study)
+    and, for A, a plan whose RTPLAN (the phantom's, rewritten) prescribes 78 Gy in 39 fractions, its
+    target named just "PTV": (scene, {label: (ct, segmentation)}, plan, database, the phantom's scene
+    case, its prediction)."""
+    import pydicom
+
+    _, _, _, scene_case, prediction = predicted
+    rtplan = pydicom.dcmread(phantom_dicom[3]["rtplan"])
+    for reference in rtplan.DoseReferenceSequence:
+        if "TargetPrescriptionDose" in reference:
+            reference.TargetPrescriptionDose = 78.0
+    rtplan.FractionGroupSequence[0].NumberOfFractionsPlanned = 39
+    rtplan.SOPInstanceUID = plan_uid = pydicom.uid.generate_uid()
+    rtplan.file_meta.MediaStorageSOPInstanceUID = plan_uid
+    paths = {"rtplan": tmp_path_factory.mktemp("plan78") / "RTPLAN.dcm"}
+    rtplan.save_as(paths["rtplan"])
+    prostate = {("PTV" if n == "PTV_60" else n): s for n, s in scene_case.structures.items()}
+    mrml = slicer.vtkMRMLScene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    values, nodes = {}, {}
+    for label, (patient_id, study_uid, frame_uid) in PATIENTS.items():
+        ct = volume_node_for(mrml, scene_case.ct, scene_case.grid, f"CT {label}")
+        segmentation = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", f"RTSTRUCT {label}")
+        for name, structure in prostate.items():
+            segment_id = segmentation.GetSegmentation().AddEmptySegment(name, name)
+            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(oriented_mask(structure.mask, ct),
+                                                                                 segmentation, segment_id)
+        study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), patient_id), f"Study {label}")
+        sh.SetItemParent(sh_item(sh, ct), study)
+        instance = f"{study_uid}.100"
+        sh.SetItemUID(sh_item(sh, ct), constants.GetDICOMInstanceUIDName(), instance)
+        values.update({(instance, "0010,0020"): patient_id, (instance, "0020,000D"): study_uid,
+                       (instance, "0020,0052"): frame_uid})
+        nodes[label] = (ct, segmentation)
+    plan_item = sh.CreateFolderItem(sh.GetSceneItemID(), "RTPLAN A")
+    sh.SetItemUID(plan_item, constants.GetDICOMInstanceUIDName(), plan_uid)
+    plan = FakePlan([FakeBeam("G0", 0.0, iso_ras=(0.0, 0.0, 0.0)), FakeBeam("G180", 180.0, iso_ras=(0.0, 0.0, 0.0))],
+                    scene=mrml, item=plan_item)
+    database = FakeDicomDatabase({plan_uid: str(paths["rtplan"])}, values)
+    return mrml, nodes, plan, database, scene_case, prediction
+
+
+def test_the_gui_takes_the_plans_prescription_as_the_batch_does(two_patients):
+    """Boxes at automatic (the parameter node's defaults) → the plan's 78 Gy in 39 fractions, the same
+    case as the batch script's (no prescription given); a hand-entered 60 Gy is used but warned about."""
+    mrml, nodes, plan, database, _, _ = two_patients
+    ct, segmentation = nodes["A"]
+    gy, fractions = widget_rules.prescription_arguments(widget_rules.AUTOMATIC, widget_rules.AUTOMATIC)
+    gui = scene.case_from_scene(ct, segmentation, plan, prescription=gy, fractions=fractions, dicom_database=database)
+    batch = scene.case_from_scene(ct, segmentation, plan, dicom_database=database)
+    assert (gui.prescription.levels_gy, gui.prescription.fractions) == ([78.0], 39)
+    assert batch.prescription == gui.prescription
+    assert gui.structures["PTV"].role == "ptv" and gui.structures["PTV"].prescription_gy == 78.0
+    assert not any("prescription" in w for w in gui.warnings)
+    from dosediffusion.prediction.scorecard import choose_scorecard
+
+    assert "lung_60" not in choose_scorecard("auto", gui).reason
+    entered = scene.case_from_scene(ct, segmentation, plan, prescription=60.0, fractions=30, dicom_database=database)
+    assert entered.prescription.levels_gy == [60.0] and entered.prescription.fractions == 30
+    assert any("60 Gy) is not the plan's (78 Gy)" in w for w in entered.warnings)
+    assert any("30 fractions given are not the plan's 39" in w for w in entered.warnings)
+
+
+def test_the_plan_prescription_note_and_the_roles_suggestions():
+    plan = Prescription([66.0, 59.0, 53.0], 33)
+    assert widget_rules.plan_prescription_note(plan) == "Plan: 66/59/53 Gy in 33 fractions (used while the boxes are automatic)."
+    assert "PTV doses" in widget_rules.plan_prescription_note(None)
+    assert "no prescription" in widget_rules.plan_prescription_note(Prescription([], None))
+    assert widget_rules.suggestion_levels(0.0, plan) == [66.0, 59.0, 53.0]
+    assert widget_rules.suggestion_levels(70.0, plan) == [70.0]
+    assert widget_rules.prescription_arguments(70.0, 35) == (70.0, 35)
+
+
+def test_a_scorecard_file_without_a_file_is_refused():
+    with pytest.raises(ValueError, match="no file is chosen"):
+        widget_rules.scorecard_option(widget_rules.SCORECARD_FILE, "  ")
+    assert widget_rules.scorecard_option(widget_rules.SCORECARD_FILE, "/x/card.json") == "/x/card.json"
+    assert widget_rules.scorecard_option("auto", "") == "auto"
+
+
+def _prediction_folder(case, prediction, folder):
+    from dosediffusion.prediction.outputs import write_prediction
+    from dosediffusion.prediction.scorecard import choose_scorecard
+
+    write_prediction(case, prediction, folder, choose_scorecard("none", case), report=False)
+    return folder
+
+
+def test_export_goes_to_the_patient_the_dose_was_predicted_for(two_patients, tmp_path):
+    """A's prediction is exported on A's patient, study, frame of reference and plan, whatever CT and
+    plan are selected afterwards (B's here: the export takes neither)."""
+    import pydicom
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    mrml, nodes, plan, database, scene_case, prediction = two_patients
+    folder = _prediction_folder(scene_case, prediction, tmp_path / "out")
+    dose_a, _, _ = add_prediction_folder(mrml, folder, nodes["A"][0], plan_node=plan)
+    dose_b, _, _ = add_prediction_folder(mrml, folder, nodes["B"][0])
+    assert scene.prediction_sources(dose_a) == (nodes["A"][0], None)  # FakePlan is no MRML node
+    assert scene.prediction_sources(dose_b) == (nodes["B"][0], None)
+    written = pydicom.dcmread(export.export_rtdose(dose_a, tmp_path / "A.dcm", database))
+    patient_id, study_uid, frame_uid = PATIENTS["A"]
+    assert (written.PatientID, written.StudyInstanceUID, written.FrameOfReferenceUID) == (patient_id, study_uid, frame_uid)
+    other = pydicom.dcmread(export.export_rtdose(dose_b, tmp_path / "B.dcm", database))
+    assert (other.PatientID, other.StudyInstanceUID) == PATIENTS["B"][:2]
+    np.testing.assert_allclose(written.pixel_array * float(written.DoseGridScaling),
+                               slicer.util.arrayFromVolume(dose_a), atol=float(written.DoseGridScaling))
+    with pytest.raises(Exception, match="no predicted dose"):
+        export.export_rtdose(None, tmp_path / "none.dcm")
+
+
+def test_the_exported_plan_reference_is_the_source_plans(two_patients, tmp_path):
+    """An MRML plan node (as SlicerRT's is) is referenced by the prediction and exported as its RTPLAN."""
+    import pydicom
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    mrml, nodes, _, database, scene_case, prediction = two_patients
+    plan_node = mrml.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "RT plan A")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    sh.SetItemUID(sh_item(sh, plan_node), slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMInstanceUIDName(), "1.2.3.78")
+    dose, _, _ = add_prediction_folder(mrml, _prediction_folder(scene_case, prediction, tmp_path / "out"),
+                                       nodes["A"][0], plan_node=plan_node)
+    assert scene.prediction_sources(dose) == (nodes["A"][0], plan_node)
+    written = pydicom.dcmread(export.export_rtdose(dose, tmp_path / "A.dcm", database))
+    assert written.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == "1.2.3.78"
+
+
+def test_a_rerun_keeps_the_other_patients_prediction(two_patients, tmp_path):
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    mrml, nodes, _, _, scene_case, prediction = two_patients
+    folder = _prediction_folder(scene_case, prediction, tmp_path / "out")
+    first_a = add_prediction_folder(mrml, folder, nodes["A"][0])
+    b = add_prediction_folder(mrml, folder, nodes["B"][0])
+    second_a = add_prediction_folder(mrml, folder, nodes["A"][0])
+    assert all(mrml.GetNodeByID(n.GetID()) is None for n in first_a if n is not None)
+    assert all(mrml.GetNodeByID(n.GetID()) is n for n in (*b, *second_a) if n is not None)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    study_of = {label: sh.GetItemParent(sh.GetItemByDataNode(ct)) for label, (ct, _) in nodes.items()}
+    assert sh.GetItemParent(sh.GetItemByDataNode(b[0])) == study_of["B"]
+    assert sh.GetItemParent(sh.GetItemByDataNode(second_a[0])) == study_of["A"]
+
+
+def test_no_empty_studies_pile_up_for_a_ct_without_one(predicted, tmp_path):
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder
+
+    _, _, _, scene_case, prediction = predicted
+    mrml, ct, _ = scene_from_case(scene_case)  # a CT that is in no study (not from DICOM)
+    folder = _prediction_folder(scene_case, prediction, tmp_path / "out")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    study_level = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()
+
+    def studies():
+        items = vtk.vtkIdList()
+        sh.GetItemChildren(sh.GetSceneItemID(), items, True)
+        return [items.GetId(i) for i in range(items.GetNumberOfIds()) if sh.GetItemLevel(items.GetId(i)) == study_level]
+
+    for _ in range(3):
+        dose, _, _ = add_prediction_folder(mrml, folder, ct)
+    (study,) = studies()
+    assert sh.GetItemParent(sh.GetItemByDataNode(dose)) == study
+    scene.remove_prediction_nodes(mrml, ct)
+    assert studies() == [] and sh.GetNumberOfItemChildren(sh.GetSceneItemID()) == 0  # no patient item left
+
+
+def test_an_exported_prediction_loaded_back_is_never_the_reference():
+    case = box_case()
+    mrml = slicer.vtkMRMLScene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    exported = volume_node_for(mrml, case.dose, case.grid, "RTDOSE")  # SlicerRT's name for a dose
+    exported.SetAttribute("DicomRtImport.DoseVolume", "1")
+    sh.SetItemUID(sh_item(sh, exported), slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMInstanceUIDName(), "9.9.1")
+    named = volume_node_for(mrml, case.dose, case.grid, "900: RTDOSE: DoseDiffusion predicted dose")
+    named.SetAttribute("DicomRtImport.DoseVolume", "1")
+    reference = volume_node_for(mrml, case.dose, case.grid, "RTDOSE")
+    reference.SetAttribute("DicomRtImport.DoseVolume", "1")
+    database = FakeDicomDatabase({}, {("9.9.1", "0008,103E"): "DoseDiffusion predicted dose"})
+    assert scene.find_scene_inputs(mrml, database).reference_dose is reference
+    assert scene.find_scene_inputs(mrml).reference_dose is exported  # without the database it cannot tell
+
+
+def test_segments_outside_the_dose_grid_are_found(predicted):
+    """A clinical RTDOSE covering part of the body: the segments with no voxel in it are the ones
+    SlicerRT's ComputeDvh would abort on; they are left out of its selection."""
+    from dosediffusion.geometry import Grid
+
+    _, _, _, scene_case, _ = predicted
+    mrml, ct, segmentation = scene_from_case(scene_case)
+    grid = scene_case.grid
+    half = grid.shape[2] // 2
+    # a dose grid on the +x LPS half of the CT (x index ≥ half, the PTV at the centre is inside)
+    crop = Grid((grid.shape[0], grid.shape[1], grid.shape[2] - half), grid.spacing,
+                tuple(np.asarray(grid.origin) + grid.matrix[:, 0] * grid.spacing[0] * half), grid.direction)
+    dose = volume_node_for(mrml, np.ones(crop.shape, np.float32), crop, "partial RTDOSE")
+    inside, outside = slicerrt_dvh.segments_in_dose(segmentation, dose)
+    names = {segmentation.GetSegmentation().GetSegment(i).GetName() for i in inside}
+    assert "Esophagus" in outside and names == {"PTV_60", "SpinalCord", "BODY"}
+    assert slicerrt_dvh.segments_in_dose(segmentation, ct)[1] == []
+
+
+# ----------------------------------------------------------------------------- background processes (issue 29)
+
+
+def _launcher():
+    code = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(120)']); print(child.pid, flush=True); time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return process, int(process.stdout.readline())
+
+
+def test_cancel_ends_the_whole_tree_without_psutil(monkeypatch):
+    """Slicer 5.10 has no psutil, and the first background process is the pip that installs it."""
+    from DoseDiffusionLib import process_tree
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil → ImportError
+    process, child = _launcher()
+    assert child in process_tree.descendants(process.pid)
+    process_tree.terminate_process_tree(process.pid, timeout_s=5.0)
+    process.wait(10)
+    assert not process_tree._running(child)
+
+
+def test_the_log_reader_decodes_utf8_on_a_cp1252_pipe():
+    """tqdm's "▏" and "→" written as UTF-8 by the child (PYTHONUTF8) on a pipe opened with Windows'
+    code page: every line arrives, none stops the reader."""
+    from DoseDiffusionLib.process_output import start_reader
+
+    code = "import sys; sys.stdout.buffer.write('50%|\u258f | 1/2 \u2192 next\\n'.encode() + b'bad \\xff byte\\n' + b'done\\n')"
+
+    def launch():
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, encoding="cp1252")
+
+    with pytest.raises(UnicodeDecodeError):  # what the locale's decoding does to the old reader
+        launch().stdout.read()
+    lines: list[str] = []
+    process = launch()
+    start_reader(process.stdout, lines.append).join(30)
+    assert lines == ["50%|\u258f | 1/2 \u2192 next\n", "bad \ufffd byte\n", "done\n"]
+    process.wait(10)
+
+
+def test_the_install_keeps_every_installed_version(tmp_path):
+    import numpy
+
+    path = dependencies.write_installed_constraints(tmp_path / "constraints.txt")
+    lines = path.read_text().splitlines()
+    assert f"numpy=={numpy.__version__}" in lines and all("==" in line for line in lines)
+    command = dependencies.install_command(["surely-not-a-package-xyz>=1"], path)
+    assert command[command.index("-c") + 1] == str(path) and command[-1] == "surely-not-a-package-xyz>=1"
+    assert "-c" not in dependencies.install_command(["x"])
+
+
+def test_slicer_packaging_only_where_it_installs():
+    class Packaging:
+        @staticmethod
+        def pip_install(args, interactive=True):
+            return None
+
+    assert dependencies.uses_slicer_packaging((5, 12), Packaging)
+    assert not dependencies.uses_slicer_packaging((5, 10), Packaging)  # 5.10 has no skip_packages/constraints
+    assert not dependencies.uses_slicer_packaging((5, 12), None)
+
+
+def test_a_restart_is_asked_for_when_an_imported_package_changed():
+    import numpy
+
+    before = {"numpy": numpy.__version__, "surely-not-imported-xyz": "1.0"}
+    after = {"numpy": "999.0", "surely-not-imported-xyz": "2.0", "new-package": "1.0"}
+    assert dependencies.restart_needed(before, after) == ["numpy"]
+    assert dependencies.restart_needed(before, dict(before)) == []
+    assert dependencies.restart_needed(before, after, modules={}) == []
