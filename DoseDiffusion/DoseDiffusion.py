@@ -13,6 +13,7 @@ Scene-facing code lives in ``DoseDiffusionLib`` (no Qt there).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -292,6 +293,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.scorecardPathLineEdit.currentPath = self._parameterNode.scorecardFile
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelFolder
             self.ui.planSelector.setCurrentNode(self._parameterNode.plan)
+            self.onPlanChanged(self._parameterNode.plan)  # its prescription note (the same plan: boxes kept)
             self.fillStructureTable(False)
             self._checkCanApply()
 
@@ -767,8 +769,6 @@ class DoseDiffusionTest(ScriptedLoadableModuleTest):
         from dosediffusion.resources import resource_path
 
         self.delayDisplay("Starting the test")
-        import importlib.util
-
         if importlib.util.find_spec("torch") is None:  # e.g. on the extension build machines
             self.skipTest("PyTorch is not installed (install the PyTorch extension): the prediction is not tested")
         logic = DoseDiffusionLogic()

@@ -220,6 +220,10 @@ def test_parameter_node_prescription_defaults_are_automatic():
         assert "minimum" not in props or props["minimum"].find("number").text == "0"
     predict = _function(MODULE_FILE, "onPredictButton", "DoseDiffusionWidget")
     assert "prescription_arguments" in _called(predict)
+    # a newly selected plan puts both boxes back to automatic, so that its prescription is used
+    plan_changed = ast.unparse(_function(MODULE_FILE, "onPlanChanged", "DoseDiffusionWidget"))
+    assert "self._parameterNode.prescriptionGy, self._parameterNode.fractions = (float(AUTOMATIC), AUTOMATIC)" \
+        in plan_changed and "plan_prescription_note" in plan_changed
     assert "prescriptionNoteLabel" in code_widget_names()
 
 
