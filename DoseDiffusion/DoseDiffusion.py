@@ -318,8 +318,14 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from DoseDiffusionLib.plan_adapter import read_plan
         from DoseDiffusionLib.widget_rules import AUTOMATIC, plan_prescription_note
 
-        self._planPrescription = read_plan(node, getattr(slicer, "dicomDatabase", None)).prescription if node else None
-        self.ui.prescriptionNoteLabel.text = plan_prescription_note(self._planPrescription)
+        from dosediffusion.errors import InputError
+
+        try:
+            self._planPrescription = read_plan(node, getattr(slicer, "dicomDatabase", None)).prescription if node else None
+            self.ui.prescriptionNoteLabel.text = plan_prescription_note(self._planPrescription)
+        except InputError as error:  # e.g. an unreadable RTPLAN file: Predict reports it again
+            self._planPrescription = None
+            self.ui.prescriptionNoteLabel.text = _("The plan's prescription cannot be read: {error}").format(error=error)
         if self._parameterNode and self._parameterNode.plan is not node:
             self._parameterNode.plan = node
             self._parameterNode.prescriptionGy, self._parameterNode.fractions = float(AUTOMATIC), AUTOMATIC

@@ -192,11 +192,21 @@ SLICERRT_DVH_API = {"ComputeDvh", "AddDvhToChart", "SetAndObserveDoseVolumeNode"
                     "SetSelectedSegmentIDs", "GetMetricsTableNode", "GetChartNode", "AssembleDvhNodeReference"}
 
 
+def slicerrt_dvh_title() -> str:
+    tree = ast.parse((LIB_DIR / "slicerrt_dvh.py").read_text())
+    return next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", "") == "CHART_TITLE")
+
+
 def test_slicerrt_dvhs_select_the_overlapping_segments_and_never_raise():
     function = _function(LIB_DIR / "slicerrt_dvh.py", "add_slicerrt_dvhs")
     assert SLICERRT_DVH_API <= _called(function)
     assert "segments_in_dose" in _called(function)
     assert not [n for n in ast.walk(function) if isinstance(n, ast.Raise)]
+    # the legend tells predicted from reference (SlicerRT names a curve by its segment only), and the
+    # chart says which DVH engine drew it (the scorecard's is DoseDiffusion's)
+    assert {"SetName", "SetLineStyle", "SetTitle"} <= _called(function)
+    assert "SetTitle(CHART_TITLE)" in ast.unparse(function) and "SlicerRT" in slicerrt_dvh_title()
     # the selection is set before ComputeDvh runs (else SlicerRT computes every segment and aborts)
     source = ast.get_source_segment((LIB_DIR / "slicerrt_dvh.py").read_text(), function)
     assert source.index("SetSelectedSegmentIDs(inside)") < source.index("logic.ComputeDvh(parameters)")

@@ -980,6 +980,21 @@ def test_a_rerun_keeps_the_other_patients_prediction(two_patients, tmp_path):
     assert sh.GetItemParent(sh.GetItemByDataNode(second_a[0])) == study_of["A"]
 
 
+def test_the_modules_own_chart_leaves_no_orphans_when_slicerrts_replaces_it(predicted, tmp_path):
+    from DoseDiffusionLib.prediction_folder import add_prediction_folder, chart_nodes
+
+    _, _, _, scene_case, prediction = predicted
+    mrml, ct, _ = scene_from_case(scene_case)
+    dose, chart, _ = add_prediction_folder(mrml, _prediction_folder(scene_case, prediction, tmp_path / "out"), ct)
+    own = chart_nodes(chart)
+    assert len(own) == chart.GetNumberOfPlotSeriesNodes() + 2  # the chart, its series, their one table
+    slicerrt_dvh.remove_nodes(mrml, [*own, None])
+    left = [mrml.GetNthNode(i) for i in range(mrml.GetNumberOfNodes())]
+    assert not [n for n in left if n.IsA("vtkMRMLPlotSeriesNode") or n.IsA("vtkMRMLPlotChartNode")
+                or n.GetName() == "DoseDiffusion DVH table"]
+    assert mrml.GetNodeByID(dose.GetID()) is dose
+
+
 def test_no_empty_studies_pile_up_for_a_ct_without_one(predicted, tmp_path):
     from DoseDiffusionLib.prediction_folder import add_prediction_folder
 
