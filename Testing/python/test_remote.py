@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,12 +316,17 @@ def test_client_retries_connection_errors_then_explains():
             raise httpx.ConnectError("refused")
         return httpx.Response(200, json={"status": "ok"})
 
-    assert RemoteClient("http://worker", transport=httpx.MockTransport(flaky), backoff_s=0.01).health()
-    assert len(calls) == 3
-    down = RemoteClient("http://worker", retries=2, backoff_s=0.01,
-                        transport=httpx.MockTransport(lambda r: (_ for _ in ()).throw(httpx.ConnectError("no"))))
-    with pytest.raises(RemoteConnectionError, match="cannot reach the worker"):
+    said = []
+    assert RemoteClient("http://worker", transport=httpx.MockTransport(flaky), backoff_s=0.01, notice=said.append).health()
+    assert len(calls) == 3 and said[0].startswith("the worker does not answer (ConnectError: refused); trying again "
+                                                  "for up to 120 s") and said[1].startswith("the worker answers again")
+    calls.clear()
+    down = RemoteClient("http://worker", reconnect_s=0.3, backoff_s=0.01,  # a time budget, not a count
+                        transport=httpx.MockTransport(lambda r: calls.append(time.monotonic()) or (_ for _ in ()).throw(
+                            httpx.ConnectError("no"))))
+    with pytest.raises(RemoteConnectionError, match="cannot reach the worker .*; tried for 0.3 s"):
         down.health()
+    assert calls[-1] - calls[0] >= 0.25 and len(calls) >= 4  # tried until the budget was spent, backing off
     for status, kind in ((500, RemoteServerError), (503, RemoteBusy), (413, RemoteRequestTooLarge)):
         answer = RemoteClient("http://worker", transport=httpx.MockTransport(
             lambda r, s=status: httpx.Response(s, json={"detail": "why"})))
@@ -346,32 +352,89 @@ def test_serve_refuses_unsafe_settings(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_serve_command_runs_a_worker(tmp_path):
-    model = tiny_pipeline().save_pretrained(tmp_path / "tiny")
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    token = tmp_path / "token"
+        return probe.getsockname()[1]
+
+
+def write_token(folder: Path) -> Path:
+    """A token file of :data:`TOKEN`, readable by its owner only."""
+    token = folder / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
-    process = subprocess.Popen([sys.executable, "-m", "dosediffusion.cli.main", "serve", "--model", str(model),
-                                "--port", str(port), "--token-file", str(token), "--device", "cpu"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return token
+
+
+def start_worker(model: Path, port: int, token: Path, log: Path) -> subprocess.Popen:
+    """``dosediffusion serve`` of ``model`` on 127.0.0.1:``port`` in a process of its own (its output in
+    ``log``), returned once its ``/health`` answers; a worker that has not answered within 60 s is killed."""
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "dosediffusion.cli.main", "serve", "--model", str(model),
+                                    "--port", str(port), "--token-file", str(token), "--device", "cpu"],
+                                   stdout=out, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    process.wait()
+    pytest.fail(f"the worker did not start: {log.read_text()[-2000:]}")
+
+
+def test_serve_command_runs_a_worker(tmp_path):
+    model = tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    port = free_port()
+    process = start_worker(model, port, write_token(tmp_path), tmp_path / "worker.log")
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         assert client(url).model_info()["device"] == "cpu"
         assert httpx.get(f"{url}/model").status_code == 401
     finally:
         process.terminate()
-        log = process.communicate(timeout=30)[0]
+        process.wait(30)
+    log = (tmp_path / "worker.log").read_text()
     assert "serving on http://127.0.0.1" in log and TOKEN not in log
+
+
+def test_predict_remote_outlives_a_worker_restart(phantom_dicom, tmp_path):
+    """``predict --remote`` waits while its worker is stopped mid-job (SIGTERM) and started again, submits the
+    lost job again, says so, and writes the dose it writes without the restart."""
+    folder, port = phantom_dicom[0], free_port()
+    model, token = tiny_pipeline().save_pretrained(tmp_path / "tiny"), write_token(tmp_path)
+    common = [str(folder), "--steps", "50", "--seed", "4", "--no-report", "--scorecard", "none"]
+    assert main(["predict", *common, "--out", str(tmp_path / "local"), "--model", str(model), "--device", "cpu"]) == 0
+    workers = [start_worker(model, port, token, tmp_path / "first.log")]
+    predict = subprocess.Popen([sys.executable, "-m", "dosediffusion.cli.main", "predict", *common, "--out",
+                                str(tmp_path / "remote"), "--remote", f"http://127.0.0.1:{port}", "--token-file",
+                                str(token), "--reconnect-s", "90", "--progress-json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(300, predict.kill)  # the client stops by itself; this bounds a hung one too
+    watchdog.start()
+    try:
+        step = next((line for line in predict.stdout if '"message": "step ' in line), None)  # EOF ends it too
+        assert step, "the client never reported a model step"
+        workers[0].terminate()  # the restart: SIGTERM, then the same command again on the same port
+        workers[0].wait(30)
+        workers.append(start_worker(model, port, token, tmp_path / "second.log"))
+        err = predict.communicate(timeout=240)[1]
+    finally:
+        watchdog.cancel()
+        for process in (predict, *workers):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert predict.returncode == 0, err
+    assert "trying again for up to 90 s" in err and "the worker answers again after" in err
+    assert "the worker restarted and lost the job; it was submitted again" in err
+    local, remote = (read_volume(tmp_path / side / folder.name / "dose.nrrd")[0] for side in ("local", "remote"))
+    assert np.array_equal(local, remote)
+    summary = json.loads((tmp_path / "remote" / folder.name / "summary.json").read_text())
+    assert "the worker restarted and lost the job; it was submitted again" in summary["warnings"]
 
 
 def test_predict_remote_writes_the_local_files(worker, phantom_dicom, tmp_path):

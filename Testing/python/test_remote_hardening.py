@@ -147,7 +147,7 @@ def test_a_restarted_worker_gets_the_lost_job_again(pipe, channels):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client, outcome = RemoteClient(f"http://127.0.0.1:{port}", TOKEN, poll_s=0.1, backoff_s=0.2, retries=6), {}
+    client, outcome = RemoteClient(f"http://127.0.0.1:{port}", TOKEN, poll_s=0.1, backoff_s=0.2), {}
     messages = []
 
     def run():

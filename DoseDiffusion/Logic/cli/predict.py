@@ -1,6 +1,6 @@
 """``dosediffusion predict PATH --model DIR|demo --out DIR [--steps N] [--candidates K] [--seed S]
 [--device auto|cpu|cuda] [--scorecard auto|none|NAME|FILE] [--role NAME=ROLE ...] [--aliases FILE]
-[--overwrite] [--remote URL [--token-file F]]``: predict the dose of one case or a batch, here or on a
+[--overwrite] [--remote URL [--token-file F] [--reconnect-s S]]``: predict the dose of one case or a batch, here or on a
 remote GPU worker (``dosediffusion serve``), through the one prediction layer
 (:mod:`dosediffusion.prediction`).
 
@@ -41,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="run the model on the worker at URL (dosediffusion serve); --model and --device are then "
                              "the worker's")
     parser.add_argument("--token-file", help="file holding the worker's bearer token (with --remote)")
+    parser.add_argument("--reconnect-s", type=float, metavar="S",
+                        help="with --remote: seconds to keep trying to reach a worker that does not answer, such as "
+                             "one restarting (default 120); a job it lost is then submitted again")
     add_case_arguments(parser)
     return parser
 
@@ -82,7 +85,7 @@ def say(message: str) -> None:
 
 def _predictor(args: argparse.Namespace) -> LocalPredictor | RemotePredictor:
     if getattr(args, "remote", None):
-        return RemotePredictor(args.remote, getattr(args, "token_file", None))
+        return RemotePredictor(args.remote, getattr(args, "token_file", None), getattr(args, "reconnect_s", None), say)
     return LocalPredictor(args.model, args.device)
 
 
@@ -169,6 +172,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_scorecard_option(args.scorecard)
     if getattr(args, "token_file", None) and not getattr(args, "remote", None):
         raise InputError("--token-file goes with --remote")
+    reconnect_s = getattr(args, "reconnect_s", None)
+    if reconnect_s is not None and (not getattr(args, "remote", None) or not reconnect_s >= 0):
+        raise InputError(f"--reconnect-s goes with --remote and is seconds, 0 or more (got {reconnect_s:g})")
     if not args.no_report:
         from dosediffusion.report.plots import require_matplotlib
 

@@ -7,6 +7,7 @@ cancel=)`` and returns a :class:`~dosediffusion.prediction.case_prediction.DoseP
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,12 +50,15 @@ class LocalPredictor:
 
 
 class RemotePredictor:
-    """The model of the worker at ``url``; the token is read from ``token_file`` now, before any work."""
+    """The model of the worker at ``url``; the token is read from ``token_file`` now, before any work. A worker
+    that does not answer is waited for ``reconnect_s`` seconds (None: the client's default); ``notice`` hears
+    that wait and any resubmission as status lines."""
 
-    def __init__(self, url: str, token_file: str | Path | None = None):
+    def __init__(self, url: str, token_file: str | Path | None = None, reconnect_s: float | None = None,
+                 notice: Callable[[str], None] | None = None):
         from dosediffusion.remote.client import read_token
 
-        self.url = url
+        self.url, self.reconnect_s, self.notice = url, reconnect_s, notice
         self.token = read_token(token_file) if token_file else None
         self.description = None
         self.loaded = True  # nothing to load here
@@ -65,7 +69,7 @@ class RemotePredictor:
     def __call__(self, case: Case, **options) -> DosePrediction:
         from dosediffusion.remote.client import predict_remote
 
-        return predict_remote(case, self.url, self.token, **options)
+        return predict_remote(case, self.url, self.token, reconnect_s=self.reconnect_s, notice=self.notice, **options)
 
     def __str__(self) -> str:
         return f"the model of the remote worker at {self.url}"

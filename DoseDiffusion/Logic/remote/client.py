@@ -3,8 +3,10 @@
 The case is prepared here, only its condition channels travel (see :mod:`.wire`), and the
 candidates come back to be restored and selected here, through the same
 :func:`~dosediffusion.prediction.case_prediction.predict_case` as a local prediction: the same model and seed
-give the same numbers. Idempotent requests are retried on connection errors (``retries`` times,
-backoff doubling from ``backoff_s``); a submission only when the connection could not be made.
+give the same numbers. A worker that does not answer (restarting, say) is tried again for ``reconnect_s``
+seconds (a time budget: a restart takes as long as loading the model), backoff doubling from ``backoff_s``
+up to :data:`MAX_BACKOFF_S`, and the wait is said through ``notice``; idempotent requests are retried on any
+connection error, a submission only when the connection could not be made.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ class RemoteServerError(RemoteError):
     """5xx or an unreadable answer: a problem on the worker's side."""
 
 
+#: Seconds to keep trying to reach a worker that does not answer, by default (a GPU worker's restart
+#: loads its model; the demo worker answers again about 9 s after SIGTERM).
+RECONNECT_S = 120.0
+#: The longest pause between two attempts to reach the worker, in seconds.
+MAX_BACKOFF_S = 2.0
+RESUBMITTED = "the worker restarted and lost the job; it was submitted again"
+
 STATUS_ERRORS = {401: RemoteAuthError, 404: RemoteJobNotFound, 413: RemoteRequestTooLarge, 422: RemoteRejected,
                  503: RemoteBusy}
 
@@ -92,20 +101,23 @@ class RemoteClient:
 
     Args:
         token: the bearer token (None for a ``--no-auth`` loopback worker).
-        retries: extra attempts after a connection error. timeout: seconds per request.
-        backoff_s: first wait between attempts (doubled each time). poll_s: longest wait of one status
-            long poll (so also how soon ``cancel`` is noticed).
+        reconnect_s: seconds to keep trying after a connection error (0: one attempt). timeout: seconds
+            per request. backoff_s: first wait between attempts (doubled each time, at most
+            :data:`MAX_BACKOFF_S`). poll_s: longest wait of one status long poll (so also how soon
+            ``cancel`` is noticed). notice: hears status lines (waiting for the worker, resubmissions).
         verify: TLS verification: True (system/certifi CAs, or ``SSL_CERT_FILE``), a CA bundle path
             (e.g. the worker's self-signed certificate), an ``ssl.SSLContext``, or False (never in a clinic).
     """
 
-    def __init__(self, url: str, token: str | None = None, retries: int = 3, timeout: float = 60.0,
+    def __init__(self, url: str, token: str | None = None, reconnect_s: float = RECONNECT_S, timeout: float = 60.0,
                  backoff_s: float = 0.5, poll_s: float = 1.0, verify: bool | str | ssl.SSLContext = True,
-                 transport: httpx.BaseTransport | None = None, busy_wait_s: float = 600.0, resubmits: int = 2):
+                 transport: httpx.BaseTransport | None = None, busy_wait_s: float = 600.0, resubmits: int = 2,
+                 notice: Callable[[str], None] | None = None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if isinstance(verify, str):  # a CA bundle (e.g. the worker's self-signed certificate)
             verify = ssl.create_default_context(cafile=verify)
-        self.url, self.retries, self.backoff_s, self.poll_s = url.rstrip("/"), retries, backoff_s, poll_s
+        self.url, self.reconnect_s, self.backoff_s, self.poll_s = url.rstrip("/"), reconnect_s, backoff_s, poll_s
+        self.notice = notice or (lambda message: None)
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify,
                                  transport=transport)
         self._info: dict[str, Any] | None = None
@@ -208,10 +220,10 @@ class RemoteClient:
                 if self.instance == submitted_to or resubmitted == self.resubmits:
                     raise
                 resubmitted += 1
-                message = "the worker restarted and lost the job; it was submitted again"
-                self.warnings.append(message)
+                self.warnings.append(RESUBMITTED)
+                self.notice(RESUBMITTED)
                 if progress is not None:
-                    progress(0.05, message)
+                    progress(0.05, RESUBMITTED)
             except BaseException:  # interrupted, failed or cancelled: the worker need not keep the job
                 self._forget(job_id)
                 raise
@@ -219,18 +231,27 @@ class RemoteClient:
     # ---- transport -----------------------------------------------------------------------------
     def _request(self, method: str, path: str, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
         safe = httpx.TransportError if idempotent else (httpx.ConnectError, httpx.ConnectTimeout)
-        for attempt in range(self.retries + 1):
+        first_failure, pause = None, self.backoff_s
+        while True:
             try:
                 response = self.http.request(method, path, **kwargs)
                 break
             except safe as error:
-                if attempt == self.retries:
-                    raise RemoteConnectionError(f"cannot reach the worker ({type(error).__name__}: {error})",
+                now, why = time.monotonic(), f"{type(error).__name__}: {error}"
+                left = self.reconnect_s - (now - (now if first_failure is None else first_failure))
+                if left <= 0:
+                    raise RemoteConnectionError(f"cannot reach the worker ({why}); tried for {self.reconnect_s:g} s",
                                                 self.url) from None
-                time.sleep(self.backoff_s * 2**attempt)
+                if first_failure is None:
+                    first_failure = now
+                    self.notice(f"the worker does not answer ({why}); trying again for up to {self.reconnect_s:g} s")
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, MAX_BACKOFF_S)
             except httpx.TransportError as error:
                 raise RemoteConnectionError(f"the connection failed during {method} {path} "
                                             f"({type(error).__name__}); not retried", self.url) from None
+        if first_failure is not None:
+            self.notice(f"the worker answers again after {time.monotonic() - first_failure:.1f} s")
         self.instance = response.headers.get(INSTANCE_HEADER, self.instance)
         if response.status_code < 400:
             return response
@@ -261,14 +282,17 @@ def predict_remote(
     scorecard: str | dict | None = None,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
-    retries: int = 3,
+    reconnect_s: float | None = None,
     timeout: float = 60.0,
     verify: bool | str = True,
+    notice: Callable[[str], None] | None = None,
 ) -> DosePrediction:
     """Predict the dose of ``case`` on the worker at ``url``: the same result as the worker's
     pipeline run locally (``pipeline(case, ...)``) for the same arguments. The timing adds the
-    worker's ``remote_queued`` and ``remote_run`` seconds."""
-    with RemoteClient(url, token, retries, timeout, verify=verify) as client:
+    worker's ``remote_queued`` and ``remote_run`` seconds. ``reconnect_s`` (None: :data:`RECONNECT_S`)
+    and ``notice`` are :class:`RemoteClient`'s."""
+    reconnect_s = RECONNECT_S if reconnect_s is None else reconnect_s
+    with RemoteClient(url, token, reconnect_s, timeout, verify=verify, notice=notice) as client:
         info = client.model_info()
         preprocessing = PrepareConfig.from_dict(info["preprocessing"])
         prediction = predict_case(client.sample, case, preprocessing, steps, seed, num_candidates, selection,
