@@ -19,8 +19,7 @@ import numpy as np
 
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
-from dosediffusion.geometry import resample
-from dosediffusion.io.volume_sidecar import read_volume
+from dosediffusion.io.dose_file import add_dose_on_ct_grid_argument, read_dose_file
 from dosediffusion.metrics.dose_metrics import case_dvhs, homogeneity_index, paddick_conformity_index, standard_metrics
 from dosediffusion.metrics.dvh import DVH
 from dosediffusion.report.plots import check_plot_path, plot_dvhs
@@ -29,11 +28,27 @@ from dosediffusion.report.plots import check_plot_path, plot_dvhs
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("dvh", help="DVH metrics of every structure (Gy, cc)")
     parser.add_argument("path", help="DICOM RT folder, case JSON sidecar, or GDP-HMM .npz")
-    parser.add_argument("--dose", help="a dose volume (NRRD/NIfTI, Gy) instead of the case's own dose")
+    add_dose_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_plot_argument(parser, "also draw the cumulative DVHs into FILE; with --dose, the case's own dose dashed beside")
     add_case_arguments(parser)
     return parser
+
+
+def add_dose_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dose FILE`` (read by :func:`~dosediffusion.io.dose_file.read_dose_file`) and ``--dose-on-ct-grid``."""
+    parser.add_argument("--dose", help="a dose file instead of the case's own dose: RTDOSE .dcm, NRRD, NIfTI or "
+                                       "MetaImage (Gy), on the case's frame of reference")
+    add_dose_on_ct_grid_argument(parser)
+
+
+def chosen_dose(args: argparse.Namespace, case) -> np.ndarray:
+    """``--dose`` in Gy on the case's grid, else the case's own dose; refused when there is neither."""
+    if args.dose:
+        return read_dose_file(args.dose, case, on_ct_grid=args.dose_on_ct_grid)
+    if case.dose is None:
+        raise InputError("the case has no dose; pass --dose FILE", args.path)
+    return case.dose
 
 
 def add_plot_argument(parser: argparse.ArgumentParser, what: str, flag: str = "--plot") -> None:
@@ -45,12 +60,6 @@ def add_plot_argument(parser: argparse.ArgumentParser, what: str, flag: str = "-
 def wrote(path: str) -> None:
     """Tell the user a figure was written; on stderr, so that ``--json`` output stays pure JSON."""
     print(f"wrote {path}", file=sys.stderr)
-
-
-def load_dose(path: str, case) -> np.ndarray:
-    """A dose volume file in Gy, resampled onto the case's CT grid."""
-    dose, grid = read_volume(path)
-    return resample(dose.astype("float32"), grid, case.grid)
 
 
 def dvh_report(case, dose, dvhs: dict[str, DVH] | None = None) -> dict:
@@ -82,9 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path(args.plot)
     case = read_case(args.path, args)
-    dose = load_dose(args.dose, case) if args.dose else case.dose
-    if dose is None:
-        raise InputError("the case has no dose; pass --dose FILE", args.path)
+    dose = chosen_dose(args, case)
     dvhs = case_dvhs(case, dose)
     report = dvh_report(case, dose, dvhs)
     report["dose"] = args.dose or "case"

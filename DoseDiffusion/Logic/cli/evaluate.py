@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
-from dosediffusion.cli.dvh import add_plot_argument, load_dose, wrote
+from dosediffusion.cli.dvh import add_plot_argument, wrote
 from dosediffusion.errors import InputError
-from dosediffusion.io.dicom_rtdose import read_rtdose
+from dosediffusion.io.dose_file import add_dose_on_ct_grid_argument, read_dose_file
 from dosediffusion.metrics.dose_metrics import case_dvhs
 from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
 from dosediffusion.report.plots import check_plot_path, plot_dvhs, plot_scorecard
@@ -33,23 +32,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                       "default: the case's own dose")
     parser.add_argument("--case", required=True, help="the case (structures, grid, prescription)")
     parser.add_argument("--scorecard", help="also compare scorecard totals with this template")
+    add_dose_on_ct_grid_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_plot_argument(parser, "also draw both doses' cumulative DVHs into FILE: predicted solid, reference dashed")
     add_plot_argument(parser, "also draw both doses' scorecards side by side as a table into FILE (needs --scorecard)",
                       flag="--scorecard-plot")
     add_case_arguments(parser)
     return parser
-
-
-def _dose(path: str, case) -> np.ndarray:
-    if Path(path).suffix.lower() == ".csv":
-        from dosediffusion.io.openkbp import read_openkbp_dose_csv
-
-        return read_openkbp_dose_csv(path, case)
-    if Path(path).suffix.lower() == ".dcm":
-        dose, _ = read_rtdose(Path(path), case.grid, case.meta.get("FrameOfReferenceUID", ""))
-        return dose
-    return load_dose(path, case)
 
 
 def scorecard_reports(case, template: dict, pred: np.ndarray, ref: np.ndarray) -> tuple[ScoreReport, ScoreReport]:
@@ -133,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     case = read_case(args.case, args)
     if args.ref is None and case.dose is None:
         raise InputError("the case has no dose of its own: give the reference dose with --ref FILE", args.case)
-    pred, ref = _dose(args.pred, case), case.dose if args.ref is None else _dose(args.ref, case)
+    pred = read_dose_file(args.pred, case, on_ct_grid=args.dose_on_ct_grid)
+    ref = case.dose if args.ref is None else read_dose_file(args.ref, case, on_ct_grid=args.dose_on_ct_grid)
     if not np.any(ref > 0):
         raise InputError("the reference dose is zero everywhere", args.ref or args.case)
     reports = scorecard_reports(case, template, pred, ref) if template else None

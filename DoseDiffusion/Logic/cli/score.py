@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
-from dosediffusion.cli.dvh import add_plot_argument, load_dose, wrote
-from dosediffusion.errors import InputError
+from dosediffusion.cli.dvh import add_dose_argument, add_plot_argument, chosen_dose, wrote
 from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
 from dosediffusion.report.plots import check_plot_path, plot_scorecard
 
@@ -23,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--scorecard", required=True,
                         help="a shipped template (head_neck_sib_70_63_56, lung_60, prostate_78) or a JSON file "
                              "(ours or ESAPI PlanScoreCard)")
-    parser.add_argument("--dose", help="a dose volume (NRRD/NIfTI, Gy) instead of the case's own dose")
+    add_dose_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_plot_argument(parser, "also draw the scorecard as a table into FILE; with --dose, the case's own dose's "
                               "scores beside")
@@ -44,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
         check_plot_path(args.plot)
     template = load_template(args.scorecard)
     case = read_case(args.path, args)
-    dose = load_dose(args.dose, case) if args.dose else case.dose
-    if dose is None:
-        raise InputError("the case has no dose; pass --dose FILE", args.path)
+    dose = chosen_dose(args, case)
     report = score_case(case, template, dose)
     if args.plot:
         write_scorecard_plot(args.plot, case, template, report, args.dose)

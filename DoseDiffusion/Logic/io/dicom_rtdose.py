@@ -37,13 +37,16 @@ def rtdose_grid(ds: pydicom.Dataset, path: Path) -> Grid:
                 direction)
 
 
-def read_rtdose(path: Path, ct_grid: Grid, frame_of_reference: str) -> tuple[np.ndarray, list[str]]:
-    """The RTDOSE at ``path`` in Gy, resampled (linearly) onto ``ct_grid``; zero outside the dose grid."""
+def read_rtdose_volume(path: Path, frame_of_reference: str | None) -> tuple[np.ndarray, Grid, list[str]]:
+    """The RTDOSE at ``path`` in Gy (stored values × DoseGridScaling) on its own grid, with warnings;
+    refused when it is on another frame of reference than ``frame_of_reference`` (None: not checked)."""
     ds = read_dataset(path)
     warnings = []
-    if str(ds.get("FrameOfReferenceUID", "")) != frame_of_reference:
+    if str(ds.get("Modality", "RTDOSE")).upper() != "RTDOSE":
+        raise DicomError(f"not an RTDOSE (Modality {ds.get('Modality')})", path)
+    if frame_of_reference is not None and str(ds.get("FrameOfReferenceUID", "")) != frame_of_reference:
         raise GeometryError(f"RTDOSE is on frame of reference {ds.get('FrameOfReferenceUID')}, the CT on "
-                            f"{frame_of_reference}", path)
+                            f"{frame_of_reference}: it is another patient's or another scan's dose", path)
     units = str(ds.get("DoseUnits", "")).upper()
     if units != "GY":
         raise DicomError(f"RTDOSE in units {units or 'unknown'!r}; only absolute dose (GY) is supported", path)
@@ -56,6 +59,12 @@ def read_rtdose(path: Path, ct_grid: Grid, frame_of_reference: str) -> tuple[np.
     summation = str(ds.get("DoseSummationType", ""))
     if summation and summation.upper() != "PLAN":
         warnings.append(f"{path.name}: RTDOSE summation type is {summation}, not PLAN")
+    return dose, grid, warnings
+
+
+def read_rtdose(path: Path, ct_grid: Grid, frame_of_reference: str) -> tuple[np.ndarray, list[str]]:
+    """The RTDOSE at ``path`` in Gy, resampled (linearly) onto ``ct_grid``; zero outside the dose grid."""
+    dose, grid, warnings = read_rtdose_volume(path, frame_of_reference)
     if not np.allclose(grid.matrix, ct_grid.matrix, atol=1e-4):
         warnings.append(f"{path.name}: dose grid orientation differs from the CT's: resampled")
     return np.clip(resample(dose, grid, ct_grid), 0.0, None).astype(np.float32), warnings
