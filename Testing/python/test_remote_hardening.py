@@ -205,13 +205,65 @@ def test_a_disconnect_mid_upload_is_one_log_line(worker, channels, caplog):
     assert len(said) == 1 and not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def test_repeated_log_lines_are_counted_not_printed():
+def test_only_flood_lines_are_rate_limited_and_a_summary_names_them(caplog):
     limiter = RateLimitFilter(window_s=0.3)
-    records = [logging.LogRecord("asyncio", logging.ERROR, "x", 1, "socket.accept() out of system resource", (), None)
-               for _ in range(101)]
-    assert [limiter.filter(r) for r in records[:100]].count(True) == 1
+    accept = [logging.LogRecord("asyncio", logging.ERROR, "x", 1, "socket.accept() out of system resource\nsocket: s",
+                                (), None) for _ in range(100)]
+    closed = [logging.LogRecord("dosediffusion.remote", logging.WARNING, "x", 1, "closed a connection (%s)", (i,), None)
+              for i in range(5)]
+    for record in closed:
+        record.flood = True
+    jobs = [logging.LogRecord("dosediffusion.remote", level, "x", 1, message, (f"job{i}",), None)
+            for i in range(5) for level, message in ((logging.INFO, "job %s queued"), (logging.ERROR, "job %s failed"))]
+    invalid = logging.LogRecord("uvicorn.error", logging.WARNING, "x", 1, "Invalid HTTP request received.", (), None)
+    assert [limiter.filter(r) for r in accept].count(True) == 1 and [limiter.filter(r) for r in closed].count(True) == 1
+    assert all(limiter.filter(r) for r in jobs)  # different jobs' lines and errors are never repeats
+    assert limiter.filter(invalid) and not limiter.filter(invalid)
     time.sleep(0.35)
-    assert limiter.filter(records[100]) and "99 more like this" in records[100].getMessage()
+    with caplog.at_level(logging.WARNING, logger="dosediffusion.remote"):
+        assert limiter.filter(jobs[0])  # the next record after the window brings the summaries
+    said = sorted(r.getMessage() for r in caplog.records)
+    assert said == ["dropped 1 more of 'Invalid HTTP request received.' (uvicorn.error) in 0.3 s",
+                    "dropped 4 more of 'closed a connection (%s)' (dosediffusion.remote) in 0.3 s",
+                    "dropped 99 more of 'socket.accept() out of system resource' (asyncio) in 0.3 s"]
+
+
+def test_every_job_is_logged_queued_and_finished_and_every_failure_is_an_error(channels, caplog):
+    """Nine concurrent jobs, three of them failing inside the model: each job id is logged once queued and
+    once finished, and each failure is an ERROR record with its traceback."""
+    failing = tiny_pipeline()
+    sample = failing.sample_channels
+
+    def sample_or_fail(channels, steps, seed, *args, **kwargs):
+        if seed % 3 == 0:
+            raise RuntimeError(f"the model broke on seed {seed}")
+        return sample(channels, steps, seed, *args, **kwargs)
+
+    failing.sample_channels = sample_or_fail
+    errors = []
+
+    def run(seed):
+        with RemoteClient(url, TOKEN, poll_s=0.1) as client:
+            try:
+                client.sample(channels, 1, seed)
+            except RemoteJobFailed as error:
+                errors.append(error)
+
+    with caplog.at_level(logging.INFO, logger="dosediffusion.remote"), \
+            serve_in_thread(create_app(failing, TOKEN, device="cpu", max_queued=8)) as url:
+        threads = [threading.Thread(target=run, args=(seed,)) for seed in range(9)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    lines = [r for r in caplog.records if r.name == "dosediffusion.remote" and r.msg.startswith("job %s")]
+    queued = [r.args[0] for r in lines if r.msg.startswith("job %s queued")]
+    finished = [(r.args[0], r.args[1]) for r in lines if r.msg == "job %s %s after %.2f s"]
+    failures = [r for r in lines if r.levelno == logging.ERROR]
+    assert len(set(queued)) == len(queued) == 9 and sorted(job for job, _ in finished) == sorted(queued)
+    assert sorted(state for _, state in finished) == ["done"] * 6 + ["failed"] * 3 and len(errors) == 3
+    assert len(failures) == 3 and all(r.exc_info for r in failures)
+    assert {r.args[0] for r in failures} == {job for job, state in finished if state == "failed"}
 
 
 def test_query_strings_stay_out_of_the_access_log(pipe):

@@ -17,6 +17,8 @@ from collections import OrderedDict
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from dosediffusion.remote.logs import FLOOD
+
 log = logging.getLogger("dosediffusion.remote")
 
 
@@ -44,7 +46,7 @@ class ConnectionGuard:
     def drop(self, protocol: GuardedProtocol, why: str) -> None:
         self.settle(protocol)
         self.closed += 1
-        log.warning("closed a connection whose request headers did not arrive (%s)", why)
+        log.warning("closed a connection whose request headers did not arrive (%s)", why, extra={FLOOD: True})
         protocol.transport.close()
 
 

@@ -47,7 +47,7 @@ from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion.prediction.case_prediction import check_finite_result
 from dosediffusion.remote.connection_guard import ConnectionGuard, guarded_protocol
 from dosediffusion.remote.jobs import FINISHED, Job, JobQueue, QueueFull
-from dosediffusion.remote.logs import configure_worker_logs
+from dosediffusion.remote.logs import FLOOD, configure_worker_logs
 from dosediffusion.remote.wire import (
     INSTANCE_HEADER,
     MAX_CANDIDATES,
@@ -158,7 +158,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
         except asyncio.TimeoutError:
             raise HTTPException(408, f"the request body did not arrive within {body_timeout_s:g} s") from None
         except ClientDisconnect:
-            log.info("a client disconnected during its upload")
+            log.info("a client disconnected during its upload", extra={FLOOD: True})
             raise HTTPException(400, "the client disconnected") from None
         try:
             job = jobs.submit(channels, options)
