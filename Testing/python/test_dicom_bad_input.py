@@ -144,8 +144,13 @@ def test_two_series_need_a_choice(tmp_path, phantom_dicom, capsys):
     assert main(["inspect", str(folder), "--series-uid", uid, "--json"]) == 0
 
 
-def test_non_uniform_slices_are_resampled_with_a_warning(phantom):
+def test_a_missing_slice_is_refused_unless_gaps_are_allowed(phantom, capsys):
     (phantom / "CT.0010.dcm").unlink()
-    case = read_dicom_case(phantom)
+    with pytest.raises(GeometryError, match=r"1 slice\(s\) missing at .* --allow-slice-gaps"):
+        read_dicom_case(phantom)
+    assert main(["inspect", str(phantom)]) == 2
+    assert "missing at" in capsys.readouterr().err
+    assert main(["inspect", str(phantom), "--allow-slice-gaps"]) == 0
+    case = read_dicom_case(phantom, allow_slice_gaps=True)
     assert any("non-uniform CT slice spacing" in w for w in case.warnings)
     assert case.grid.spacing[2] == pytest.approx(2.5)

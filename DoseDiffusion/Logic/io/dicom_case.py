@@ -37,9 +37,11 @@ def read_dicom_case(
     dose_uid: str | None = None,
     aliases: AliasTable | None = None,
     roles: Mapping[str, RoleChoice] | None = None,
+    allow_slice_gaps: bool = False,
 ) -> Case:
     """Read a case from DICOM files; see the module docstring for how objects are chosen (``aliases``,
-    ``roles``: see :func:`~dosediffusion.roles.assign_roles`)."""
+    ``roles``: see :func:`~dosediffusion.roles.assign_roles`; ``allow_slice_gaps``: interpolate across
+    missing CT slices instead of refusing them)."""
     source = path if not isinstance(path, (list, tuple)) else (Path(path[0]).parent if path else ".")
     index = scan(path)
     series = choose_series(index, series_uid, source)
@@ -47,7 +49,7 @@ def read_dicom_case(
     if "FrameOfReferenceUID" not in first:
         raise DicomError("CT without FrameOfReferenceUID", series[0][0])
     frame = str(first.FrameOfReferenceUID)
-    ct, grid, warnings = read_ct_series(series)
+    ct, grid, warnings = read_ct_series(series, allow_gaps=allow_slice_gaps)
     meta = {k: str(first.get(k)) for k in META_KEYWORDS if first.get(k) not in (None, "")}
     meta["CTSeriesInstanceUID"] = str(first.SeriesInstanceUID)
 

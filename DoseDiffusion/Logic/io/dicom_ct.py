@@ -3,8 +3,10 @@
 Slices are sorted by their position along the slice normal (the cross product of the
 ImageOrientationPatient rows), pixel values are rescaled with RescaleSlope/RescaleIntercept.
 Duplicate positions, mixed orientations or pixel sizes, gantry tilt and unreadable pixel data are
-errors naming the file. Slice spacing that varies by more than 1 % is resampled to the smallest
-spacing found, with a warning (as treatment planning systems do on import).
+errors naming the file. A gap between neighbouring slices wider than :data:`GAP_FACTOR` times the
+smallest spacing (a missing slice) is refused, naming the missing positions, unless the caller allows
+gaps (``--allow-slice-gaps``). Slice spacing that otherwise varies by more than 1 % (or with gaps
+allowed) is resampled to the smallest spacing found, with a warning.
 """
 
 from __future__ import annotations
@@ -30,8 +32,26 @@ def _orientation(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     return iop
 
 
-def read_ct_series(items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarray, Grid, list[str]]:
-    """The series' HU volume (float32, (z, y, x)), its grid and warnings."""
+#: A gap between slices wider than this many times the smallest spacing is a missing slice.
+GAP_FACTOR = 1.5
+
+
+def _check_gaps(positions: np.ndarray, gaps: np.ndarray, path: Path) -> None:
+    """Refuse a series with a missing slice: a gap wider than :data:`GAP_FACTOR` × the smallest spacing."""
+    step = float(gaps.min())
+    wide = np.flatnonzero(gaps > GAP_FACTOR * step)
+    if len(wide):
+        missing = [positions[i] + k * step for i in wide for k in range(1, int(round(gaps[i] / step)))]
+        where = ", ".join(f"{z:.2f}" for z in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise GeometryError(f"CT series has a gap: {len(missing) or 1} slice(s) missing at {where} mm along the "
+                            f"slice normal (spacing {step:.2f} mm); add them, or pass --allow-slice-gaps to "
+                            f"interpolate across the gap", path)
+
+
+def read_ct_series(items: list[tuple[Path, pydicom.Dataset]], *,
+                   allow_gaps: bool = False) -> tuple[np.ndarray, Grid, list[str]]:
+    """The series' HU volume (float32, (z, y, x)), its grid and warnings; ``allow_gaps``: interpolate
+    across missing slices instead of refusing them."""
     first_path, first = items[0]
     iop = _orientation(first, first_path)
     row, col = iop[:3], iop[3:]
@@ -57,6 +77,8 @@ def read_ct_series(items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarra
         in_plane = (origins - origins[0]) - np.outer(positions - positions[0], normal)
         if np.abs(in_plane).max() > 0.01 * max(pixel):
             raise GeometryError("CT slices are not stacked along the slice normal (gantry tilt is not supported)", first_path)
+    if len(gaps) and not allow_gaps:
+        _check_gaps(positions, gaps, first_path)
 
     volume = np.empty((len(slices), *shape2d), dtype=np.float32)
     for k, (_, path, _) in enumerate(slices):
