@@ -193,6 +193,26 @@ def test_half_open_connections_cannot_take_the_worker_down(pipe):
         slow.close()
 
 
+def test_a_pipelined_upload_slower_than_the_header_timeout_is_served(pipe, channels):
+    """A request pipelined behind another has its headers on time and its body slower than the header
+    timeout (but within the body timeout): it is served, not closed as half-open."""
+    guard = ConnectionGuard(header_timeout_s=1.0)
+    body = wire.encode_request(channels, 1, 0)
+    head = (f"GET /health HTTP/1.1\r\nHost: x\r\n\r\nPOST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with serve_in_thread(create_app(pipe, TOKEN, device="cpu"), guard=guard) as url, \
+            socket.create_connection(_address(url), timeout=10) as raw:
+        raw.sendall(head)
+        for part in range(4):  # 2 s in all, twice the header timeout
+            time.sleep(0.5)
+            raw.sendall(body[part * len(body) // 4:(part + 1) * len(body) // 4])
+        answer = b""
+        while answer.count(b"HTTP/1.1 ") < 2 and (chunk := raw.recv(4096)):
+            answer += chunk
+        assert guard.closed == 0
+    assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 202" in answer, answer[:400]
+
+
 def test_a_disconnect_mid_upload_is_one_log_line(worker, channels, caplog):
     body = wire.encode_request(channels, 1, 0)
     with caplog.at_level(logging.INFO):

@@ -12,6 +12,7 @@ unauthenticated by nature: what a pending connection costs is bounded before a t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 
@@ -54,6 +55,7 @@ class GuardedProtocol(H11Protocol):
     """uvicorn's h11 protocol under a :class:`ConnectionGuard` (``guard`` is set by :func:`guarded_protocol`)."""
 
     guard: ConnectionGuard
+    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,6 +63,8 @@ class GuardedProtocol(H11Protocol):
 
     def _pend(self) -> None:
         self.guard.admit(self, self.client[0] if self.client else "")
+        if self._deadline is not None:  # one header deadline at a time
+            self._deadline.cancel()
         self._deadline = self.loop.call_later(self.guard.header_timeout_s, self._headers_late)
 
     def _headers_late(self) -> None:
@@ -75,8 +79,9 @@ class GuardedProtocol(H11Protocol):
             self.guard.settle(self)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():  # a keep-alive connection waits for its next request
+        cycle = self.cycle
+        super().on_response_complete()  # may start a pipelined request already received whole
+        if not self.transport.is_closing() and self.cycle is cycle:  # it waits for its next request's headers
             self._pend()
 
     def connection_lost(self, exc) -> None:
