@@ -25,7 +25,15 @@ import time
 import traceback
 from pathlib import Path
 
-import slicer
+try:
+    import slicer
+except ImportError:
+    if __name__ != "__main__":
+        raise
+    print("batch_predict: error: this script runs inside 3D Slicer (Slicer --no-main-window --python-script "
+          "batch_predict.py -- --dicom DIR --out DIR); outside Slicer use: dosediffusion predict DIR --out DIR",
+          file=sys.stderr)
+    sys.exit(2)
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
+from dosediffusion.io.output_place import check_output_place
 from dosediffusion.prediction.options import check_sampling_options
 from dosediffusion.prediction.outputs import DOSE_STD_FILE
 from dosediffusion.prediction.predictors import LocalPredictor, RemotePredictor
@@ -169,6 +170,7 @@ def format_summary(summary: dict, folder: Path) -> str:
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any case is read, options that cannot work."""
     check_sampling_options(args.steps, args.candidates)
+    check_output_place(args.out, folder=True)
     check_scorecard_option(args.scorecard)
     if getattr(args, "token_file", None) and not getattr(args, "remote", None):
         raise InputError("--token-file goes with --remote")

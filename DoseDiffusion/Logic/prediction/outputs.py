@@ -29,6 +29,7 @@ from dosediffusion.case import Case
 from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.io.openkbp import is_openkbp_case, write_openkbp_dose_csv
+from dosediffusion.io.output_place import check_output_place
 from dosediffusion.io.rtdose_write import write_rtdose
 from dosediffusion.io.volume_sidecar import write_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, standard_metrics
@@ -97,7 +98,9 @@ def _summary(case: Case, prediction: DosePrediction, dvhs: dict[str, DVH], score
 
 
 def check_output_folder(out_dir: str | Path, overwrite: bool) -> None:
-    """Refuse, before any work, to replace an existing prediction folder unless asked to."""
+    """Refuse, before any work, to replace an existing prediction folder unless asked to, and a folder
+    that cannot be written."""
+    check_output_place(out_dir, folder=True)
     if Path(out_dir).exists() and not overwrite:
         raise InputError("the output folder exists already; choose another --out or pass --overwrite", out_dir)
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dosediffusion.case import Case
+from dosediffusion.errors import InputError
 from dosediffusion.prediction.model_folder import ModelDescription, describe_model_folder, resolve_model_folder
+from dosediffusion.prediction.options import check_device
 
 if TYPE_CHECKING:  # torch comes with it: imported when a prediction runs, not before
     from dosediffusion.prediction.case_prediction import DosePrediction
@@ -22,6 +24,7 @@ class LocalPredictor:
     """The pipeline folder ``model`` (``demo``, or a folder) on ``device`` (``auto``: CUDA when present)."""
 
     def __init__(self, model: str | Path | None = None, device: str = "auto"):
+        check_device(device)
         self.folder = resolve_model_folder(model)
         self.description: ModelDescription = describe_model_folder(self.folder)
         self.device = device
@@ -56,7 +59,13 @@ class RemotePredictor:
 
     def __init__(self, url: str, token_file: str | Path | None = None, reconnect_s: float | None = None,
                  notice: Callable[[str], None] | None = None):
-        from dosediffusion.remote.client import read_token
+        try:
+            from dosediffusion.remote.client import read_token
+        except ModuleNotFoundError as error:
+            if error.name != "httpx":
+                raise
+            raise InputError("--remote needs the HTTP client httpx, which the base install leaves out: "
+                             "pip install 'dosediffusion[serve]'") from None
 
         self.url, self.reconnect_s, self.notice = url, reconnect_s, notice
         self.token = read_token(token_file) if token_file else None

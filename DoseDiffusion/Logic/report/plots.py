@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_write
+from dosediffusion.io.output_place import check_output_place
 from dosediffusion.metrics.dvh import DVH
 from dosediffusion.metrics.scorecard import EntryResult, ScoreReport
 
@@ -65,12 +66,13 @@ def _image_format(path: Path) -> str:
 def check_plot_path(path: str | PathLike) -> Path:
     """``path`` as a Path if a figure can be written there: matplotlib importable, a known extension.
 
-    Commands call this before any long computation, so that a missing extra fails at once.
+    Commands call this before any long computation, so that a missing extra or a place that cannot be
+    written fails at once.
     """
     require_matplotlib()
     path = Path(path)
     _image_format(path)
-    return path
+    return check_output_place(path, folder=False, option="the figure")
 
 
 def save_figure(figure: Figure, path: str | PathLike) -> Path:
