@@ -133,6 +133,11 @@ def test_queue_runs_one_job_at_a_time_and_forgets_results():
         assert [queue.status(j.id)["queue_position"] for j in jobs] == [0, 1, 2, 3]
         with pytest.raises(QueueFull):
             queue.submit({}, {"steps": 1, "seed": 9, "num_candidates": 1})
+        clock[0] = 3.5  # the running job is 3.5 s into the mean run time of 5 s: room in 1.5 s, said as 2
+        assert queue.retry_after_s() == 2
+        clock[0] = 9.0  # it runs longer than the mean: ask again soon
+        assert queue.retry_after_s() == 1
+        clock[0] = 0.0
         assert queue.cancel(jobs[1].id).state == "cancelled"
         queue.submit({}, {"steps": 1, "seed": 4, "num_candidates": 1})
         release.set()

@@ -110,10 +110,14 @@ def test_the_default_body_limit_is_the_models_input(pipe, channels):
 
 
 def test_inputs_outside_the_physical_range_are_422(worker, channels):
-    for value in (3e38, np.inf, -1.5):
+    for value in (3e38, np.inf, -1.5, 1.0005, -1.0005):
         body = save({"ct": np.full_like(channels["ct"], value)}, OPTIONS)
         response = httpx.post(f"{worker}/jobs", content=body, headers=AUTH)
         assert response.status_code == 422 and "values in [-1, 1]" in response.json()["detail"]
+    for value in (1.0, -1.0):  # the bounds themselves, also as float16
+        for dtype in (np.float32, np.float16):
+            body = save({"ct": np.full_like(channels["ct"], value, dtype=dtype)}, OPTIONS)
+            assert httpx.post(f"{worker}/jobs", content=body, headers=AUTH).status_code == 202
 
 
 # ---- results and restarts ------------------------------------------------------------------------
@@ -140,6 +144,15 @@ def test_every_response_names_the_worker_instance(worker, pipe):
     assert len(instances) == 1 and answers[0].json()["instance"] in instances
     with serve_in_thread(create_app(pipe, TOKEN, device="cpu")) as other:
         assert httpx.get(f"{other}/health").headers["X-DoseDiffusion-Instance"] not in instances
+    for head in (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 2**17 + b"\r\n\r\n",  # uvicorn's own 400s
+                 b"NOT AN HTTP REQUEST\r\n\r\n"):
+        with socket.create_connection(_address(worker), timeout=10) as raw:
+            raw.sendall(head)
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := raw.recv(4096)):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+        assert f"x-dosediffusion-instance: {answers[0].json()['instance']}\r\n".encode() in answer.lower()
 
 
 def test_a_restarted_worker_gets_the_lost_job_again(pipe, channels):
@@ -308,6 +321,14 @@ def test_a_weak_token_is_warned_about_and_tls_is_asked_for(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any("only 1 distinct characters" in m for m in messages)
     assert any("without TLS" in m for m in messages)
+    assert not any("by its group" in m for m in messages)
+    for mode in (0o640, 0o660):
+        weak.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dosediffusion.remote"):
+            resolve_token("127.0.0.1", str(weak), False)
+        assert any(f"readable or writable by its group (mode {mode:o}): chmod 600" in r.getMessage()
+                   for r in caplog.records)
 
 
 # ---- a busy worker -------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
 the remote GPU worker (see :mod:`dosediffusion.remote.server`).
 
 The pipeline is loaded once and runs one job at a time. Every endpoint but ``/health`` needs the
-bearer token of ``--token-file``: a token file that every user may read is refused, a weak token
-(short of distinct characters) is warned about; ``--no-auth`` is allowed only on a loopback host,
+bearer token of ``--token-file``: a token file that every user may read is refused, one its group may read
+or write and a weak token (short of distinct characters) are warned about; ``--no-auth`` is allowed only on a loopback host,
 and a non-loopback host without a token file is refused. Use TLS (``--ssl-certfile``/
 ``--ssl-keyfile``, passed to uvicorn) whenever the worker is reached over a network: a non-loopback
 host without it starts with a warning. Connections that do not send their request headers in time
@@ -60,9 +60,13 @@ def resolve_token(host: str, token_file: str | None, no_auth: bool) -> str | Non
         raise InputError("give either --token-file or --no-auth, not both")
     if token_file:
         token = read_token(token_file)
-        if os.stat(token_file).st_mode & stat.S_IROTH:
+        mode = os.stat(token_file).st_mode
+        if mode & stat.S_IROTH:
             raise InputError(f"the token file is readable by every user of this machine: chmod 600 {token_file}",
                              token_file)
+        if mode & (stat.S_IRGRP | stat.S_IWGRP):
+            log.warning("the token file %s is readable or writable by its group (mode %o): chmod 600 %s", token_file,
+                        stat.S_IMODE(mode), token_file)
         if len(token) < 16:
             raise InputError("the token is shorter than 16 characters", token_file)
         if len(set(token)) < WEAK_TOKEN_DISTINCT:

@@ -35,8 +35,6 @@ from dosediffusion.prediction.case_prediction import Clock, DosePrediction, Prog
 from dosediffusion.prediction.model_folder import MODEL_INDEX
 
 PREPROCESSING = "preprocessing.json"
-#: Condition channels are scaled to [−1, 1]; this leaves room for float16 rounding.
-CHANNEL_LIMIT = 1.001
 COMPONENTS = {"codec": set(CODECS), "model": {"Any2AnyDiT"}, "scheduler": {"FlowMatchEulerDiscreteScheduler"}}
 
 
@@ -204,7 +202,7 @@ def check_condition_channels(channels: dict[str, np.ndarray], allowed: set[str],
             raise InputError(f"channel {name!r} has shape {tuple(np.shape(array))}, the model's crop is {crop}")
         if not np.issubdtype(np.asarray(array).dtype, np.floating):
             raise InputError(f"channel {name!r} must hold floating-point values")
-        if not np.all(np.abs(array) <= CHANNEL_LIMIT):  # False for NaN too
+        if not np.all(np.abs(array) <= 1.0):  # exact: prepare() maps [0, 1] into it in float32; False for NaN too
             raise InputError(f"channel {name!r} must hold values in [-1, 1] (as prepare() scales them)")
 
 

@@ -16,9 +16,11 @@ import asyncio
 import logging
 from collections import OrderedDict
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dosediffusion.remote.logs import FLOOD
+from dosediffusion.remote.wire import INSTANCE_HEADER
 
 log = logging.getLogger("dosediffusion.remote")
 
@@ -55,6 +57,7 @@ class GuardedProtocol(H11Protocol):
     """uvicorn's h11 protocol under a :class:`ConnectionGuard` (``guard`` is set by :func:`guarded_protocol`)."""
 
     guard: ConnectionGuard
+    instance = ""  # the worker's instance id, named in uvicorn's own 400 responses too
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -84,12 +87,30 @@ class GuardedProtocol(H11Protocol):
         if not self.transport.is_closing() and self.cycle is cycle:  # it waits for its next request's headers
             self._pend()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's 400 (a malformed or over-long request head), with the ``X-DoseDiffusion-Instance`` header
+        that the app's responses carry."""
+        send = self.conn.send
+
+        def named(event):
+            if isinstance(event, h11.Response):
+                event = h11.Response(status_code=event.status_code, reason=event.reason,
+                                     headers=[*event.headers, (INSTANCE_HEADER.encode(), self.instance.encode())])
+            return send(event)
+
+        self.conn.send = named
+        try:
+            super().send_400_response(msg)
+        finally:
+            del self.conn.send
+
     def connection_lost(self, exc) -> None:
         self._deadline.cancel()
         self.guard.settle(self)
         super().connection_lost(exc)
 
 
-def guarded_protocol(guard: ConnectionGuard) -> type[GuardedProtocol]:
-    """The protocol class to give uvicorn (``Config(http=...)``) for a server under ``guard``."""
-    return type("GuardedH11Protocol", (GuardedProtocol,), {"guard": guard})
+def guarded_protocol(guard: ConnectionGuard, instance: str = "") -> type[GuardedProtocol]:
+    """The protocol class to give uvicorn (``Config(http=...)``) for a server under ``guard`` whose app is the
+    worker ``instance``."""
+    return type("GuardedH11Protocol", (GuardedProtocol,), {"guard": guard, "instance": instance})

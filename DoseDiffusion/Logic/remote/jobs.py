@@ -9,6 +9,7 @@ expires ``ttl_s`` seconds after finishing; a job's inputs are dropped once it ha
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import threading
@@ -110,10 +111,13 @@ class JobQueue:
             f"the queue is full ({self.max_queued} jobs waiting); try again after Retry-After seconds"
 
     def retry_after_s(self) -> int:
-        """Seconds after which a refused client may try again: the waiting jobs' expected run time (from the
-        recent jobs' mean), at least 1 and at most 60."""
+        """Seconds after which a refused client may try again: when the queue has room, which is when the
+        running job ends (its expected rest, from the recent jobs' mean run time), rounded up, at least 1 and
+        at most 60."""
         with self.lock:
-            return int(min(60.0, max(1.0, (len(self.waiting) + 1) * self.mean_run_s)))
+            started = self.running.started if self.running is not None else None
+            rest = self.mean_run_s - (self.clock() - started) if started is not None else 0.0
+            return int(min(60.0, max(1.0, math.ceil(rest))))
 
     def submit(self, channels: dict[str, np.ndarray], options: dict[str, int]) -> Job:
         """Queue a job; raise :class:`QueueFull` when ``max_queued`` jobs already wait."""

@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 
-
 #: ``log.warning(..., extra={FLOOD: True})`` marks a line that a client can make the worker repeat without bound.
 FLOOD = "flood"
 

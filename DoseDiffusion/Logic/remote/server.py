@@ -10,8 +10,9 @@ made with ``token=None``, which ``dosediffusion serve`` allows only on loopback 
     GET    /jobs/{id}/result   200 safetensors (see :mod:`.wire`), then the job is gone; 409 not done; 404
     DELETE /jobs/{id}          200 cancelled or removed, 202 running job asked to stop; 404
 
-Every response carries the worker's instance id (header ``X-DoseDiffusion-Instance``, also in
-``/health`` and ``/model``): a new id means the worker restarted and forgot its jobs. A request body
+Every response (uvicorn's own 400s included) carries the worker's instance id (header
+``X-DoseDiffusion-Instance``, also in ``/health`` and ``/model``): a new id means the worker restarted
+and forgot its jobs. A request body
 is checked header first (:func:`~.wire.request_layout`: channel names, dtypes, shapes, options) before
 any tensor byte is read, must arrive within ``body_timeout_s``, and may be no larger than the
 model's own input needs (with headroom) unless the operator says otherwise. A result that is not
@@ -122,6 +123,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title=NAME, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.instance = instance
     guarded = [Depends(authorize)]
 
     @app.middleware("http")
@@ -238,11 +240,12 @@ async def read_body(request: Request, limit: int, crop: tuple[int, ...], allowed
 
 
 def server_config(app: FastAPI, guard: ConnectionGuard | None = None, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration of the worker: the h11 protocol under ``guard`` (default caps), keep-alive
-    connections closed after 5 s idle, no ``Server`` header; ``options`` go to uvicorn as they are."""
+    """uvicorn's configuration of the worker: the h11 protocol under ``guard`` (default caps; uvicorn's own 400s
+    name the app's instance too), keep-alive connections closed after 5 s idle, no ``Server`` header;
+    ``options`` go to uvicorn as they are."""
     configure_worker_logs()
-    return uvicorn.Config(app, http=guarded_protocol(guard or ConnectionGuard()), timeout_keep_alive=5,
-                          server_header=False, **options)
+    protocol = guarded_protocol(guard or ConnectionGuard(), app.state.instance)
+    return uvicorn.Config(app, http=protocol, timeout_keep_alive=5, server_header=False, **options)
 
 
 @contextlib.contextmanager
