@@ -442,7 +442,7 @@ def test_predict_remote_outlives_a_worker_restart(phantom_dicom, tmp_path):
     assert "the worker restarted and lost the job; it was submitted again" in summary["warnings"]
 
 
-def test_predict_remote_writes_the_local_files(worker, phantom_dicom, tmp_path):
+def test_predict_remote_writes_the_local_files(worker, phantom_dicom, tmp_path, capsys):
     url, _ = worker
     folder = phantom_dicom[0]
     model = tiny_pipeline().save_pretrained(tmp_path / "tiny")
@@ -457,3 +457,8 @@ def test_predict_remote_writes_the_local_files(worker, phantom_dicom, tmp_path):
     summary = json.loads((tmp_path / "remote" / folder.name / "summary.json").read_text())
     assert summary["device"] == "cpu (remote)"
     assert main(["predict", *common, "--out", str(tmp_path / "x"), "--remote", url]) == 2  # no token: 401, reported
+    for wrong in (["--reconnect-s", "5"], ["--remote", url, "--reconnect-s", "-1"], ["--remote", url, "--reconnect-s",
+                                                                                      "nan"]):
+        assert main(["predict", *common, "--out", str(tmp_path / "y"), *wrong]) == 2
+        assert "--reconnect-s goes with --remote and is seconds, 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
