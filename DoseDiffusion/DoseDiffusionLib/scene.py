@@ -623,7 +623,7 @@ def scorecard_rows(report, reference_report=None) -> list[dict[str, Any]]:
     reference = list(reference_report.entries) if reference_report is not None else [None] * len(report.entries)
     rows = []
     for entry, ref in zip(report.entries, reference, strict=True):
-        rows.append({"Structure": entry.structure, "Metric": entry.metric, "Unit": entry.unit,
+        rows.append({"Structure": entry.structure, "Metric": entry.measured, "Unit": entry.unit,
                      "Predicted": entry.value, "Predicted score": entry.score,
                      "Reference": ref.value if ref else None, "Reference score": ref.score if ref else None,
                      "Max score": entry.max_score,

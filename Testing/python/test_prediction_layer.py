@@ -237,7 +237,8 @@ def test_predict_says_which_model_and_scorecard_and_why(phantom_dicom, model_dir
                  "--steps", "1", "--no-report"]) == 0
     err = capsys.readouterr().err
     assert f"model: DoseDiffusionPipeline, written by dosediffusion 0.1.0, at {model_dir}" in err
-    assert "scorecard: Lung 60 Gy in 30 fractions ('lung_60' fits the case's organs and prescription best)" in err
+    assert ("scorecard: Lung 60 Gy in 30 fractions ('lung_60' is the closest to the case's organs and prescription; "
+            "template 60 Gy in 30 fractions, case 60 Gy in 30 fractions)") in err
     assert err.index("reading the case") < err.index("scorecard:") < err.index("loading the model")
     summary = json.loads((tmp_path / phantom_dicom[0].name / "summary.json").read_text())
     assert summary["model"] == {"folder": str(model_dir), "kind": "DoseDiffusionPipeline", "version": "0.1.0",

@@ -146,7 +146,7 @@ def test_scorecard_table_holds_the_report(reports, tmp_path):
         else:
             assert row[2] == f"{entry.value:.2f} {entry.unit}" and row[3] == f"{entry.score:.2f} / {entry.max_score:g}"
             assert row[4] == plots.result_text(entry)
-    assert body[0][1] == "D95%" and body[0][2].endswith("%Rx")  # metric names from the template
+    assert body[0][1] == "D95% ≥ 95 %Rx" and body[0][2].endswith("%Rx")  # what was measured, with its goal
     assert total == ["Total", "", "", f"{report.total:.2f} / {report.max_total:g}", ""]
     assert "not evaluable" in figure.axes[0].get_title()
 
@@ -160,7 +160,7 @@ def test_scorecard_pass_and_fail_cells_are_coloured(reports, tmp_path):
     for i, text in enumerate(results):
         if text:
             assert cell_colour(figure, i + 1, 4) == RESULT_COLOURS[text]
-    assert table_text(figure)[1][1] == "DoseAtVolume"  # without the template: the metric kind
+    assert table_text(figure)[1][1] == "D95% ≥ 95 %Rx"  # the report itself says what it measured
 
 
 def test_scorecard_with_reference_shows_both_and_the_difference(reports, tmp_path):

@@ -1,5 +1,6 @@
 """Scorecard templates: loading, validation messages, scoring, ESAPI layout, the CLI."""
 
+import copy
 import json
 
 import numpy as np
@@ -9,7 +10,9 @@ from dosediffusion.case import Structure
 from dosediffusion.cli.main import main
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
+from dosediffusion.io.volume_sidecar import write_sidecar_case
 from dosediffusion.metrics.scorecard import load_template, score_case
+from dosediffusion.resources import resource_path
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def test_scores_follow_the_points_and_missing_structures_are_not_evaluable(flat_
     assert cord.value == pytest.approx(60.0, abs=0.01) and cord.score == 0.0 and cord.passed is False and cord.hard
     esophagus = by_key[("Esophagus", "MeanDose", "Gy")]
     assert esophagus.score == 0.0  # 60 Gy is beyond 1.15 x 34 Gy
-    assert "Brainstem MaxDose" in report.not_evaluable and "PTV level 2 DoseAtVolume" in report.not_evaluable
+    assert "Brainstem D0.03cc" in report.not_evaluable and "PTV level 2 D95%" in report.not_evaluable
     assert report.total == pytest.approx(sum(e.score for e in report.entries if e.score is not None))
     assert report.max_total == pytest.approx(sum(e.max_score for e in report.entries if e.score is not None))
 
@@ -57,7 +60,7 @@ def test_a_paired_organ_is_the_union_of_its_sides(flat_case):
     union = Structure("Lungs", left | right, "oar")
     assert v20.value == pytest.approx(compute_dvh(dose, case.grid, union).volume_at_dose_percent(20.0), abs=1e-3)  # entries round to 4 digits
     assert v20.value == pytest.approx(100.0 * left.sum() / (left | right).sum(), abs=2.0)  # DVHs weigh edge voxels
-    assert "Lungs VolumeAtDose" in score_case(flat_case, load_template("lung_60")).not_evaluable
+    assert "Lungs V20Gy" in score_case(flat_case, load_template("lung_60")).not_evaluable
 
 
 def test_interpolation_between_points(flat_case, tmp_path):
@@ -116,5 +119,52 @@ def test_esapi_layout_scores_like_the_same_template_in_ours(flat_case, tmp_path)
 def test_score_cli_json(phantom_dicom, capsys):
     assert main(["score", str(phantom_dicom[0]), "--scorecard", "lung_60", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["template"] == "Lung 60 Gy in 30 fractions" and "Heart MeanDose" in report["not_evaluable"]
+    assert report["template"] == "Lung 60 Gy in 30 fractions" and "Heart Dmean" in report["not_evaluable"]
     assert main(["score", str(phantom_dicom[0]), "--scorecard", "nonexistent"]) == 2
+
+
+DEMO = resource_path("DemoCase")
+
+
+def test_each_line_says_what_it_measured_and_the_goal(capsys):
+    assert main(["score", str(DEMO), "--scorecard", "lung_60", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)["entries"]
+    assert [(e["label"], e["goal"]) for e in entries[:3]] == [("D95%", "≥ 95 %Rx"), ("D99%", "≥ 93 %Rx"),
+                                                              ("D0.03cc", "≤ 110 %Rx")]
+    assert main(["score", str(DEMO), "--scorecard", "lung_60"]) == 0
+    out = capsys.readouterr().out
+    assert "PTV_66           D95% ≥ 95 %Rx" in out and "SpinalCord       D0.03cc ≤ 50 Gy (hard)" in out
+    assert "DoseAtVolume" not in out and "MaxDose" not in out
+
+
+def test_the_templates_fit_to_the_case_is_printed_and_a_misfit_warned(capsys):
+    assert main(["score", str(DEMO), "--scorecard", "lung_60"]) == 0
+    captured = capsys.readouterr()
+    assert "template 60 Gy in 30 fractions, case 66/59/53 Gy in 33 fractions: does not fit" in captured.out
+    assert "warning: the scorecard 'Lung 60 Gy in 30 fractions' does not fit the case" in captured.err
+    assert main(["score", str(DEMO), "--scorecard", "lung_60", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["template_fit"]["fits"] is False
+
+
+def test_a_ptv_without_a_prescription_is_named_not_called_missing(flat_case):
+    case = copy.deepcopy(flat_case)
+    case.structures["PTV_60"].prescription_gy = None
+    report = score_case(case, load_template("lung_60"))
+    notes = {e.note for e in report.entries if e.structure == "PTV level 1"}
+    assert notes == {"PTV without a prescription (PTV_60): give it with --role NAME=ptv:DOSE_GY; not evaluable"}
+
+
+@pytest.mark.parametrize("keep", [[], ["BODY"]])
+def test_a_case_with_nothing_to_score_is_refused(flat_case, tmp_path, capsys, keep):
+    case = copy.deepcopy(flat_case)
+    case.structures = {name: s for name, s in case.structures.items() if name in keep}
+    sidecar = write_sidecar_case(case, tmp_path / "case")
+    assert main(["score", str(sidecar), "--scorecard", "lung_60"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
+
+
+def test_the_automatic_choice_warns_when_the_template_does_not_fit():
+    from dosediffusion.prediction.scorecard import choose_scorecard
+
+    reason = choose_scorecard("auto", load_case(DEMO)).reason
+    assert "template 60 Gy in 30 fractions, case 66/59/53 Gy in 33 fractions — warning: it does not fit" in reason

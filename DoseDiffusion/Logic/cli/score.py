@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.cli.dvh import add_dose_argument, add_plot_argument, chosen_dose, wrote
-from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
+from dosediffusion.metrics.scorecard import ScoreReport, check_scorable, load_template, score_case, template_fit
 from dosediffusion.report.plots import check_plot_path, plot_scorecard
 
 
@@ -45,16 +46,23 @@ def run(args: argparse.Namespace) -> int:
     case = read_case(args.path, args)
     dose = chosen_dose(args, case)
     report = score_case(case, template, dose)
+    check_scorable(report, case)
+    fit, fits = template_fit(template, case)
+    if not fits:
+        print(f"dosediffusion: warning: the scorecard {report.template!r} does not fit the case ({fit}): %Rx goals "
+              f"scale with each PTV's prescription, Gy limits assume the template's; name a fitting one with "
+              f"--scorecard", file=sys.stderr)
     if args.plot:
         write_scorecard_plot(args.plot, case, template, report, args.dose)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "template_fit": {"text": fit, "fits": fits}}, indent=2))
         return 0
-    print(f"{report.template}: {report.total:.2f} of {report.max_total:.2f}")
+    print(f"{report.template}: {report.total:.2f} of {report.max_total:.2f}  ({fit}{'' if fits else ': does not fit'})")
     for e in report.entries:
         if e.score is None:
-            print(f"  {e.structure:<16} {e.metric:<13} not evaluable ({e.note})")
+            print(f"  {e.structure:<16} {e.measured:<24} not evaluable ({e.note})")
             continue
         status = "" if e.passed is None else ("pass" if e.passed else ("FAIL (hard)" if e.hard else "fail"))
-        print(f"  {e.structure:<16} {e.metric:<13} {e.value:>9.2f} {e.unit:<4} score {e.score:>5.2f}/{e.max_score:<4g} {status}")
+        print(f"  {e.structure:<16} {e.measured:<24} {e.value:>9.2f} {e.unit:<4} score {e.score:>5.2f}/{e.max_score:<4g} "
+              f"{status}")
     return 0

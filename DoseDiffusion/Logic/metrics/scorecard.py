@@ -14,6 +14,9 @@ scale with the case's prescription), ``points`` [[x, score], ...] interpolated l
 clamped at both ends, a ``weight`` (default 1), and an optional ``limit`` (``max``/``min``;
 ``hard`` marks a constraint the plan must not break). Entries whose structure the case lacks are
 "not evaluable": listed, never scored as zero. Total = Σ weight · score over evaluable entries.
+Each result names what it measured: its ``label`` (``D95%``, ``D0.03cc``, ``V20Gy``, ``Dmean``) and its
+``goal`` (``≥ 95 %Rx``, ``≤ 50 Gy``, from the entry's limit). A template's optional ``fractions`` and its
+``prescription_gy`` are compared with the case's by :func:`template_fit`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class EntryResult:
     passed: bool | None
     hard: bool
     note: str = ""
+    label: str = ""
+    goal: str = ""
+
+    @property
+    def measured(self) -> str:
+        """What was measured and against what: ``D95% ≥ 95 %Rx`` (the metric kind for older reports)."""
+        return " ".join(part for part in (self.label or self.metric, self.goal) if part)
 
 
 @dataclass
@@ -65,7 +75,7 @@ class ScoreReport:
 
     @property
     def not_evaluable(self) -> list[str]:
-        return [f"{e.structure} {e.metric}" for e in self.entries if e.score is None]
+        return [f"{e.structure} {e.label or e.metric}" for e in self.entries if e.score is None]
 
     @classmethod
     def from_dict(cls, document: dict) -> ScoreReport:
@@ -162,6 +172,64 @@ def _named_structure(case: Case, name: str) -> Structure | None:
     return None
 
 
+def metric_label(entry: dict) -> str:
+    """A template entry's metric with its point: ``D95%``, ``D2cc``, ``V20Gy``, ``V95%Rx``, ``Dmean``,
+    ``D0.03cc`` (MaxDose), ``Dmin``."""
+    metric = entry["metric"]
+    if metric == "DoseAtVolume":
+        return f"D{entry['volume']:g}{'%' if entry['volume_unit'] == '%' else 'cc'}"
+    if metric == "VolumeAtDose":
+        return f"V{entry['dose']:g}{entry['dose_unit']}"
+    return {"MeanDose": "Dmean", "MaxDose": "D0.03cc", "MinDose": "Dmin"}.get(metric, metric)
+
+
+def goal_label(entry: dict) -> str:
+    """A template entry's goal from its limit: ``≥ 95 %Rx``, ``≤ 35 %``, ``≤ 50 Gy (hard)``; ``""`` without one."""
+    limit = entry.get("limit") or {}
+    unit = entry.get("output_unit", "Gy" if entry["metric"] in _DOSE_METRICS else "%")
+    parts = [f"{sign} {limit[key]:g} {unit}" for key, sign in (("min", "≥"), ("max", "≤")) if key in limit]
+    return " and ".join(parts) + (" (hard)" if parts and limit.get("hard") else "")
+
+
+def template_fit(template: dict, case: Case) -> tuple[str, bool]:
+    """How ``template``'s prescription (levels, and fractions when it names them) compares with the case's,
+    in words, and whether it fits: the same number of levels, each within 2 %, and the same fractions
+    where both are known."""
+    rx = sorted(template.get("prescription_gy", []), reverse=True)
+    levels = sorted({s.prescription_gy for s in case.with_role("ptv") if s.prescription_gy}
+                    | set(case.prescription.levels_gy), reverse=True)
+    fractions, case_fractions = template.get("fractions"), case.prescription.fractions
+
+    def words(values: list[float], n: int | None) -> str:
+        dose = "/".join(f"{v:g}" for v in values) + " Gy" if values else "no prescription"
+        return dose + (f" in {n} fractions" if n else "")
+
+    fits = (len(rx) == len(levels) and all(abs(a - b) <= 0.02 * b for a, b in zip(rx, levels, strict=True))
+            and (fractions is None or case_fractions is None or fractions == case_fractions))
+    text = f"template {words(rx, fractions)}, case {words(levels, case_fractions)}"
+    return text, fits
+
+
+def check_scorable(report: ScoreReport, case: Case) -> None:
+    """Raise :class:`InputError` when no entry of ``report`` could be scored: a total of 0 of 0 says nothing."""
+    if not any(e.score is not None for e in report.entries):
+        names = ", ".join(sorted(case.structures)) or "no structures"
+        raise InputError(f"nothing to score: none of the structures the scorecard {report.template!r} measures is "
+                         f"in the case (it has {names}); name them with --role NAME=ptv:DOSE_GY / NAME=oar or "
+                         f"--aliases", case.case_id)
+
+
+def _missing_note(case: Case, spec: dict) -> str:
+    """Why an entry's structure was not found, in words."""
+    if "ptv_level" in spec:
+        unprescribed = sorted(s.name for s in case.with_role("ptv") if s.mask.any() and not s.prescription_gy)
+        if unprescribed:
+            return (f"PTV without a prescription ({', '.join(unprescribed)}): give it with --role NAME=ptv:DOSE_GY; "
+                    "not evaluable")
+        return f"the case has fewer than {spec['ptv_level']} PTV dose levels: not evaluable"
+    return "structure not in the case: not evaluable"
+
+
 def _metric(dvh: DVH, entry: dict, rx_gy: float | None) -> tuple[float, str]:
     metric = entry["metric"]
     unit = entry.get("output_unit", "Gy" if metric in _DOSE_METRICS else "%")
@@ -199,7 +267,8 @@ def score_case(case: Case, template: dict, dose_gy: np.ndarray | None = None) ->
         structure = find_structure(case, spec)
         if structure is None:
             results.append(EntryResult(label, entry["metric"], None, "", None, weight * ys.max(), None,
-                                       bool(limit.get("hard")), "structure not in the case: not evaluable"))
+                                       bool(limit.get("hard")), _missing_note(case, spec), metric_label(entry),
+                                       goal_label(entry)))
             continue
         if structure.name not in dvhs:
             dvhs[structure.name] = compute_dvh(dose, case.grid, structure)
@@ -209,5 +278,5 @@ def score_case(case: Case, template: dict, dose_gy: np.ndarray | None = None) ->
             passed = (value <= limit["max"] if "max" in limit else True) and (value >= limit["min"] if "min" in limit else True)
         results.append(EntryResult(structure.name, entry["metric"], round(float(value), 4), unit,
                                    round(weight * float(np.interp(value, xs, ys)), 4), weight * float(ys.max()),
-                                   passed, bool(limit.get("hard"))))
+                                   passed, bool(limit.get("hard")), label=metric_label(entry), goal=goal_label(entry)))
     return ScoreReport(template["name"], results)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dosediffusion.case import Case
-from dosediffusion.metrics.scorecard import load_template
+from dosediffusion.metrics.scorecard import load_template, template_fit
 from dosediffusion.metrics.scorecard_choice import suggest_template
 
 AUTO, NONE = "auto", "none"
@@ -38,13 +38,20 @@ def check_scorecard_option(option: str | None) -> None:
 def choose_scorecard(option: str | None, case: Case) -> ScorecardChoice:
     """``option``: ``auto`` or None (the shipped template that fits the case's organs and
     prescription, :func:`~dosediffusion.metrics.scorecard_choice.suggest_template`), ``none``, a
-    shipped template's name or a template file."""
+    shipped template's name or a template file. The reason ends with the template's fit to the case's
+    prescription and fractions, and a warning when it does not fit."""
     if option in (None, "", AUTO):
         name = suggest_template(case)
         if name is None:
             return ScorecardChoice(None, "none of the shipped scorecards fits the case's prescription (within 15 %); "
                                          "name one with --scorecard NAME|FILE")
-        return ScorecardChoice(_template(name), f"'{name}' fits the case's organs and prescription best")
+        return _with_fit(_template(name), f"'{name}' is the closest to the case's organs and prescription", case)
     if option == NONE:
         return ScorecardChoice(None, "turned off (--scorecard none)")
-    return ScorecardChoice(_template(str(option)), f"'{option}' as asked")
+    return _with_fit(_template(str(option)), f"'{option}' as asked", case)
+
+
+def _with_fit(template: dict, reason: str, case: Case) -> ScorecardChoice:
+    fit, fits = template_fit(template, case)
+    warning = "" if fits else " — warning: it does not fit; Gy limits assume the template's prescription"
+    return ScorecardChoice(template, f"{reason}; {fit}{warning}")

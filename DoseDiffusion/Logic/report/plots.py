@@ -19,7 +19,7 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_write
 from dosediffusion.io.output_place import check_output_place
 from dosediffusion.metrics.dvh import DVH
-from dosediffusion.metrics.scorecard import EntryResult, ScoreReport
+from dosediffusion.metrics.scorecard import EntryResult, ScoreReport, goal_label, metric_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -177,16 +177,6 @@ def plot_dvhs(
 # --- scorecard table ------------------------------------------------------------------------------------------------
 
 
-def metric_label(entry: dict) -> str:
-    """A short name of a template entry's metric: ``D95%``, ``D2cc``, ``V20Gy``, ``Dmean``, ``Dmax``, ``Dmin``."""
-    metric = entry["metric"]
-    if metric == "DoseAtVolume":
-        return f"D{entry['volume']:g}{'%' if entry['volume_unit'] == '%' else 'cc'}"
-    if metric == "VolumeAtDose":
-        return f"V{entry['dose']:g}{entry['dose_unit']}"
-    return {"MeanDose": "Dmean", "MaxDose": "D0.03cc", "MinDose": "Dmin"}.get(metric, metric)
-
-
 def result_text(entry: EntryResult) -> str:
     """``pass``, ``fail``, ``FAIL (hard)``, ``not evaluable``, or ``""`` for an entry without a limit."""
     if entry.score is None:
@@ -234,7 +224,7 @@ def scorecard_rows(
     entries = template["entries"] if template and len(template["entries"]) == len(report.entries) else None
     rows = []
     for i, e in enumerate(report.entries):
-        metric = metric_label(entries[i]) if entries else e.metric
+        metric = e.measured if e.label or not entries else f"{metric_label(entries[i])} {goal_label(entries[i])}".strip()
         row = [e.structure, metric, _value_text(e), _score_text(e), result_text(e)]
         if reference is not None:
             r = reference.entries[i]
@@ -271,8 +261,9 @@ def draw_scorecard(
 ) -> None:
     """A table of ``report`` on ``axes``: structure, metric, value (its unit: Gy, %, %Rx or cc), score /
     max score, pass/fail (coloured) and the total; with ``reference_report`` (same template) its
-    value, score and result beside, and the score difference (report − reference). ``template``
-    (the one scored) gives the metrics short names such as ``D95%``.
+    value, score and result beside, and the score difference (report − reference). The metric column
+    says what was measured and its goal (``D95% ≥ 95 %Rx``); for an older report without them,
+    ``template`` (the one scored) gives them.
     """
     if reference_report is not None:
         _check_pair(report, reference_report)
