@@ -100,8 +100,9 @@ def format_summary(summary: dict) -> str:
             f"iso ({', '.join(f'{v:g}' for v in b['isocenter_mm'])}) mm  {kind}"
         )
     rx = summary["prescription"]
-    levels = ", ".join(f"{v:g}" for v in rx["levels_gy"]) or "none"
-    lines.append(f"  prescription {levels} Gy in {rx['fractions'] or '?'} fractions")
+    levels = ", ".join(f"{v:g}" for v in rx["levels_gy"])
+    fractions = f"in {rx['fractions']} fractions" if rx["fractions"] else "(fractions unknown)"
+    lines.append(f"  prescription {levels} Gy {fractions}" if levels else "  prescription none")
     if summary["dose"]:
         lines.append(f"  dose   max {summary['dose']['max_gy']:g} Gy")
     for warning in summary["warnings"]:

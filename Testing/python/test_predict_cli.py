@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 
+import nrrd
 import numpy as np
 import pydicom
 import pytest
@@ -33,6 +34,7 @@ def test_predict_writes_every_file(phantom_dicom, model_dir, tmp_path, capsys):
     case = load_case(folder)
     dose, grid = read_volume(out / "dose.nrrd")
     assert grid.same_as(case.grid) and dose.max() > 0 and (dose[~case.body.mask] == 0).all()
+    assert "DoseUnits: Gy" in "\n".join(f"{k}: {v}" for k, v in nrrd.read_header(str(out / "dose.nrrd")).items())
 
     rtdose = pydicom.dcmread(out / "RTDOSE.dcm")
     plan = pydicom.dcmread(paths["rtplan"], stop_before_pixels=True)
@@ -57,6 +59,14 @@ def test_predict_writes_every_file(phantom_dicom, model_dir, tmp_path, capsys):
     assert "uncertainty" not in summary  # one candidate: no std map (and no dose_std.nrrd above)
     printed = capsys.readouterr().out
     assert "MAE against the case's own dose" in printed and "scorecard Lung 60" in printed
+    # every reader of a dose file gives the same DVH for the RTDOSE and the NRRD it wrote
+    assert main(["dvh", str(folder), "--dose", str(out / "RTDOSE.dcm"), "--json"]) == 0
+    from_rtdose = json.loads(capsys.readouterr().out)["structures"]
+    assert main(["dvh", str(folder), "--dose", str(out / "dose.nrrd"), "--json"]) == 0
+    from_nrrd = json.loads(capsys.readouterr().out)["structures"]
+    for name, metrics in from_nrrd.items():
+        assert from_rtdose[name]["mean_gy"] == pytest.approx(metrics["mean_gy"], abs=0.01)
+        assert from_rtdose[name]["d95_gy"] == pytest.approx(metrics["d95_gy"], abs=0.05)
 
 
 def test_predict_with_candidates_writes_their_std(phantom_dicom, model_dir, tmp_path, capsys):
@@ -93,7 +103,9 @@ def test_batch_folder_with_a_bad_case(phantom_dicom, model_dir, tmp_path, capsys
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["good"]  # nothing half-written for the broken case
     assert not (out / "good" / "scorecard.json").exists() and not (out / "good" / "report.png").exists()
-    assert "broken" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.index("broken") < err.index("loading the model")  # every case checked before the model loads
+    assert "batch: 2 cases: 1 done, 1 refused" in err and "  good    done" in err
 
 
 def test_bad_arguments_are_clear(phantom_dicom, tmp_path, capsys):

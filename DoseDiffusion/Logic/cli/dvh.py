@@ -100,10 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{'structure':<20} {'role':<6} {'cc':>9} {'mean':>7} {'min':>7} {'max':>7} {'D98':>7} {'D95':>7} {'D50':>7} {'D2':>7}")
+    print(f"{'structure':<20} {'role':<6} {'cc':>9} {'mean':>7} {'min':>7} {'max':>7} {'D98':>7} {'D95':>7} {'D50':>7} "
+          f"{'D2':>7} {'D0.03cc':>8}   (Gy)")
     for name, m in report["structures"].items():
         print(f"{name:<20} {m['role']:<6} {m['volume_cc']:>9.2f} {m['mean_gy']:>7.2f} {m['min_gy']:>7.2f} {m['max_gy']:>7.2f} "
-              f"{m['d98_gy']:>7.2f} {m['d95_gy']:>7.2f} {m['d50_gy']:>7.2f} {m['d2_gy']:>7.2f}")
+              f"{m['d98_gy']:>7.2f} {m['d95_gy']:>7.2f} {m['d50_gy']:>7.2f} {m['d2_gy']:>7.2f} {m['d0_03cc_gy']:>8.2f}")
     for name, t in report["targets"].items():
         print(f"{name}: HI {t['homogeneity_index']:.3f}, Paddick CI {t['paddick_ci']:.3f} at {t['prescription_gy']:g} Gy")
     return 0

@@ -86,6 +86,14 @@ MEANINGS = {
 }
 
 
+#: Why a headline figure could not be computed for a case, printed in its place.
+NOT_COMPUTED = {
+    "gdp_hmm_mae_gy": "no target with a prescription (it normalises to the high PTV's): give one with "
+                      "--role NAME=ptv:DOSE_GY",
+    "dvh_score_gy": "no target or OAR with a voxel in the case: name them with --role NAME=ptv:DOSE_GY / NAME=oar",
+}
+
+
 def _finite(value):
     """JSON has no infinity (PSNR of identical doses): such numbers become null."""
     if isinstance(value, dict):
@@ -133,14 +141,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_finite(result), indent=2))
         return 0
     for key in ("gdp_hmm_mae_gy", "dose_score_gy", "dvh_score_gy", "psnr_db", "ssim"):
-        if key in result:
+        if key in result and not np.isnan(result[key]):
             print(f"{key:<16} {result[key]:.4f}   {MEANINGS[key].format(support=result.get('support'))}")
+        else:
+            print(f"{key:<16} not computed: {NOT_COMPUTED.get(key, 'not defined for this case')}")
     print("MAE inside each structure (Gy; mean |predicted - reference| over its voxels, no normalisation):")
     width = max((len(name) for name in result["structure_mae_gy"]), default=0)
     for name, mae in result["structure_mae_gy"].items():
         print(f"  {name:<{width}} {mae:.2f}")
     for name, rate in result["gamma_pass_percent"].items():
-        print(f"gamma {name:<10} {rate:.2f} %")
+        print(f"gamma {name:<10} {rate:.2f} %   pass rate, global (of the reference maximum), 10 % low-dose cut-off")
     if "scorecard" in result:
         s = result["scorecard"]
         print(f"scorecard        pred {s['pred']:.2f}  ref {s['ref']:.2f}  diff {s['diff']:+.2f}")

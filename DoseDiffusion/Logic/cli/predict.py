@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dosediffusion.cli.batch import case_name, outcome_table, refused_cases
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
 from dosediffusion.io.output_place import check_output_place
@@ -50,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="demo", help="pipeline folder, or 'demo' for the bundled demo model")
+    parser.add_argument("--model", default="demo",
+                        help="pipeline folder, or 'demo' for the bundled demo model (the default; not for clinical use)")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps, 1-50 (default 10)")
     parser.add_argument("--candidates", type=int, default=1, help="best-of-K candidates, 1-16 (default 1)")
@@ -104,7 +106,7 @@ class _ProgressBar:
         if self.bar is None:
             self.bar = tqdm(total=self.args.steps, desc=self.name, unit="step", leave=False)
         self.bar.set_postfix_str(message)
-        self.bar.n = int(self.args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))
+        self.bar.n = round(self.args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))  # int() lags a step
         self.bar.refresh()
 
     def close(self) -> None:
@@ -128,23 +130,33 @@ def predict_one(path: Path, args: argparse.Namespace, predictor, out: Path) -> d
 
 
 def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
-    """Predict every case; one case's input error ends the command (exit 2), a batch's is reported and
-    skipped (exit 1)."""
+    """Predict every case; one case's input error ends the command (exit 2). A batch's cases are all
+    checked before the model is loaded; one that is refused or fails is reported and skipped (exit 1),
+    and a table of every case's outcome ends the run."""
     predictor = _predictor(args)
     say(f"model: {predictor}")
-    out, failures = Path(args.out), 0
+    out, outcomes = Path(args.out), []
+    refused = refused_cases(cases, args, out, read_case) if len(cases) > 1 else {}
+    for reason in refused.values():
+        print(f"dosediffusion: error: {reason}", file=sys.stderr)
     for path in cases:
-        folder = out / (path.stem if path.is_file() else path.name)
+        folder = out / case_name(path)
+        if path in refused:
+            outcomes.append((case_name(path), "refused", refused[path]))
+            continue
         try:
             summary = predict_one(path, args, predictor, folder)
         except InputError as error:
             if len(cases) == 1:
                 raise
-            failures += 1
+            outcomes.append((case_name(path), "failed", str(error)))
             print(f"dosediffusion: error: {error}", file=sys.stderr)
             continue
+        outcomes.append((case_name(path), "done", str(folder)))
         print(format_summary(summary, folder))
-    return 1 if failures else 0
+    if len(cases) > 1:
+        print(outcome_table(outcomes), file=sys.stderr)
+    return 1 if any(kind != "done" for _, kind, _ in outcomes) else 0
 
 
 def format_summary(summary: dict, folder: Path) -> str:

@@ -25,12 +25,11 @@ import numpy as np
 from dosediffusion.case import Case, Structure
 from dosediffusion.errors import GeometryError, InputError
 from dosediffusion.geometry import Grid, resample
+from dosediffusion.io.volume_sidecar import UNITS_KEY, read_volume
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 #: Dose units a volume file may name (metadata key ``DoseUnits``), as factors to Gy.
 UNITS_TO_GY = {"gy": 1.0, "cgy": 0.01}
-#: The metadata key naming a volume's dose unit.
-UNITS_KEY = "DoseUnits"
 ON_CT_GRID_FLAG = "--dose-on-ct-grid"
 
 
@@ -68,8 +67,6 @@ def read_dose_file(path: str | PathLike, case: Case, *, on_ct_grid: bool = False
 def _read_dose_volume(path: Path, case: Case, on_ct_grid: bool) -> tuple[np.ndarray, Grid]:
     """A volume file's dose in Gy and its grid (the CT's for a file without geometry taken ``on_ct_grid``)."""
     import SimpleITK as sitk
-
-    from dosediffusion.io.volume_sidecar import read_volume
 
     dose, grid = read_volume(path)
     reader = sitk.ImageFileReader()

@@ -44,6 +44,8 @@ _KEYS = {"format", "version", "case_id", "ct", "dose", "structures", "beams", "p
 _BEAM_KEYS = {"name", "gantry_deg", "collimator_deg", "couch_deg", "isocenter_mm", "control_point_gantry_deg",
               "arc_direction", "meterset_weight", "sad_mm"}
 _SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+#: The metadata key naming a dose volume's unit (``Gy``), as DICOM names the RTDOSE attribute.
+UNITS_KEY = "DoseUnits"
 _WRITERS = {".nrrd": "NrrdImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".mha": "MetaImageIO"}
 
 
@@ -61,8 +63,9 @@ def read_volume(path: str | PathLike) -> tuple[np.ndarray, Grid]:
     return sitk.GetArrayFromImage(image), Grid.from_image(image)
 
 
-def write_volume(array: np.ndarray, grid: Grid, path: str | PathLike) -> Path:
-    """Write ``array`` on ``grid`` to ``path`` (format from the suffix, compressed), atomically."""
+def write_volume(array: np.ndarray, grid: Grid, path: str | PathLike, units: str | None = None) -> Path:
+    """Write ``array`` on ``grid`` to ``path`` (format from the suffix, compressed), atomically; ``units``
+    (a dose's ``Gy``) goes into the file's ``DoseUnits`` key (NRRD, MetaImage; NIfTI has no such field)."""
     path = Path(path)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
     if suffix not in _WRITERS:
@@ -70,6 +73,8 @@ def write_volume(array: np.ndarray, grid: Grid, path: str | PathLike) -> Path:
     import SimpleITK as sitk
 
     image = grid.to_image(array)
+    if units is not None:
+        image.SetMetaData(UNITS_KEY, units)
     return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), True, imageIO=_WRITERS[suffix]))
 
 
@@ -204,7 +209,7 @@ def write_sidecar_case(case: Case, folder: str | PathLike, suffix: str = ".nrrd"
     write_volume(np.asarray(case.ct, dtype=np.int16 if np.all(np.mod(case.ct, 1) == 0) else np.float32),
                  case.grid, folder / f"ct{suffix}")
     if case.dose is not None:
-        write_volume(np.asarray(case.dose, dtype=np.float32), case.grid, folder / f"dose{suffix}")
+        write_volume(np.asarray(case.dose, dtype=np.float32), case.grid, folder / f"dose{suffix}", units="Gy")
     doc = {
         "format": FORMAT,
         "version": VERSION,

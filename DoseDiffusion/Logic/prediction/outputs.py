@@ -115,12 +115,12 @@ def write_prediction(case: Case, prediction: DosePrediction, out_dir: str | Path
     with atomic_folder(out_dir, replace=overwrite) as staging:
         dose = prediction.dose_gy
         write_rtdose(dose, case.grid, staging / "RTDOSE.dcm", case.meta)
-        write_volume(dose, case.grid, staging / "dose.nrrd")
+        write_volume(dose, case.grid, staging / "dose.nrrd", units="Gy")
         if is_openkbp_case(case):
             write_openkbp_dose_csv(dose, case, staging / f"{case.case_id}.csv")
         std = prediction.dose_std_gy
         if std is not None:
-            write_volume(std, case.grid, staging / DOSE_STD_FILE)
+            write_volume(std, case.grid, staging / DOSE_STD_FILE, units="Gy")
         dvhs = case_dvhs(case, dose)
         dvhs_ref = case_dvhs(case) if case.dose is not None else None
         write_dvh_csv(staging / "dvh.csv", {"predicted": dvhs, **({"case": dvhs_ref} if dvhs_ref else {})})
