@@ -134,5 +134,6 @@ def write_prediction(case: Case, prediction: DosePrediction, out_dir: str | Path
         if report:
             from dosediffusion.report.case_report import plot_case_report
 
-            plot_case_report(staging / "report.png", case, dose, dvhs, dvhs_ref, score, score_ref, template, std_gy=std)
+            plot_case_report(staging / "report.png", case, dose, dvhs, dvhs_ref, score, score_ref, template, std_gy=std,
+                             model=model)
     return summary

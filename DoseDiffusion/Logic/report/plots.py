@@ -85,7 +85,7 @@ def save_figure(figure: Figure, path: str | PathLike) -> Path:
 # --- DVH plot -------------------------------------------------------------------------------------------------------
 
 
-def _structure_colours(names: list[str]) -> dict[str, tuple]:
+def structure_colours(names: list[str]) -> dict[str, tuple]:
     """One colour per structure name: tab10, or tab20 beyond ten structures (cycled beyond twenty)."""
     from matplotlib import colormaps
 
@@ -132,7 +132,7 @@ def draw_dvhs(
         raise InputError("no DVH to plot: no structure with a dose")
     if bin_width_gy <= 0:
         raise InputError(f"DVH bin width must be positive, got {bin_width_gy} Gy")
-    colours = _structure_colours(names)
+    colours = structure_colours(names)
     for name in names:
         if name in dvhs_pred:
             _draw_dvh(axes, dvhs_pred[name], colours[name], "-", name, bin_width_gy)
@@ -241,6 +241,7 @@ def _style_table(table, rows: list[list[str]], columns: list[str]) -> None:
     """Header and total row shaded and bold, result cells coloured by pass/fail, not evaluable grey."""
     table.auto_set_font_size(False)
     table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(columns))))  # each column as wide as its longest cell
     for (row, col), cell in table.get_celld().items():
         cell.set_edgecolor("#b0b0b0")
         if row == 0 or row == len(rows):
