@@ -59,6 +59,18 @@ def test_the_progress_count_matches_its_step_label():
         bar.close()
 
 
+def test_no_progress_line_shows_a_step_label_with_the_previous_count(capsys):
+    bar = _ProgressBar(argparse.Namespace(steps=2, progress_json=False), "case")
+    try:
+        bar(0.0, "preparing inputs")
+        bar(0.5, "step 1 of 2")
+    finally:
+        bar.close()
+    renders = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any("1/2" in line and "step 1 of 2" in line for line in renders)
+    assert not any("0/2" in line and "step 1 of 2" in line for line in renders)
+
+
 def test_predict_help_says_the_model_defaults_to_the_demo():
     predict = build_parser()._subparsers._group_actions[0].choices["predict"]
     model = next(a for a in predict._actions if a.dest == "model")

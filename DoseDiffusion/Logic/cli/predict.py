@@ -105,8 +105,8 @@ class _ProgressBar:
                               "message": message}), flush=True)
         if self.bar is None:
             self.bar = tqdm(total=self.args.steps, desc=self.name, unit="step", leave=False)
-        self.bar.set_postfix_str(message)
         self.bar.n = round(self.args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))  # int() lags a step
+        self.bar.set_postfix_str(message, refresh=False)  # one refresh, with the count and its label together
         self.bar.refresh()
 
     def close(self) -> None:
