@@ -238,7 +238,7 @@ def test_predict_says_which_model_and_scorecard_and_why(phantom_dicom, model_dir
     err = capsys.readouterr().err
     assert f"model: DoseDiffusionPipeline, written by dosediffusion 0.1.0, at {model_dir}" in err
     assert ("scorecard: Lung 60 Gy in 30 fractions ('lung_60' is the closest to the case's organs and prescription; "
-            "template 60 Gy in 30 fractions, case 60 Gy in 30 fractions)") in err
+            "template 60 Gy in 30 fractions, case 60 Gy in 30 fractions: fits)") in err
     assert err.index("reading the case") < err.index("scorecard:") < err.index("loading the model")
     summary = json.loads((tmp_path / phantom_dicom[0].name / "summary.json").read_text())
     assert summary["model"] == {"folder": str(model_dir), "kind": "DoseDiffusionPipeline", "version": "0.1.0",
@@ -273,7 +273,7 @@ def test_the_auto_scorecard_follows_the_case_and_says_why():
 
     case = box_case()
     auto = choose_scorecard("auto", case)
-    assert auto.template == load_template(suggest_template(case)) and "fits" in auto.reason
+    assert auto.template == load_template(suggest_template(case)) and "closest to the case's organs" in auto.reason
     assert choose_scorecard("prostate_78", case).name.startswith("Prostate")
     assert choose_scorecard("none", case).template is None
     case.prescription.levels_gy = [20.0]

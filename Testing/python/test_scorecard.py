@@ -167,4 +167,4 @@ def test_the_automatic_choice_warns_when_the_template_does_not_fit():
     from dosediffusion.prediction.scorecard import choose_scorecard
 
     reason = choose_scorecard("auto", load_case(DEMO)).reason
-    assert "template 60 Gy in 30 fractions, case 66/59/53 Gy in 33 fractions — warning: it does not fit" in reason
+    assert "template 60 Gy in 30 fractions, case 66/59/53 Gy in 33 fractions: does not fit (warning:" in reason

@@ -53,5 +53,5 @@ def choose_scorecard(option: str | None, case: Case) -> ScorecardChoice:
 
 def _with_fit(template: dict, reason: str, case: Case) -> ScorecardChoice:
     fit, fits = template_fit(template, case)
-    warning = "" if fits else " — warning: it does not fit; Gy limits assume the template's prescription"
-    return ScorecardChoice(template, f"{reason}; {fit}{warning}")
+    verdict = "fits" if fits else "does not fit (warning: its Gy limits assume the template's prescription)"
+    return ScorecardChoice(template, f"{reason}; {fit}: {verdict}")
