@@ -1036,16 +1036,9 @@ def test_an_exported_prediction_loaded_back_is_never_the_reference():
 def test_segments_outside_the_dose_grid_are_found(predicted):
     """A clinical RTDOSE covering part of the body: the segments with no voxel in it are the ones
     SlicerRT's ComputeDvh would abort on; they are left out of its selection."""
-    from dosediffusion.geometry import Grid
-
     _, _, _, scene_case, _ = predicted
     mrml, ct, segmentation = scene_from_case(scene_case)
-    grid = scene_case.grid
-    half = grid.shape[2] // 2
-    # a dose grid on the +x LPS half of the CT (x index ≥ half, the PTV at the centre is inside)
-    crop = Grid((grid.shape[0], grid.shape[1], grid.shape[2] - half), grid.spacing,
-                tuple(np.asarray(grid.origin) + grid.matrix[:, 0] * grid.spacing[0] * half), grid.direction)
-    dose = volume_node_for(mrml, np.ones(crop.shape, np.float32), crop, "partial RTDOSE")
+    dose = _half_dose(mrml, scene_case.grid)  # the PTV at the centre is inside
     inside, outside = slicerrt_dvh.segments_in_dose(segmentation, dose)
     names = {segmentation.GetSegmentation().GetSegment(i).GetName() for i in inside}
     assert "Esophagus" in outside and names == {"PTV_60", "SpinalCord", "BODY"}
@@ -1123,3 +1116,110 @@ def test_a_restart_is_asked_for_when_an_imported_package_changed():
     assert dependencies.restart_needed(before, after) == ["numpy"]
     assert dependencies.restart_needed(before, dict(before)) == []
     assert dependencies.restart_needed(before, after, modules={}) == []
+
+
+class SlicerRtDvhLogic:
+    """SlicerRT's DVH logic as its sources define the calls the module makes (no SlicerRT here):
+    ``ComputeDvh(parameters)`` computes each selected segment (all when none is selected) and returns
+    "Dose volume and the structure do not overlap" at the first one with no voxel in the dose, else
+    "", adding a DVH table per segment referenced from the metrics table by
+    ``AssembleDvhNodeReference``; ``AddDvhToChart`` adds a plot series named after the segment."""
+
+    def __init__(self, mrml):
+        self.mrml, self.computed = mrml, []
+
+    def parameters_node(self, name):
+        node = self.mrml.AddNewNodeByClass("vtkMRMLScriptedModuleNode", name)
+        state = {"selected": [], "metrics": self.mrml.AddNewNodeByClass("vtkMRMLTableNode", f"{name} metrics"),
+                 "chart": self.mrml.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")}
+        node.SetAndObserveDoseVolumeNode = lambda dose: state.update(dose=dose)
+        node.SetAndObserveSegmentationNode = lambda segmentation: state.update(segmentation=segmentation)
+        node.SetSelectedSegmentIDs = lambda ids: state.update(selected=list(ids))
+        node.GetMetricsTableNode = lambda: state["metrics"]
+        node.GetChartNode = lambda: state["chart"]
+        node.AssembleDvhNodeReference = lambda segment_id: f"DVH_{state['dose'].GetID()}_{segment_id}"
+        node.state = state
+        return node
+
+    def ComputeDvh(self, parameters):  # noqa: N802 (SlicerRT's name)
+        state = parameters.state
+        segmentation = state["segmentation"].GetSegmentation()
+        ids = state["selected"] or [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        inside, _ = slicerrt_dvh.segments_in_dose(state["segmentation"], state["dose"])
+        for segment_id in ids:
+            if segment_id not in inside:
+                return "Dose volume and the structure do not overlap"
+            table = self.mrml.AddNewNodeByClass("vtkMRMLTableNode", f"{segment_id}_DvhTable")
+            table.SetAttribute("segment", segment_id)
+            state["metrics"].SetNodeReferenceID(parameters.AssembleDvhNodeReference(segment_id), table.GetID())
+            self.computed.append((state["dose"].GetName(), segment_id))
+        return ""
+
+    def AddDvhToChart(self, chart, table):  # noqa: N802
+        series = self.mrml.AddNewNodeByClass("vtkMRMLPlotSeriesNode", table.GetAttribute("segment"))
+        series.SetAndObserveTableNodeID(table.GetID())
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return series
+
+
+class SceneWithSlicerRt:
+    """The real MRML scene, with SlicerRT's parameter node class made by :class:`SlicerRtDvhLogic`."""
+
+    def __init__(self, mrml, logic):
+        self.mrml, self.logic = mrml, logic
+
+    def AddNewNodeByClass(self, class_name, name=""):  # noqa: N802
+        if class_name == "vtkMRMLDoseVolumeHistogramNode":
+            return self.logic.parameters_node(name)
+        return self.mrml.AddNewNodeByClass(class_name, name)
+
+    def __getattr__(self, name):
+        return getattr(self.mrml, name)
+
+
+def _half_dose(mrml, grid):
+    """A dose grid on the +x half of ``grid`` (the phantom's Esophagus, at x = -40 mm, is outside it)."""
+    from dosediffusion.geometry import Grid
+
+    half = grid.shape[2] // 2
+    crop = Grid((grid.shape[0], grid.shape[1], grid.shape[2] - half), grid.spacing,
+                tuple(np.asarray(grid.origin) + grid.matrix[:, 0] * grid.spacing[0] * half), grid.direction)
+    return volume_node_for(mrml, np.ones(crop.shape, np.float32), crop, "clinical RTDOSE")
+
+
+def test_slicerrt_dvhs_skip_a_segment_outside_the_reference_dose_and_keep_the_rest(predicted):
+    _, _, _, scene_case, _ = predicted
+    mrml, ct, segmentation = scene_from_case(scene_case)
+    predicted_dose = volume_node_for(mrml, scene_case.dose, scene_case.grid, "Predicted dose")
+    reference = _half_dose(mrml, scene_case.grid)
+    logic = SlicerRtDvhLogic(mrml)
+    made = slicerrt_dvh.add_slicerrt_dvhs(SceneWithSlicerRt(mrml, logic), logic,
+                                          [(predicted_dose, "predicted"), (reference, "reference")], segmentation, ct)
+    assert made.chart is not None and made.warnings == ["Esophagus: no voxel in the reference dose, no SlicerRT DVH"]
+    names = sorted(made.chart.GetNthPlotSeriesNode(i).GetName() for i in range(made.chart.GetNumberOfPlotSeriesNodes()))
+    assert names == sorted([f"{n} (predicted)" for n in scene_case.structures] +
+                           [f"{n} (reference)" for n in scene_case.structures if n != "Esophagus"])
+    styles = {made.chart.GetNthPlotSeriesNode(i).GetName(): made.chart.GetNthPlotSeriesNode(i).GetLineStyle()
+              for i in range(made.chart.GetNumberOfPlotSeriesNodes())}
+    assert styles["BODY (predicted)"] == slicer.vtkMRMLPlotSeriesNode.LineStyleSolid
+    assert styles["BODY (reference)"] == slicer.vtkMRMLPlotSeriesNode.LineStyleDash
+    assert made.chart.GetTitle() == slicerrt_dvh.CHART_TITLE
+    series = made.chart.GetNthPlotSeriesNode(0)
+    assert series.GetAttribute(scene.PREDICTION_ATTRIBUTE) == "1" and scene.prediction_sources(series)[0] is ct
+    # without the selection, SlicerRT's ComputeDvh would have returned its error for the whole reference dose
+    parameters = logic.parameters_node("all segments")
+    parameters.SetAndObserveDoseVolumeNode(reference)
+    parameters.SetAndObserveSegmentationNode(segmentation)
+    assert logic.ComputeDvh(parameters) == "Dose volume and the structure do not overlap"
+
+
+def test_when_slicerrt_fails_anyway_its_nodes_go_and_the_modules_chart_stays(predicted):
+    _, _, _, scene_case, _ = predicted
+    mrml, ct, segmentation = scene_from_case(scene_case)
+    dose = volume_node_for(mrml, scene_case.dose, scene_case.grid, "Predicted dose")
+    logic = SlicerRtDvhLogic(mrml)
+    logic.ComputeDvh = lambda parameters: "Failed to resample dose volume"  # another of SlicerRT's errors
+    before = mrml.GetNumberOfNodes()
+    made = slicerrt_dvh.add_slicerrt_dvhs(SceneWithSlicerRt(mrml, logic), logic, [(dose, "predicted")], segmentation, ct)
+    assert made.chart is None and "Failed to resample dose volume" in made.warnings[0]
+    assert mrml.GetNumberOfNodes() == before  # the parameter node, metrics table and chart were removed
