@@ -196,7 +196,7 @@ def openkbp_grid(voxel_dimensions_mm: tuple[float, float, float]) -> Grid:
     voxel dimensions are in ``A``'s axis order (A→P, R→L, slice), the grid's spacing in (x, y, z)."""
     spacing = (voxel_dimensions_mm[1], voxel_dimensions_mm[0], voxel_dimensions_mm[2])
     size_xyz = (SHAPE[1], SHAPE[0], SHAPE[2])
-    origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(size_xyz, spacing))
+    origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(size_xyz, spacing, strict=True))
     return Grid((SHAPE[2], SHAPE[0], SHAPE[1]), spacing, origin)
 
 
@@ -260,7 +260,7 @@ def write_openkbp_dose_csv(dose_gy: np.ndarray, case: Case, path: str | PathLike
         raise InputError("the case has neither a possible-dose mask nor a body: no submission can be written", path)
     flat = from_case_order(np.where(support, np.asarray(dose_gy, dtype=np.float32), np.float32(0))).ravel()
     indices = np.flatnonzero(flat > 0)
-    rows = "".join(f"{i},{v:.7g}\n" for i, v in zip(indices.tolist(), flat[indices].tolist()))
+    rows = "".join(f"{i},{v:.7g}\n" for i, v in zip(indices.tolist(), flat[indices].tolist(), strict=True))
     return atomic_write_bytes(path, (",data\n" + rows).encode())
 
 
