@@ -67,15 +67,21 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print progress as JSON lines on stdout (for a parent process)")
 
 
+_CASE_FILES = (".npz", ".json")
+
+
 def find_cases(path: Path) -> list[Path]:
-    """``path`` itself when it is a case, else the cases directly inside it."""
+    """``path`` itself when it is a case (a file, a sidecar folder, a folder holding files other than
+    ``.npz`` / ``.json`` case files: DICOM, an OpenKBP patient's CSVs), else the cases directly inside
+    it (folders and case files: a folder of GDP-HMM or compact OpenKBP ``.npz`` is a batch)."""
     if not path.exists():
         raise InputError("no such file or folder", path)
-    if path.is_file() or (path / "case.json").is_file() or any(p.is_file() and not p.name.startswith(".")
-                                                              for p in path.iterdir()):
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")] if path.is_dir() else []
+    if (path.is_file() or (path / "case.json").is_file()
+            or any(p.suffix.lower() not in _CASE_FILES for p in files)):
         return [path]
     cases = sorted(p for p in path.iterdir() if not p.name.startswith(".")
-                   and (p.is_dir() or p.suffix.lower() in (".npz", ".json")))
+                   and (p.is_dir() or p.suffix.lower() in _CASE_FILES))
     if not cases:
         raise InputError("holds neither a case nor case folders", path)
     return cases

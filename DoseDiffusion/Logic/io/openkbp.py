@@ -25,8 +25,8 @@ PTV70's centroid changes nothing measurable in a ray-traced dose).
   so −1000 (air) to 3095 HU; a voxel the sparse file leaves out is air.
 - Dose: Gy, total over 35 fractions; the case's reference dose (``None`` when the folder has no
   ``dose.csv``, as for a patient whose dose is to be predicted).
-- Structures: PTV70, PTV63, PTV56 as targets with 70, 63, 56 Gy in 35 fractions; the seven OARs through
-  the alias table (TG-263 names); a body from the CT (:func:`~dosediffusion.prediction.body.body_from_ct`);
+- Structures: PTV70, PTV63, PTV56 as targets with 70, 63, 56 Gy in 35 fractions; the seven OARs named
+  as the alias table's TG-263 names (``RightParotid`` → ``Parotid_R``); a body from the CT (:func:`~dosediffusion.prediction.body.body_from_ct`);
   ``possible_dose_mask`` kept as the structure :data:`~dosediffusion.case.DOSE_SUPPORT` (the voxels that
   can receive dose, over which the challenge scores).
 
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dosediffusion.aliases import AliasTable
+from dosediffusion.aliases import AliasTable, default_table
 from dosediffusion.case import DOSE_SUPPORT, Beam, Case, Prescription, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid
@@ -225,7 +225,11 @@ def read_openkbp_case(path: str | PathLike, *, aliases: AliasTable | None = None
     dose = _volume(*files["dose"], 0.0, np.float32) if "dose" in files else None
     if dose is None:
         warnings.append("no dose.csv: the patient has no reference dose")
-    structures = {name: Structure(name, _volume(files[name][0], True, False, bool)) for name in _MASKS if name in files}
+    table = aliases or default_table()
+    structures = {}
+    for name in (n for n in _MASKS if n in files):
+        named = table.match(name).canonical or name if name in OARS else name  # TG-263: RightParotid → Parotid_R
+        structures[named] = Structure(named, _volume(files[name][0], True, False, bool))
     for name, gy in TARGETS_GY.items():
         if name in structures:
             structures[name].role, structures[name].prescription_gy = "ptv", gy

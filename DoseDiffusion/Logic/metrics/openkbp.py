@@ -8,7 +8,7 @@ over the voxels of the case grid as the challenge computes them:
 - **DVH points** of one structure, from the voxel doses inside its mask (numpy percentiles, linear
   interpolation; no sub-voxel sampling): a target's D99, D95, D1 (percentiles 1, 5, 99); an OAR's
   D0.1cc (the percentile 100 − n / N · 100, n = the voxels in 0.1 cc rounded, at least one; N the
-  structure's voxels; 0 when n > N) and mean dose, Gy.
+  structure's voxels; 0 when n ≥ N, as the challenge has it) and mean dose, Gy.
 - **DVH score**: the mean |Δ| over every DVH point of every target and OAR; over a set of patients
   the mean over all their points together (not the mean of the patients' means), as the challenge's
   ``nanmean`` over its table.
@@ -37,8 +37,9 @@ def dvh_points(dose_gy: np.ndarray, mask: np.ndarray, role: str, voxel_volume_cc
         return {"D99": float(np.percentile(voxels, 1)), "D95": float(np.percentile(voxels, 5)),
                 "D1": float(np.percentile(voxels, 99))}
     in_tenth_cc = max(1.0, float(np.round(0.1 / voxel_volume_cc)))
-    hottest = max(0.0, 100.0 - in_tenth_cc / voxels.size * 100.0)
-    return {"D0.1cc": float(np.percentile(voxels, hottest)), "mean": float(voxels.mean())}
+    hottest = 100.0 - in_tenth_cc / voxels.size * 100.0
+    d01cc = float(np.percentile(voxels, hottest)) if hottest > 0 else 0.0
+    return {"D0.1cc": d01cc, "mean": float(voxels.mean())}
 
 
 def dose_score(pred_gy: np.ndarray, ref_gy: np.ndarray, support: np.ndarray) -> float:
