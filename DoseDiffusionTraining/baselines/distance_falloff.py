@@ -1,8 +1,10 @@
 """The trivial baseline: each PTV's prescription inside it, falling off with the distance outside.
 
-Fitted on training cases: for every PTV, the mean of dose / its prescription over body voxels,
-binned by the voxel's distance (mm) outside that PTV (inside: 0 mm), made non-increasing. A prediction is, per body voxel, the maximum
-over PTVs of ``Rx · curve(distance)``. It knows the anatomy only through the PTVs and the body,
+Fitted on training cases: for every PTV, the mean of dose / its prescription over the voxels of the
+dose support (:meth:`~dosediffusion.case.Case.dose_support`: the body, or OpenKBP's possible-dose mask),
+binned by the voxel's distance (mm) outside that PTV (inside: 0 mm), made non-increasing. A prediction
+is, per voxel of the dose support, the maximum over PTVs of ``Rx · curve(distance)``. It knows the
+anatomy only through the PTVs and the body,
 nothing of beams or organs: any model worth shipping must beat it clearly.
 """
 
@@ -41,9 +43,9 @@ class DistanceFalloff:
         bins = int(MAX_MM / BIN_MM) + 1
         sums, counts = np.zeros(bins), np.zeros(bins)
         for case in cases:
-            if case.dose is None or case.body is None:
+            body = case.dose_support()
+            if case.dose is None or body is None:
                 raise InputError("fitting the fall-off needs cases with a dose and a body", case.case_id)
-            body = case.body.mask
             for rx, distance in _distances(case):
                 index = np.minimum(np.round(distance[body] / BIN_MM).astype(int), bins - 1)
                 np.add.at(sums, index, case.dose[body] / rx)
@@ -55,13 +57,14 @@ class DistanceFalloff:
         return cls(np.minimum.accumulate(curve))  # never rising with distance
 
     def predict(self, case: Case) -> np.ndarray:
-        """Dose (Gy) on the case's grid; zero outside the body."""
+        """Dose (Gy) on the case's grid; zero outside the case's dose support (as every prediction)."""
         dose = np.zeros(case.grid.shape, np.float32)
         for rx, distance in _distances(case):
             index = np.minimum(np.round(distance / BIN_MM).astype(int), len(self.curve) - 1)
             dose = np.maximum(dose, (rx * self.curve[index]).astype(np.float32))
-        if case.body is not None:
-            dose[~case.body.mask] = 0.0
+        support = case.dose_support()
+        if support is not None:
+            dose[~support] = 0.0
         return dose
 
     def save(self, path: str | Path) -> None:
