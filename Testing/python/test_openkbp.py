@@ -249,3 +249,14 @@ def test_predict_on_both_forms_writes_the_submission_file(tmp_path, capsys):
         assert support[indices].all() and np.all(values > 0)  # nothing outside possible_dose_mask
         dose = read_openkbp_dose_csv(submission, case)
         assert dose.max() > 0 and np.all(dose[~case.dose_support()] == 0)
+
+
+@needs_openkbp
+def test_the_trivial_baseline_predicts_nothing_outside_the_possible_dose_mask():
+    from dosediffusion_training.baselines.distance_falloff import DistanceFalloff
+
+    case = load_case(OPENKBP / "csv" / "pt_1")
+    outside = case.body.mask & ~case.dose_support()
+    assert outside.sum() > 1000  # the body from the CT reaches beyond the challenge's support
+    dose = DistanceFalloff.fit([case]).predict(case)
+    assert np.all(dose[outside] == 0) and dose[case.structures["PTV70"].mask].min() > 50
