@@ -127,7 +127,7 @@ class Case:
         beams: the plan's beams (empty when there is no plan).
         prescription: PTV dose levels and fractions.
         dose: the case's own (reference) dose in Gy on ``grid``, or None.
-        meta: identifiers from the source (DICOM UIDs, patient id/name) used by writers.
+        meta: identifiers from the source (DICOM UIDs, patient id/name, PatientPosition) used by writers.
         warnings: things a user should know about the input, one line each.
     """
 
@@ -164,6 +164,12 @@ class Case:
         """The body (external) structure, if any."""
         bodies = self.with_role("body")
         return bodies[0] if bodies else None
+
+    @property
+    def patient_position(self) -> str:
+        """The patient's position on the couch (DICOM PatientPosition: ``HFS``, ``HFP``, ``FFS``, ``FFP``, …),
+        which the beams' gantry and couch angles refer to; ``HFS`` when the source states none."""
+        return str(self.meta.get("PatientPosition") or "HFS").strip().upper()
 
     def dose_support(self) -> np.ndarray | None:
         """The voxels (z, y, x) where a dose can be non-zero: the :data:`DOSE_SUPPORT` structure when the

@@ -43,6 +43,11 @@ from dosediffusion.geometry import Grid, resample
 MODALITIES: tuple[str, ...] = ("ct", "ptv", "oar", "body", "beam_plate", "angle_plate", "dose")
 
 
+#: Settings older pipeline folders carry and that are no longer the model's: ``patient_position`` is
+#: the case's own (:attr:`~dosediffusion.case.Case.patient_position`), read from its source.
+RETIRED_SETTINGS = frozenset({"patient_position"})
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """How a case becomes model inputs (saved with a model as ``preprocessing.json``)."""
@@ -54,7 +59,6 @@ class PrepareConfig:
     reference_factor: float = 1.2
     arc_stride: int = 2
     inverse_square: bool = True
-    patient_position: str = "HFS"
     modalities: tuple[str, ...] = field(default=MODALITIES)
 
     def __post_init__(self):
@@ -70,6 +74,7 @@ class PrepareConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PrepareConfig:
+        data = {k: v for k, v in data.items() if k not in RETIRED_SETTINGS}
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -189,10 +194,10 @@ def prepare(case: Case, config: PrepareConfig, *, include_dose: bool = True) -> 
         channels["body"] = _unit(to_crop(case.body.mask, case, inputs))
     if case.beams and ptv_crop is not None and ptv_crop.any() and "beam_plate" in wanted:
         plate = beam_plate(ptv_crop, grid, case.beams, arc_stride=config.arc_stride,
-                           inverse_square=config.inverse_square, patient_position=config.patient_position)
+                           inverse_square=config.inverse_square, patient_position=case.patient_position)
         channels["beam_plate"] = _unit(plate / max(float(plate.max()), 1e-6))
     if case.beams and "angle_plate" in wanted:
-        channels["angle_plate"] = _unit(angle_plate(grid, case.beams, patient_position=config.patient_position))
+        channels["angle_plate"] = _unit(angle_plate(grid, case.beams, patient_position=case.patient_position))
     if include_dose and case.dose is not None and "dose" in wanted:
         dose = to_crop(np.asarray(case.dose, dtype=np.float32), case, inputs)
         channels["dose"] = (dose * np.float32(2.0 / inputs.dose_reference_gy) - 1.0).astype(np.float32)

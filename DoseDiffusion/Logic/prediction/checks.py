@@ -1,7 +1,8 @@
 """Whether a case can be predicted, decided before the model or torch is touched.
 
 A case without structures, without a target, with a target that has no prescription or no voxels,
-or without a body (when none can be derived from the CT) is refused with an
+without a body (when none can be derived from the CT), or with beams for a patient position the
+plates cannot place (decubitus) is refused with an
 :class:`~dosediffusion.errors.InputError` that says how to fix it: the model would return a
 plausible-looking dose for it, which nobody should see.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from os import PathLike
 
 from dosediffusion.case import Case, Structure
+from dosediffusion.conditioning.beam_geometry import PATIENT_POSITION_AXES
 from dosediffusion.errors import InputError
 from dosediffusion.prediction.body import BODY_THRESHOLD_HU, body_from_ct
 
@@ -64,3 +66,7 @@ def check_predictable(case: Case, source: str | PathLike | None = None) -> None:
         _warn(case, f"structures the model does not use (role 'other'): {_names(unused)}")
     if not case.beams:
         _warn(case, "no treatment beams (no RTPLAN): the dose is predicted from the anatomy alone")
+    elif case.patient_position not in PATIENT_POSITION_AXES:
+        raise InputError(f"patient position {case.patient_position!r}: the beams' angles can be placed for "
+                         f"{', '.join(PATIENT_POSITION_AXES)} only (decubitus and sitting positions are not "
+                         "supported)", source)
