@@ -26,7 +26,7 @@ from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Case, Prescription, Structure
 from dosediffusion.errors import GeometryError, InputError
 from dosediffusion.geometry import Grid, resample
-from dosediffusion.roles import RoleChoice, assign_roles
+from dosediffusion.roles import RoleChoice, assign_roles, case_prescription
 
 #: RAS ↔ LPS (its own inverse).
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -267,8 +267,6 @@ def case_from_scene(
     structures = {name: Structure(name, masks[name]) for name in names if name in masks}
     warnings += [f"segment {name!r} is empty on the CT grid" for name, s in structures.items() if not s.mask.any()]
     warnings += assign_roles(structures, levels, aliases, roles)
-    if not levels:
-        levels = sorted({s.prescription_gy for s in structures.values() if s.prescription_gy}, reverse=True)
 
     dose = None
     if reference_dose_node is not None:
@@ -282,7 +280,7 @@ def case_from_scene(
         ct=ct,
         structures=structures,
         beams=list(plan_reading.beams) if plan_reading is not None else [],
-        prescription=Prescription(levels, fractions),
+        prescription=case_prescription(Prescription(levels, fractions), structures),
         dose=dose,
         meta=meta,
         warnings=warnings,

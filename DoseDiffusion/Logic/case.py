@@ -98,13 +98,13 @@ class Beam:
 
 @dataclass
 class Prescription:
-    """Prescribed dose levels in Gy (total), highest first, and the number of fractions."""
+    """Prescribed dose levels in Gy (total), distinct and highest first, and the number of fractions."""
 
     levels_gy: list[float] = field(default_factory=list)
     fractions: int | None = None
 
     def __post_init__(self):
-        self.levels_gy = sorted((float(v) for v in self.levels_gy), reverse=True)
+        self.levels_gy = sorted({float(v) for v in self.levels_gy}, reverse=True)
         if any(v <= 0 for v in self.levels_gy):
             raise InputError(f"prescription levels must be positive Gy, got {self.levels_gy}")
         if self.fractions is not None and int(self.fractions) < 1:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dosediffusion.aliases import AliasTable, RoleMatch, default_table, dose_from_name, normalise
+from dosediffusion.case import Prescription
 from dosediffusion.errors import InputError
 
 USER_ROLES: tuple[str, ...] = ("ptv", "oar", "body", "ignore")
@@ -140,3 +141,13 @@ def assign_roles(structures: Mapping, levels_gy: list[float], table: AliasTable 
         warnings.append(f"PTVs without a prescription (none in the name or plan; give one with --role NAME=ptv:GY): "
                         f"{', '.join(sorted(no_dose))}")
     return warnings
+
+
+def case_prescription(plan: Prescription, structures: Mapping) -> Prescription:
+    """A case's prescription: the plan's (or the user's) when it gives dose levels, else the doses of the
+    structures that are PTVs after :func:`assign_roles`; the plan's fractions either way. Every reader
+    and the Slicer scene take it from here."""
+    if plan.levels_gy:
+        return plan
+    return Prescription([s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy],
+                        plan.fractions)

@@ -18,7 +18,7 @@ from dosediffusion.io.dicom_rtdose import read_rtdose
 from dosediffusion.io.dicom_rtplan import read_rtplan
 from dosediffusion.io.dicom_rtstruct import read_rtstruct
 from dosediffusion.io.dicom_scan import choose_object, choose_series, scan
-from dosediffusion.roles import RoleChoice, assign_roles
+from dosediffusion.roles import RoleChoice, assign_roles, case_prescription
 
 #: Identifiers copied from the CT into ``Case.meta`` (DICOM keywords), for writers that reference them.
 META_KEYWORDS = (
@@ -72,9 +72,7 @@ def read_dicom_case(
         dose, found = read_rtdose(chosen[0], grid, frame)
         warnings += found
     warnings += assign_roles(structures, prescription.levels_gy, aliases, roles)
-    if not prescription.levels_gy:
-        named = sorted({s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy}, reverse=True)
-        prescription = Prescription(named, prescription.fractions)
+    prescription = case_prescription(prescription, structures)
     return Case(
         case_id=meta.get("PatientID") or Path(source).name,
         grid=grid,

@@ -34,7 +34,7 @@ from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid
 from dosediffusion.io.atomic import atomic_write_bytes
 from dosediffusion.io.safe_pickle import load_npz
-from dosediffusion.roles import RoleChoice, assign_roles
+from dosediffusion.roles import RoleChoice, assign_roles, case_prescription
 
 DEFAULT_SPACING_MM = (2.5, 2.5, 2.0)  # (x, y, z) of the released challenge data
 _NOT_MASKS = {"img", "dose", "beam_plate", "angle_plate"}
@@ -109,8 +109,6 @@ def read_gdp_hmm_case(
                 structures[level[key]].prescription_gy = float(level["PDose"])
         levels.append(float(level["PDose"]))
     warnings += assign_roles(structures, levels, aliases, roles)
-    if not levels:
-        levels = sorted({s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy})
     empty = sorted(n for n, s in structures.items() if not s.mask.any())
     if empty:
         warnings.append(f"empty structures: {', '.join(empty)}")
@@ -120,7 +118,7 @@ def read_gdp_hmm_case(
         ct=ct.astype(np.float32),
         structures=structures,
         beams=_beams(data, grid, warnings),
-        prescription=Prescription(levels),
+        prescription=case_prescription(Prescription(levels), structures),
         dose=dose,
         warnings=warnings,
     )

@@ -36,7 +36,7 @@ from dosediffusion.case import Beam, Case, Prescription, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid, resample
 from dosediffusion.io.atomic import atomic_write
-from dosediffusion.roles import RoleChoice, assign_roles
+from dosediffusion.roles import RoleChoice, assign_roles, case_prescription
 
 FORMAT = "dosediffusion-case"
 VERSION = 1
@@ -167,11 +167,7 @@ def read_sidecar_case(json_path: str | PathLike, *, aliases: AliasTable | None =
     rx = doc.get("prescription") or {}
     prescription = Prescription(rx.get("levels_gy", []), rx.get("fractions"))
     warnings += assign_roles(structures, prescription.levels_gy, aliases, roles)
-    if not prescription.levels_gy:
-        prescription = Prescription(
-            [s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy],
-            prescription.fractions,
-        )
+    prescription = case_prescription(prescription, structures)
     beams = [_beam(entry, i, sidecar) for i, entry in enumerate(doc.get("beams") or [])]
     return Case(
         case_id=str(doc.get("case_id") or folder.name),
