@@ -12,6 +12,7 @@ from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.codecs import PatchCodec
 from dosediffusion.model.configs import TINY
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.model.regression import MedNeXtRegressor, RegressionPipeline
 
 #: A small field of view at 5 mm that the phantom of ``phantoms.py`` fits in.
 TINY_PREPROCESSING = PrepareConfig(crop_shape=(9, 32, 32), spacing_mm=(5.0, 5.0, 5.0))
@@ -39,3 +40,9 @@ def save_tiny_wan(folder: Path, seed: int = 0) -> tuple[WanTransformer3DModel, A
     transformer.save_pretrained(folder / "transformer")
     vae.save_pretrained(folder / "vae")
     return transformer, vae
+
+
+def tiny_regression(seed: int = 0) -> RegressionPipeline:
+    """MedNeXt variant B at 4 filters on the tiny field of view (needs MONAI)."""
+    torch.manual_seed(seed)
+    return RegressionPipeline(MedNeXtRegressor(init_filters=4), TINY_PREPROCESSING)

@@ -13,7 +13,7 @@ from phantoms import make_phantom_case
 from dosediffusion.errors import Cancelled, InputError
 from dosediffusion.model.codecs import PatchCodec
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
-from dosediffusion.prediction.case_prediction import predict_case
+from dosediffusion.model.case_prediction import predict_case
 
 
 @pytest.fixture(scope="module")

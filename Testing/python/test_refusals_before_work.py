@@ -19,12 +19,12 @@ UNWRITABLE = "/sys/dosediffusion-test"
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Loading the model fails the test: every refusal here must come before it."""
-    import dosediffusion.model.pipeline as pipeline
+    import dosediffusion.model.loading as loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")
 
-    monkeypatch.setattr(pipeline, "load_pipeline", refuse)
+    monkeypatch.setattr(loading, "load_pipeline", refuse)
 
 
 def _one_line_error(capsys) -> str:

@@ -18,15 +18,16 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from model_builders import tiny_pipeline  # noqa: E402
+from model_builders import tiny_pipeline, tiny_regression  # noqa: E402
 from phantoms import make_phantom_case  # noqa: E402
 from safetensors.numpy import save  # noqa: E402
 
 from dosediffusion.cli.main import main  # noqa: E402
 from dosediffusion.cli.serve import resolve_token  # noqa: E402
 from dosediffusion.conditioning.prepare import prepare  # noqa: E402
+from dosediffusion.model.pipeline import DoseDiffusionPipeline  # noqa: E402
 from dosediffusion.remote import wire  # noqa: E402
-from dosediffusion.remote.client import RemoteClient, RemoteJobFailed  # noqa: E402
+from dosediffusion.remote.client import RemoteClient, RemoteJobFailed, RemoteRejected  # noqa: E402
 from dosediffusion.remote.connection_guard import ConnectionGuard  # noqa: E402
 from dosediffusion.remote.logs import QueryRedactFilter, RateLimitFilter  # noqa: E402
 from dosediffusion.remote.server import create_app, request_limit, serve_in_thread, server_config  # noqa: E402
@@ -124,16 +125,24 @@ def test_inputs_outside_the_physical_range_are_422(worker, channels):
 
 
 def test_a_non_finite_result_fails_the_job_with_the_reason(channels):
-    class Broken:
-        preprocessing, describe, check_channels = tiny_pipeline().preprocessing, tiny_pipeline().describe, \
-            tiny_pipeline().check_channels
-
+    class Broken(DoseDiffusionPipeline):
         def sample_channels(self, channels, steps, seed, num_candidates, **kwargs):
             return np.full((num_candidates, 9, 32, 32), np.nan, np.float32)
 
-    with serve_in_thread(create_app(Broken(), TOKEN, device="cpu")) as url, RemoteClient(url, TOKEN, poll_s=0.2) as c:
+    parts = tiny_pipeline()
+    broken = Broken(parts.codec, parts.model, parts.scheduler, parts.preprocessing)
+    with serve_in_thread(create_app(broken, TOKEN, device="cpu")) as url, RemoteClient(url, TOKEN, poll_s=0.2) as c:
         with pytest.raises(RemoteJobFailed, match="not finite"):
             c.sample(channels, 1, 0)
+
+
+def test_a_regression_worker_refuses_several_candidates_and_says_it_gives_one(channels):
+    with serve_in_thread(create_app(tiny_regression(), TOKEN, device="cpu")) as url, \
+            RemoteClient(url, TOKEN, poll_s=0.2) as client:
+        assert client.model_info()["max_candidates"] == 1
+        with pytest.raises(RemoteRejected, match="computes one deterministic dose: 3 candidates"):
+            client.sample(channels, 1, 0, num_candidates=3)
+        assert client.sample(channels, 1, 0).shape == (1, 9, 32, 32)
 
 
 def test_every_response_names_the_worker_instance(worker, pipe):

@@ -212,7 +212,7 @@ def test_dicom_cases_are_cached_as_compact_files(tmp_path, phantom_dicom):
 def test_mednext_baseline_trains_and_predicts_through_the_cli(tmp_path, data, capsys):
     from dosediffusion.cli.main import main as cli
     from dosediffusion.io.volume_sidecar import write_sidecar_case
-    from dosediffusion.model.pipeline import load_pipeline
+    from dosediffusion.model.loading import load_pipeline
     from dosediffusion.model.regression import RegressionPipeline
 
     config = _config(tmp_path, data, steps=30, learning_rate=3e-3, checkpoint_every=30, log_every=5)

@@ -28,7 +28,7 @@ from dosediffusion.cli.batch import case_name, outcome_table, refused_cases
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
 from dosediffusion.io.output_place import check_output_place
-from dosediffusion.prediction.options import check_sampling_options
+from dosediffusion.model.limits import check_sampling_options
 from dosediffusion.prediction.outputs import DOSE_STD_FILE
 from dosediffusion.prediction.predictors import LocalPredictor, RemotePredictor
 from dosediffusion.prediction.run import predict_to_folder
@@ -140,6 +140,7 @@ def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
     checked before the model is loaded; one that is refused or fails is reported and skipped (exit 1),
     and a table of every case's outcome ends the run."""
     predictor = _predictor(args)
+    predictor.check_options(args.candidates)
     say(f"model: {predictor}")
     out, outcomes = Path(args.out), []
     refused = refused_cases(cases, args, out, read_case) if len(cases) > 1 else {}
@@ -166,8 +167,8 @@ def predict_cases(cases: list[Path], args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict, folder: Path) -> str:
-    lines = [f"{summary['case_id']}: {summary['steps']} steps on {summary['device']} in "
-             f"{summary['timing_s']['total']:.1f} s → {folder}"]
+    how = f"{summary['steps']} steps" if summary["steps"] is not None else "one deterministic pass"
+    lines = [f"{summary['case_id']}: {how} on {summary['device']} in {summary['timing_s']['total']:.1f} s → {folder}"]
     if "mae_body_gy" in summary:
         lines.append(f"  MAE against the case's own dose (body): {summary['mae_body_gy']:.2f} Gy")
     if "uncertainty" in summary:

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"the worker needs the 'serve' extra: pip install 'dosediffusion[serve]' ({error})") from None
     import torch
 
-    from dosediffusion.model.pipeline import default_device, load_pipeline
+    from dosediffusion.model.loading import load_pipeline
+    from dosediffusion.model.pipeline_base import default_device
     from dosediffusion.prediction.model_folder import resolve_model_folder
 
     device = str(default_device()) if args.device == "auto" else args.device

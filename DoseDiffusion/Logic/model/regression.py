@@ -8,14 +8,14 @@ times) with −1, and maps MedNeXt's single output through a sigmoid to the dose
 (``monai.networks.nets.MedNeXt`` with variant B's expansion ratios and block counts, kernel 3),
 imported when the model is built: ``pip install monai``.
 
-``RegressionPipeline`` has the pipeline folder format and the ``sample_channels`` /
-``__call__`` interface of :class:`~dosediffusion.model.pipeline.DoseDiffusionPipeline`, so
-``dosediffusion predict --model`` and evaluation run it alike (steps and seed do not matter).
+``RegressionPipeline`` is a :class:`~dosediffusion.model.pipeline_base.PipelineBase` like
+:class:`~dosediffusion.model.pipeline.DoseDiffusionPipeline` (the same folder format, ``sample_channels``
+and ``__call__``), so ``dosediffusion predict --model`` and evaluation run it alike (steps and seed do
+not matter; several candidates are refused).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,9 +26,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from dosediffusion import __version__
-from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import InputError
+from dosediffusion.model.case_prediction import Clock, Progress
+from dosediffusion.model.pipeline_base import PipelineBase, resolve_device_dtype
 
 VARIANT_B = {"encoder_expansion_ratio": (2, 3, 4, 4), "decoder_expansion_ratio": (4, 4, 3, 2),
              "bottleneck_expansion_ratio": 4, "blocks_down": (2, 2, 2, 2), "blocks_bottleneck": 2,
@@ -67,62 +68,43 @@ class MedNeXtRegressor(ModelMixin, ConfigMixin):
         return 2 * torch.sigmoid(self.net(x)[:, :, :d, :h, :w]) - 1
 
 
-class RegressionPipeline:
-    """MedNeXt + preprocessing, with the diffusion pipeline's interface."""
+class RegressionPipeline(PipelineBase):
+    """MedNeXt + preprocessing, with the diffusion pipeline's interface: one deterministic dose (steps
+    and seed do not matter; several candidates are refused)."""
+
+    components = {"model": {"MedNeXtRegressor"}}
 
     def __init__(self, model: MedNeXtRegressor, preprocessing: PrepareConfig, target: str = "dose"):
         self.model, self.preprocessing, self.target = model.eval(), preprocessing, target
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> RegressionPipeline:
+        """Load a pipeline folder (local only)."""
+        index, preprocessing = cls.read_folder(folder)
+        return cls(MedNeXtRegressor.from_pretrained(Path(folder) / "model", torch_dtype=torch_dtype), preprocessing,
+                   index.get("target", "dose"))
 
     def describe(self) -> dict:
         return {"model": "MedNeXtRegressor", "modalities": [*self.model.config.conditions, self.target],
                 "target": self.target, "parameters": int(sum(p.numel() for p in self.model.parameters())),
                 "preprocessing": self.preprocessing.to_dict(), "version": __version__}
 
-    def check_channels(self, channels: dict[str, np.ndarray]) -> None:
-        from dosediffusion.model.pipeline import check_condition_channels
-
-        check_condition_channels(channels, set(self.model.config.conditions), tuple(self.preprocessing.crop_shape))
+    def condition_modalities(self) -> set[str]:
+        return set(self.model.config.conditions)
 
     @torch.no_grad()
     def sample_channels(self, channels: dict[str, np.ndarray], steps: int = 1, seed: int = 0, num_candidates: int = 1,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                        progress: Callable[[float, str], None] | None = None, cancel: Callable[[], bool] | None = None,
-                        clock=None) -> np.ndarray:
+                        progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+                        clock: Clock | None = None) -> np.ndarray:
         """Condition channels → (num_candidates, D, H, W) dose channels (all equal: regression is deterministic)."""
         self.check_channels(channels)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device, dtype = resolve_device_dtype(device, dtype)
         self.model.to(device)
         x = self.model.stack({m: torch.from_numpy(np.asarray(c, np.float32))[None, None].to(device)
                               for m, c in channels.items()})
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = self.model(x).float().cpu().numpy()[:, 0]
         if progress is not None:
             progress(0.9, "regression done")
         return np.repeat(out, num_candidates, axis=0)
-
-    def __call__(self, case: Case, steps: int = 1, seed: int = 0, num_candidates: int = 1,
-                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, selection=None,
-                 scorecard=None, progress=None, cancel=None):
-        from dosediffusion.prediction.case_prediction import predict_case
-
-        def sample(channels, steps, seed, num_candidates, progress=None, cancel=None):
-            return self.sample_channels(channels, steps, seed, num_candidates, device, dtype, progress, cancel)
-
-        return predict_case(sample, case, self.preprocessing, steps, seed, 1, None, None, progress, cancel)
-
-    def save_pretrained(self, folder: str | Path) -> Path:
-        from dosediffusion.model.pipeline import write_pipeline_folder
-
-        return write_pipeline_folder(folder, {"_class_name": type(self).__name__, "_dosediffusion_version": __version__,
-                                              "model": type(self.model).__name__, "target": self.target},
-                                     self.preprocessing, {"model": self.model})
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> RegressionPipeline:
-        folder = Path(folder)
-        index = json.loads((folder / "model_index.json").read_text())
-        if index.get("model") != "MedNeXtRegressor":
-            raise InputError(f"model class {index.get('model')!r} is not MedNeXtRegressor", folder)
-        preprocessing = PrepareConfig.from_dict(json.loads((folder / "preprocessing.json").read_text()))
-        return cls(MedNeXtRegressor.from_pretrained(folder / "model", torch_dtype=torch_dtype), preprocessing,
-                   index.get("target", "dose"))

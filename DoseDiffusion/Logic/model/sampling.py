@@ -17,7 +17,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from dosediffusion.errors import Cancelled
 from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.flow_matching import to_velocity
-from dosediffusion.prediction.options import check_sampling_options
+from dosediffusion.model.limits import check_sampling_options
 
 
 def sigma_grid(scheduler: FlowMatchEulerDiscreteScheduler, steps: int,

@@ -11,5 +11,8 @@ so one rule decides each step:
 - :mod:`.predictors`: the model here (loaded once, on first use) or on a remote worker;
 - :mod:`.outputs`: the files of one prediction, written together into one folder.
 
-Structure roles are the readers' (:mod:`dosediffusion.roles`). The pipelines keep only sampling.
+Structure roles are the readers' (:mod:`dosediffusion.roles`). Below this layer, and never importing
+it, the model layer keeps the pipeline folder format (:mod:`dosediffusion.model.folder_format`), the
+sampling limits (:mod:`dosediffusion.model.limits`) and one case through a sampler
+(:mod:`dosediffusion.model.case_prediction`).
 """

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from dosediffusion.errors import InputError
+from dosediffusion.model.folder_format import MODEL_INDEX, read_model_index
 from dosediffusion.resources import resource_path
 
 #: The name that means the bundled demo model.
 DEMO = "demo"
-MODEL_INDEX = "model_index.json"
 
 
 def demo_model_folder() -> Path:
@@ -31,7 +30,8 @@ def resolve_model_folder(name: str | Path | None) -> Path:
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """What a pipeline folder holds, for the user: its class, the package version that wrote it, and
+    """What a pipeline folder holds, for the user: its class (one of
+    :data:`~dosediffusion.model.folder_format.PIPELINE_CLASSES`), the package version that wrote it, and
     whether it is the bundled demo model."""
 
     folder: Path
@@ -46,10 +46,6 @@ class ModelDescription:
 
 def describe_model_folder(folder: Path) -> ModelDescription:
     """The :class:`ModelDescription` of a folder that :func:`resolve_model_folder` accepted."""
-    try:
-        index = json.loads((folder / MODEL_INDEX).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"unreadable pipeline description ({error})", folder) from None
+    index = read_model_index(folder)
     demo = folder.resolve() == demo_model_folder().resolve()
-    return ModelDescription(folder, str(index.get("_class_name", "unknown pipeline")),
-                            str(index.get("_dosediffusion_version", "unknown")), demo)
+    return ModelDescription(folder, index["_class_name"], str(index.get("_dosediffusion_version", "unknown")), demo)

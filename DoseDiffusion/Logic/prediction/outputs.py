@@ -40,7 +40,7 @@ from dosediffusion.prediction.model_folder import ModelDescription
 from dosediffusion.prediction.scorecard import ScorecardChoice
 
 if TYPE_CHECKING:
-    from dosediffusion.prediction.case_prediction import DosePrediction
+    from dosediffusion.model.case_prediction import DosePrediction
 
 DVH_STEP_GY = 0.1
 #: The per-voxel uncertainty (Gy, CT grid), written with two or more candidates.

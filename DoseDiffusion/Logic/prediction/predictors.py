@@ -2,7 +2,7 @@
 case is refused before the model is loaded) or on a remote worker (``dosediffusion serve``).
 
 A predictor is called as ``predictor(case, steps=, seed=, num_candidates=, scorecard=, progress=,
-cancel=)`` and returns a :class:`~dosediffusion.prediction.case_prediction.DosePrediction`.
+cancel=)`` and returns a :class:`~dosediffusion.model.case_prediction.DosePrediction`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
+from dosediffusion.model.folder_format import check_pipeline_options
 from dosediffusion.prediction.model_folder import ModelDescription, describe_model_folder, resolve_model_folder
 from dosediffusion.prediction.options import check_device
 
 if TYPE_CHECKING:  # torch comes with it: imported when a prediction runs, not before
-    from dosediffusion.prediction.case_prediction import DosePrediction
+    from dosediffusion.model.case_prediction import DosePrediction
 
 
 class LocalPredictor:
@@ -37,13 +38,18 @@ class LocalPredictor:
     def load(self):
         """The loaded pipeline (loaded on the first call: torch and diffusers are imported then)."""
         if self._pipeline is None:
-            from dosediffusion.model.pipeline import load_pipeline
+            from dosediffusion.model.loading import load_pipeline
 
             self._pipeline = load_pipeline(self.folder)
         return self._pipeline
 
+    def check_options(self, num_candidates: int) -> None:
+        """Refuse, before the model is loaded, what its pipeline cannot do
+        (:func:`~dosediffusion.model.folder_format.check_pipeline_options`)."""
+        check_pipeline_options(self.description.kind, num_candidates)
+
     def __call__(self, case: Case, **options) -> DosePrediction:
-        from dosediffusion.model.pipeline import default_device
+        from dosediffusion.model.pipeline_base import default_device
 
         device = default_device() if self.device == "auto" else self.device
         return self.load()(case, device=device, **options)
@@ -74,6 +80,9 @@ class RemotePredictor:
 
     def load(self) -> None:
         """Nothing to load: the worker holds the model."""
+
+    def check_options(self, num_candidates: int) -> None:
+        """Nothing to check here: the worker refuses what its model cannot do."""
 
     def __call__(self, case: Case, **options) -> DosePrediction:
         from dosediffusion.remote.client import predict_remote

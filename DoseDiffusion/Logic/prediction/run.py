@@ -14,7 +14,7 @@ from dosediffusion.prediction.outputs import check_output_folder, write_predicti
 from dosediffusion.prediction.scorecard import AUTO, choose_scorecard
 
 if TYPE_CHECKING:
-    from dosediffusion.prediction.case_prediction import Progress
+    from dosediffusion.model.case_prediction import Progress
 
 
 def predict_to_folder(case: Case, predictor, out_dir: str | Path, scorecard: str | None = AUTO, *, steps: int = 10,
@@ -24,10 +24,11 @@ def predict_to_folder(case: Case, predictor, out_dir: str | Path, scorecard: str
     """Check ``case`` (:func:`~dosediffusion.prediction.checks.check_predictable`: what cannot be
     predicted is refused here, before the model is loaded) and its output folder, choose its scorecard
     (``scorecard``: ``auto``, ``none``, a name or a file), predict with ``predictor``
-    (:mod:`.predictors`; best of ``candidates`` by that scorecard) and write the files into
+    (:mod:`.predictors`; best of ``candidates`` by that scorecard, refused at once when its pipeline cannot) and write the files into
     ``out_dir``. ``status`` hears what happens in words (warnings, the scorecard and why, the model
     loading); errors name ``source`` (where the case was read from) when given. Returns the summary."""
     tell = status or (lambda message: None)
+    predictor.check_options(candidates)
     check_predictable(case, source)
     check_output_folder(out_dir, overwrite)
     choice = choose_scorecard(scorecard, case)

@@ -2,7 +2,7 @@
 
 The case is prepared here, only its condition channels travel (see :mod:`.wire`), and the
 candidates come back to be restored and selected here, through the same
-:func:`~dosediffusion.prediction.case_prediction.predict_case` as a local prediction: the same model and seed
+:func:`~dosediffusion.model.case_prediction.predict_case` as a local prediction: the same model and seed
 give the same numbers. A worker that does not answer (restarting, say) is tried again for ``reconnect_s``
 seconds (a time budget: a restart takes as long as loading the model), backoff doubling from ``backoff_s``
 up to :data:`MAX_BACKOFF_S`, and the wait is said through ``notice``; idempotent requests are retried on any
@@ -26,8 +26,8 @@ import numpy as np
 from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import Cancelled, InputError
+from dosediffusion.model.case_prediction import DosePrediction, Progress, predict_case
 from dosediffusion.model.selection import Selector
-from dosediffusion.prediction.case_prediction import DosePrediction, Progress, predict_case
 from dosediffusion.remote.wire import INSTANCE_HEADER, decode_result, encode_request
 
 

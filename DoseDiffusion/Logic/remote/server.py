@@ -44,8 +44,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from dosediffusion.errors import InputError
-from dosediffusion.model.pipeline import DoseDiffusionPipeline
-from dosediffusion.prediction.case_prediction import check_finite_result
+from dosediffusion.model.case_prediction import check_finite_result
+from dosediffusion.model.folder_format import check_pipeline_options
+from dosediffusion.model.pipeline_base import PipelineBase
 from dosediffusion.remote.connection_guard import ConnectionGuard, guarded_protocol
 from dosediffusion.remote.jobs import FINISHED, Job, JobQueue, QueueFull
 from dosediffusion.remote.logs import FLOOD, configure_worker_logs
@@ -85,12 +86,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_bytes: int | None = None,
+def create_app(pipeline: PipelineBase, token: str | None, max_request_bytes: int | None = None,
                device: str = "cuda", max_queued: int = 8, ttl_s: float = 3600.0,
                body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
-    """The worker app around ``pipeline`` (a :class:`DoseDiffusionPipeline` or anything with its
-    ``describe``/``check_channels``/``sample_channels``/``preprocessing``, such as the regression
-    comparator). ``token`` None turns authentication off (the caller checks it is allowed);
+    """The worker app around ``pipeline`` (a diffusion pipeline or the regression comparator; several
+    candidates from a regression are refused). ``token`` None turns authentication off (the caller checks it is allowed);
     ``max_request_bytes`` bounds a request body (default :func:`request_limit` of the model);
     ``device`` runs the model; at most ``max_queued`` jobs wait besides the running one; finished jobs
     are kept ``ttl_s`` seconds unless fetched."""
@@ -137,7 +137,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
              "target": info["target"], "modalities": [m for m in info["modalities"] if m != info["target"]],
              "crop_shape": list(crop), "pipeline": type(pipeline).__name__, "parameters": info["parameters"],
              "preprocessing": info["preprocessing"], "max_request_bytes": max_request_bytes,
-             "max_candidates": MAX_CANDIDATES, "request_dtypes": ["float16", "float32"]}
+             "max_candidates": MAX_CANDIDATES if pipeline.samples() else 1, "request_dtypes": ["float16", "float32"]}
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -171,6 +171,7 @@ def create_app(pipeline: DoseDiffusionPipeline, token: str | None, max_request_b
 
     def decode_and_check(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         channels, options = decode_request(body, crop, conditions)
+        check_pipeline_options(pipeline.kind(), options["num_candidates"])
         pipeline.check_channels(channels)
         return channels, options
 

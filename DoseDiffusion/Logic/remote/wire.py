@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from dosediffusion.errors import InputError
-from dosediffusion.prediction.options import MAX_CANDIDATES, MAX_STEPS
+from dosediffusion.model.limits import MAX_CANDIDATES, MAX_STEPS
 
 #: The response header that names the worker's instance: a new value means the worker restarted.
 INSTANCE_HEADER = "X-DoseDiffusion-Instance"

@@ -15,8 +15,8 @@ from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.errors import InputError
 from dosediffusion.metrics.uncertainty import candidate_std
+from dosediffusion.model.limits import check_sampling_options
 from dosediffusion.model.selection import Selector, resolve_selector
-from dosediffusion.prediction.options import check_sampling_options
 
 Progress = Callable[[float, str], None]
 #: ``sample(channels, steps, seed, num_candidates, progress=, cancel=)`` → candidate dose channels
@@ -27,7 +27,8 @@ Sampler = Callable[..., np.ndarray]
 @dataclass
 class DosePrediction:
     """A prediction: ``dose_gy`` (z, y, x) on the case's CT grid, the candidates it was chosen from
-    (with their selection scores), and what it cost (seconds per stage, peak memory in MiB)."""
+    (with their selection scores), what it cost (seconds per stage, peak memory in MiB), where it ran
+    (``device``, ``dtype``) and how (``steps`` and ``seed``; None for a model that does not sample)."""
 
     dose_gy: np.ndarray
     candidates_gy: list[np.ndarray]
@@ -38,8 +39,8 @@ class DosePrediction:
     memory_kind: str
     device: str
     dtype: str
-    steps: int
-    seed: int
+    steps: int | None
+    seed: int | None
     warnings: list[str] = field(default_factory=list)
 
     @property

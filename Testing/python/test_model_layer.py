@@ -1,0 +1,112 @@
+"""The model layer below the prediction layer: one pipeline base for the diffusion pipeline and the
+regression comparator (folder, loading, device and dtype, what each can do), and a one-way import graph."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_builders import tiny_pipeline, tiny_regression
+
+import dosediffusion
+from dosediffusion.cli.main import main
+from dosediffusion.errors import InputError
+from dosediffusion.model.loading import load_pipeline
+from dosediffusion.model.pipeline import DoseDiffusionPipeline
+from dosediffusion.model.regression import RegressionPipeline
+
+LOGIC = Path(dosediffusion.__file__).parent
+
+
+@pytest.fixture(scope="module")
+def regression_dir(tmp_path_factory) -> Path:
+    return tiny_regression(seed=3).save_pretrained(tmp_path_factory.mktemp("model") / "mednext")
+
+
+def test_both_pipelines_round_trip_through_one_loader(regression_dir, tmp_path):
+    diffusion_dir = tiny_pipeline(seed=2).save_pretrained(tmp_path / "dit")
+    assert isinstance(load_pipeline(diffusion_dir), DoseDiffusionPipeline)
+    loaded = load_pipeline(regression_dir)
+    assert isinstance(loaded, RegressionPipeline)
+    again = tiny_regression(seed=3)
+    for (name, a), (_, b) in zip(loaded.model.state_dict().items(), again.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    index = json.loads((regression_dir / "model_index.json").read_text())
+    assert (index["_class_name"], index["model"], index["target"]) == ("RegressionPipeline", "MedNeXtRegressor", "dose")
+
+
+def test_a_folder_is_loaded_only_by_its_own_class_and_components(regression_dir, tmp_path):
+    with pytest.raises(InputError, match="holds a RegressionPipeline, not a DoseDiffusionPipeline"):
+        DoseDiffusionPipeline.from_pretrained(regression_dir)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model_index.json").write_text(json.dumps({"_class_name": "os.system"}))
+    with pytest.raises(InputError, match="pipeline class 'os.system' is not one of"):
+        load_pipeline(bad)
+    (bad / "model_index.json").write_text(json.dumps({"_class_name": "RegressionPipeline", "model": "Evil"}))
+    with pytest.raises(InputError, match="model class 'Evil' is not one of"):
+        load_pipeline(bad)
+
+
+def test_a_regression_refuses_several_candidates_and_reports_what_it_did(regression_dir, phantom_dicom):
+    from dosediffusion.io.load import load_case
+
+    pipeline = load_pipeline(regression_dir)
+    case = load_case(phantom_dicom[0])
+    with pytest.raises(InputError, match="computes one deterministic dose"):
+        pipeline(case, num_candidates=4)
+    prediction = pipeline(case, steps=3, seed=9, device="cpu")
+    assert (prediction.steps, prediction.seed, prediction.device, prediction.dtype) == (None, None, "cpu", "float32")
+    assert prediction.dose_gy.shape == case.grid.shape and np.isfinite(prediction.dose_gy).all()
+
+
+def test_predict_with_a_regression_folder_refuses_candidates_before_loading(regression_dir, phantom_dicom, tmp_path,
+                                                                            capsys, monkeypatch):
+    import dosediffusion.model.loading as loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "o"
+    assert main(["predict", str(phantom_dicom[0]), "--model", str(regression_dir), "--candidates", "4",
+                 "--out", str(out), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "a RegressionPipeline computes one deterministic dose: 4 candidates need a diffusion pipeline" in err
+    assert not out.exists()
+
+
+def test_predict_with_a_regression_folder_writes_what_it_ran(regression_dir, phantom_dicom, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["predict", str(phantom_dicom[0]), "--model", str(regression_dir), "--out", str(out),
+                 "--no-report", "--scorecard", "none"]) == 0
+    summary = json.loads(next(out.glob("*/summary.json")).read_text())
+    assert (summary["steps"], summary["seed"], summary["device"], summary["dtype"]) == (None, None, "cpu", "float32")
+    assert "one deterministic pass on cpu" in capsys.readouterr().out
+
+
+def _imports(path: Path) -> set[str]:
+    """The dosediffusion modules ``path`` imports (at any depth of the file, lazily too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dosediffusion"):
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("dosediffusion")}
+    return names
+
+
+def test_the_model_layer_never_imports_the_prediction_layer_and_has_no_cycle():
+    graph = {f"dosediffusion.model.{p.stem}": _imports(p) for p in (LOGIC / "model").glob("*.py")}
+    upward = {m: sorted(i for i in imports if i.startswith("dosediffusion.prediction")) for m, imports in graph.items()}
+    assert not any(upward.values()), upward
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = [m for m in graph if reaches(m, m, {m})]
+    assert not cycles, cycles
