@@ -14,7 +14,7 @@ import sys
 from dosediffusion import __version__
 from dosediffusion.program import run_command
 
-COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict", "demo", "serve")
+COMMANDS = ("inspect", "dvh", "score", "evaluate", "predict", "export-dicom", "demo", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dosediffusion {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"dosediffusion.cli.{name}")
+        module = importlib.import_module(f"dosediffusion.cli.{name.replace('-', '_')}")  # export-dicom → export_dicom
         module.add_parser(subparsers).set_defaults(run=module.run)
     return parser
 

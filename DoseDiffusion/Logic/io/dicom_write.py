@@ -22,6 +22,8 @@ from dosediffusion.io.rtdose_write import write_rtdose
 
 _ROI_COLOURS = {"ptv": ["255", "0", "0"], "oar": ["0", "128", "255"], "body": ["0", "255", "0"], "other": ["255", "255", "0"]}
 _INTERPRETED = {"ptv": "PTV", "oar": "ORGAN", "body": "EXTERNAL", "other": ""}
+#: The source's own objects' UIDs (and its plan's SOP class) in ``Case.meta``, which written objects never reuse.
+_INSTANCE_UIDS = ("CTSeriesInstanceUID", "RTStructSOPInstanceUID", "RTPlanSOPInstanceUID", "RTPlanSOPClassUID")
 
 
 def _ds(number: float) -> str:
@@ -64,8 +66,9 @@ def write_ct_series(case: Case, folder: str | PathLike, meta: dict[str, str]) ->
 
 def write_rtstruct(case: Case, path: str | PathLike, meta: dict[str, str], ct_sop_uids: list[str]) -> Path:
     """The case's structures as CLOSED_PLANAR contours (``Structure.contours``, patient mm) on the
-    CT images ``ct_sop_uids``; its SOPInstanceUID is ``meta["RTStructSOPInstanceUID"]`` when given."""
-    missing = [name for name, s in case.structures.items() if not s.contours]
+    CT images ``ct_sop_uids``; its SOPInstanceUID is ``meta["RTStructSOPInstanceUID"]`` when given. An
+    empty structure (no voxel) is an ROI without contours, which reads back as the same empty structure."""
+    missing = [name for name, s in case.structures.items() if not s.contours and s.mask.any()]
     if missing:
         raise InputError(f"structures without contours cannot be written to RTSTRUCT: {', '.join(missing)}", path)
     ds = new_dataset(RT_STRUCTURE_SET, "RTSTRUCT", meta, generate_uid(), series_number=2, description="Structures",
@@ -100,8 +103,9 @@ def write_rtstruct(case: Case, path: str | PathLike, meta: dict[str, str], ct_so
         item = Dataset()
         item.ReferencedROINumber = number
         item.ROIDisplayColor = _ROI_COLOURS[structure.role]
-        item.ContourSequence = []
-        for points in structure.contours:
+        if structure.contours:  # an empty structure's item has no ContourSequence (Type 3)
+            item.ContourSequence = []
+        for points in structure.contours or ():
             contour = Dataset()
             contour.ContourGeometricType = "CLOSED_PLANAR"
             contour.NumberOfContourPoints = len(points)
@@ -200,15 +204,18 @@ def write_rtplan(case: Case, path: str | PathLike, meta: dict[str, str]) -> Path
     return save(ds, path)
 
 
-def write_case_dicom(case: Case, folder: str | PathLike) -> dict[str, Path | list[Path]]:
+def write_case_dicom(case: Case, folder: str | PathLike, *, replace: bool = False) -> dict[str, Path | list[Path]]:
     """Write CT, RTSTRUCT (if structures), RTPLAN (if beams) and RTDOSE (if dose) into ``folder``
-    (created; it must not exist yet). Returns the written paths by kind."""
+    (created; an existing one is an error, or with ``replace`` replaced whole once all is written).
+    The objects keep the case's patient, study and frame of reference; each is a new instance, so the
+    CT is a new series (a case read from DICOM keeps its source's UIDs in ``case.meta``: reusing them
+    would put two sets of slices in one series). Returns the written paths by kind."""
     folder = Path(folder)
-    if folder.exists():
+    if folder.exists() and not replace:
         raise InputError("output folder exists already", folder)
-    meta = ensure_identifiers(case.meta)
-    meta.setdefault("CTSeriesInstanceUID", generate_uid())
-    with atomic_folder(folder) as staging:
+    meta = ensure_identifiers({k: v for k, v in case.meta.items() if k not in _INSTANCE_UIDS})
+    meta["CTSeriesInstanceUID"] = generate_uid()
+    with atomic_folder(folder, replace=replace) as staging:
         ct = write_ct_series(case, staging, meta)
         written: dict[str, Path | list[Path]] = {"ct": [p for p, _ in ct]}
         if case.structures:
