@@ -66,7 +66,7 @@ def _linear_field(coef: torch.Tensor, const: float, shape: tuple[int, int, int])
     return field.float()
 
 
-def _beam_frame(source: np.ndarray, isocenter: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def beam_frame(source: np.ndarray, isocenter: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit beam axis (source → isocenter) and two unit vectors spanning the beam's-eye view."""
     axis = isocenter - source
     axis /= np.linalg.norm(axis)
@@ -112,7 +112,7 @@ def beam_plate(
         iso = np.asarray(iso, dtype=float)
         source = source_position(iso, gantry, couch, 1000.0, patient_position)
         sad = float(np.linalg.norm(iso - source))
-        axis, u, v = (torch.tensor(a, dtype=torch.float64, device=device) for a in _beam_frame(source, iso))
+        axis, u, v = (torch.tensor(a, dtype=torch.float64, device=device) for a in beam_frame(source, iso))
         src = torch.tensor(source, dtype=torch.float64, device=device)
         # the aperture: PTV points projected to the isocenter plane, on a pixel grid
         rel = ptv_points - src
