@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
-from dosediffusion_training.data.compact import SUFFIX, read_compact, write_compact
+from dosediffusion.io.compact import SUFFIX, read_compact, write_compact
 
 #: Default RAM budget of :class:`PreparedCases` (GiB, per process).
 RAM_CACHE_GIB = 4.0

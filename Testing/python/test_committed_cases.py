@@ -9,7 +9,7 @@ import pytest
 
 from dosediffusion.io.load import load_case
 from dosediffusion.metrics.dose_metrics import case_dvhs
-from dosediffusion_training.data.compact import read_compact
+from dosediffusion.io.compact import read_compact
 from dosediffusion_training.data.dataset import list_cases
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "synth"

@@ -10,7 +10,7 @@ import pytest
 from dosediffusion.errors import InputError
 from dosediffusion.io.dicom_case import read_dicom_case
 from dosediffusion.io.dicom_write import write_case_dicom
-from dosediffusion_training.data.compact import read_compact, write_compact
+from dosediffusion.io.compact import read_compact, write_compact
 from dosediffusion_training.synth.generate import engine_beams
 from dosediffusion_training.synth.phantom import make_phantom
 
@@ -109,3 +109,23 @@ def test_compact_round_trip_and_bad_files(tmp_path):
     (tmp_path / "bad.case.npz").write_bytes(b"garbage")
     with pytest.raises(InputError, match="not a readable compact case"):
         read_compact(tmp_path / "bad.case.npz")
+
+
+def test_every_command_reads_the_compact_format(tmp_path, capsys):
+    from dosediffusion.cli.main import main
+
+    case = make_phantom(4)
+    case.dose = np.full(case.grid.shape, 2.0, np.float32)
+    path = write_compact(case, tmp_path / "c.case.npz")
+    assert main(["inspect", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {n: s["role"] for n, s in summary["structures"].items()} == {n: s.role for n, s in case.structures.items()}
+    assert summary["grid"]["shape"] == list(case.grid.shape)
+    oar = next(n for n, s in case.structures.items() if s.role == "oar")
+    assert main(["inspect", str(path), "--json", "--role", f"{oar}=ignore"]) == 0
+    assert json.loads(capsys.readouterr().out)["structures"][oar]["role"] == "other"
+    assert main(["dvh", str(path)]) == 0
+    assert oar in capsys.readouterr().out
+    (tmp_path / "bad.case.npz").write_bytes(b"garbage")
+    assert main(["inspect", str(tmp_path / "bad.case.npz")]) == 2
+    assert "not a readable compact case" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from dosediffusion.io.load import load_case
 from dosediffusion.metrics.scorecard import PAIRED_ORGANS, load_template
 from dosediffusion.prediction.scorecard import choose_scorecard
 from dosediffusion_training import cli
-from dosediffusion_training.data.compact import read_compact
+from dosediffusion.io.compact import read_compact
 from dosediffusion_training.synth import generate as generate_module
 from dosediffusion_training.synth.phantom import SITES, make_phantom
 

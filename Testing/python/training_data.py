@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from dosediffusion_training.data.compact import write_compact
+from dosediffusion.io.compact import write_compact
 from dosediffusion_training.synth.phantom import make_phantom
 
 

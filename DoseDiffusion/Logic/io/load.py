@@ -3,6 +3,7 @@
 - a folder (or a list of files) of DICOM: CT series + optional RTSTRUCT, RTPLAN, RTDOSE;
 - a ``.json`` sidecar (NRRD/NIfTI volumes + structures, beams, prescription), or a folder holding
   exactly one ``case.json``;
+- the project's own compact ``NAME.case.npz`` (:mod:`dosediffusion.io.compact`);
 - a GDP-HMM challenge ``.npz``;
 - an OpenKBP challenge patient: its folder of sparse CSV files (``pt_N/``) or a compact ``pt_N.npz``.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
+from dosediffusion.io.compact import SUFFIX as COMPACT_SUFFIX
+from dosediffusion.io.compact import read_compact
 from dosediffusion.roles import RoleChoice
 
 
@@ -28,6 +31,8 @@ def load_case(path: str | Path, *, aliases: AliasTable | None = None, roles: Map
     if not path.exists():
         raise InputError("no such file or folder", path)
     suffixes = "".join(path.suffixes).lower()
+    if path.is_file() and suffixes.endswith(COMPACT_SUFFIX):
+        return read_compact(path, aliases=aliases, roles=roles)
     from dosediffusion.io.openkbp import is_openkbp_folder, is_openkbp_npz, read_openkbp_case
 
     if is_openkbp_folder(path) or (path.is_file() and suffixes.endswith(".npz") and is_openkbp_npz(path)):

@@ -1,4 +1,5 @@
-"""The compact training format: one case in one compressed ``.npz`` of plain arrays (no pickle).
+"""The project's compact case format (``NAME.case.npz``, what ``dosediffusion-train synth`` and the
+training caches write): one case in one compressed ``.npz`` of plain arrays (no pickle).
 
 Arrays: ``ct`` int16 HU (clipped to [−1024, 3071]); ``dose`` float32 Gy (absent without a dose);
 ``masks`` the structures' (n, z, y, x) masks bit-packed along x (``numpy.packbits``); ``meta`` a
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
+from dosediffusion.aliases import AliasTable
 from dosediffusion.case import Beam, Case, Prescription, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid
 from dosediffusion.io.atomic import atomic_write
+from dosediffusion.roles import RoleChoice, assign_roles
 
 FORMAT, VERSION = "dosediffusion-compact", 1
 SUFFIX = ".case.npz"
@@ -47,8 +51,10 @@ def write_compact(case: Case, path: str | PathLike) -> Path:
     return atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
-def read_compact(path: str | PathLike) -> Case:
-    """Read a case written by :func:`write_compact`."""
+def read_compact(path: str | PathLike, *, aliases: AliasTable | None = None,
+                 roles: Mapping[str, RoleChoice] | None = None) -> Case:
+    """Read a case written by :func:`write_compact`: its structures keep the roles it was written with,
+    unless the user's ``roles`` say otherwise (:func:`~dosediffusion.roles.assign_roles` with ``aliases``)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -68,5 +74,8 @@ def read_compact(path: str | PathLike) -> Case:
     beams = [Beam(**{**b, "isocenter_mm": tuple(b["isocenter_mm"]),
                      "control_point_gantry_deg": tuple(b["control_point_gantry_deg"])}) for b in meta["beams"]]
     rx = meta["prescription"]
+    warnings = list(meta["warnings"])
+    if roles:
+        warnings += assign_roles(structures, rx["levels_gy"], aliases, roles)
     return Case(meta["case_id"], grid, arrays["ct"].astype(np.float32), structures, beams,
-                Prescription(rx["levels_gy"], rx["fractions"]), arrays.get("dose"), meta["meta"], meta["warnings"])
+                Prescription(rx["levels_gy"], rx["fractions"]), arrays.get("dose"), meta["meta"], warnings)
