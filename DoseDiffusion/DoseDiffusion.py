@@ -17,7 +17,6 @@ import importlib.util
 import json
 import logging
 import os
-import queue
 import shutil
 import tempfile
 from pathlib import Path
@@ -436,7 +435,7 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ prediction in the background
 
     def onPredictButton(self) -> None:
-        """Build the case from the scene and start ``dosediffusion predict`` in a separate process; missing
+        """Build the case from the scene and have the Logic predict it in a background process; missing
         Python packages are installed first, in the background as well (after asking)."""
         from DoseDiffusionLib.widget_rules import prescription_arguments
 
@@ -463,43 +462,26 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             prescriptionGy, fractions = prescription_arguments(p.prescriptionGy, p.fractions)
             case = self.logic.caseFromScene(p.ctVolume, p.segmentation, p.plan, self.roleChoices(), prescriptionGy,
                                             fractions, p.referenceDose)
-            from dosediffusion.prediction.checks import check_predictable
-
-            check_predictable(case)  # what cannot be predicted is refused now, before a process starts
-            for warning in case.warnings:
-                logging.warning(f"DoseDiffusion: {warning}")
-            work = Path(tempfile.mkdtemp(prefix="DoseDiffusion-"))
-            from dosediffusion.io.volume_sidecar import write_sidecar_case
-
-            casePath = write_sidecar_case(case, work / "case")
             device = self.ui.deviceComboBox.currentText
-            command = dependencies.predict_command(
-                casePath, work / "out", self.logic.modelFolder(p.modelFolder), p.steps, p.candidates,
-                "auto" if device == "remote" else device, scorecard)
-            if device == "remote":
-                command += self._remoteArguments()
+            process = self.logic.startPrediction(case, p.modelFolder, p.steps, p.candidates, device, scorecard,
+                                                 remoteUrl=self.ui.remoteUrlLineEdit.text.strip() or None,
+                                                 tokenFile=self.ui.remoteTokenFileLineEdit.currentPath or None)
             # the results go to the CT, plan and prescription of now, whatever the selectors show when it ends
-            job = {"work": work, "casePath": casePath, "ctVolume": p.ctVolume, "segmentation": p.segmentation,
+            job = {"process": process, "ctVolume": p.ctVolume, "segmentation": p.segmentation,
                    "referenceDose": p.referenceDose, "plan": p.plan, "prescriptionGy": case.prescription.high_gy}
-            job["onSuccess"] = lambda: self.showResults(job)
-            self._startProcess(command, job, _("Starting..."))
+            job["onSuccess"] = lambda update: self.showResults(job, update.result)
+            self._watchProcess(job, _("Starting..."))
 
     def _installPackages(self, missing: list[str]) -> None:
-        """Install ``missing``: on Slicer 5.12+ through ``slicer.packaging`` (Slicer's constraints; it blocks
-        and asks again), else by a background pip constrained to every installed version; then predict."""
+        """Install ``missing`` (the Logic's :meth:`~DoseDiffusionLogic.installPackages`: in this process on
+        Slicer 5.12+, else in the background), then predict."""
         before = dependencies.installed_versions()
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-        if dependencies.uses_slicer_packaging((slicer.app.majorVersion, slicer.app.minorVersion), packaging):
-            packaging.pip_install(list(missing))
+        process = self.logic.installPackages(missing)
+        if process is None:
             self._afterInstall(before)
             return
-        constraints = Path(tempfile.mkdtemp(prefix="DoseDiffusion-pip-")) / "installed-constraints.txt"
-        dependencies.write_installed_constraints(constraints)
-        job = {"work": constraints.parent, "onSuccess": lambda: self._afterInstall(before)}
-        self._startProcess(dependencies.install_command(missing, constraints), job, _("Installing Python packages..."))
+        self._watchProcess({"process": process, "onSuccess": lambda update: self._afterInstall(before)},
+                           _("Installing Python packages..."))
 
     def _afterInstall(self, before: dict[str, str]) -> None:
         importlib.invalidate_caches()
@@ -510,24 +492,10 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.onPredictButton()
 
-    def _remoteArguments(self) -> list[str]:
-        url = self.ui.remoteUrlLineEdit.text.strip()
-        if not url:
-            raise ValueError(_("Enter the URL of the remote DoseDiffusion worker."))
-        tokenFile = self.ui.remoteTokenFileLineEdit.currentPath
-        return ["--remote", url] + (["--token-file", tokenFile] if tokenFile else [])
-
-    def _startProcess(self, command: list[str], job: dict[str, Any], status: str) -> None:
-        """Launch the process (Slicer's launchConsoleProcess: hidden console, output captured); a reader
-        thread queues its lines and a QTimer polls the queue and the process (the GUI stays responsive)."""
-        logging.info("DoseDiffusion: " + " ".join(command))
-        # PYTHONUTF8: the child's output is UTF-8 on every platform (Windows' console code page cannot print "→")
-        from DoseDiffusionLib.process_output import start_reader
-
-        process = slicer.util.launchConsoleProcess(command, updateEnvironment={"PYTHONUTF8": "1"})
-        lines: queue.Queue = queue.Queue()
-        reader = start_reader(process.stdout, lines.put)  # UTF-8 whatever the code page (process_output)
-        self._job = dict(job, process=process, lines=lines, reader=reader, log=[])
+    def _watchProcess(self, job: dict[str, Any], status: str) -> None:
+        """Follow the Logic's background process: a QTimer polls it (the GUI stays responsive) and
+        ``job["onSuccess"]`` runs with its last update when it ends with 0."""
+        self._job = job
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
         self.ui.logTextEdit.clear()
@@ -537,45 +505,37 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPollProcess(self) -> None:
         job = self._job
-        if job is None:
+        update = self.logic.pollProcess() if job is not None else None
+        if update is None:
             self._timer.stop()
             return
-        while True:
-            try:
-                line = job["lines"].get_nowait()
-            except queue.Empty:
-                break
-            event = dependencies.parse_progress_line(line)
-            if event is not None:
-                self.ui.progressBar.value = int(100 * event.fraction)
-                self.ui.statusLabel.text = event.message
-            elif line.strip():
-                job["log"].append(line.rstrip())
-                self.ui.logTextEdit.appendPlainText(line.rstrip())
-        if job["process"].poll() is None or job["reader"].is_alive():
+        for event in update.events:
+            self.ui.progressBar.value = int(100 * event.fraction)
+            self.ui.statusLabel.text = event.message
+        for line in update.lines:
+            self.ui.logTextEdit.appendPlainText(line)
+        if update.returncode is None:
             return
         self._timer.stop()
         self._job = None
-        returnCode = job["process"].returncode
         try:
-            if returnCode != 0:
-                details = "\n".join(job["log"][-30:])
-                slicer.util.errorDisplay(_("The background process failed (exit code {code}).").format(code=returnCode),
-                                         detailedText=details)
+            if update.returncode != 0:
+                slicer.util.errorDisplay(_("The background process failed (exit code {code}).").format(
+                    code=update.returncode), detailedText=update.tail)
                 self.ui.statusLabel.text = _("Failed")
                 return
             with slicer.util.tryWithErrorDisplay(_("Failed to continue after the background process."), waitCursor=True):
                 self.ui.statusLabel.text = _("Done")
-                job["onSuccess"]()
+                job["onSuccess"](update)
         finally:
-            if "work" in job:
-                shutil.rmtree(job["work"], ignore_errors=True)
+            self.logic.closeProcess(job["process"])  # its work folder (the results are in the scene now)
             if self._job is None:
                 self.ui.progressBar.hide()
             self._checkCanApply()
 
-    def showResults(self, job: dict[str, Any]) -> None:
-        folder = job["work"] / "out" / job["casePath"].parent.name
+    def showResults(self, job: dict[str, Any], folder: Path | None) -> None:
+        if folder is None:
+            raise RuntimeError("the background process ended without writing its prediction folder")
         doseNode, chart, table = self.logic.addPredictionFolder(folder, job["ctVolume"], job["prescriptionGy"],
                                                                 job["segmentation"], job["referenceDose"], job["plan"])
         if self._parameterNode:
@@ -591,17 +551,10 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             appLogic.PropagateTableSelection()
 
     def onCancelButton(self) -> None:
-        """Stop the prediction: its whole process tree (the launcher and the Python it started), then its
-        work folder, so that nothing keeps the GPU or writes afterwards."""
-        from DoseDiffusionLib.process_tree import terminate_process_tree
-
-        job, self._job = self._job, None
+        """Stop the background process: the Logic ends its whole process tree and removes its work folder."""
+        self._job = None
         self._timer.stop()
-        if job is not None:
-            terminate_process_tree(job["process"].pid)
-            job["process"].wait()
-            if "work" in job:
-                shutil.rmtree(job["work"], ignore_errors=True)
+        if self.logic is not None and self.logic.cancelProcess():
             self.ui.statusLabel.text = _("Cancelled")
             self.ui.progressBar.hide()
         self._checkCanApply()
@@ -633,13 +586,16 @@ class DoseDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
     """Everything the module computes, without Qt: usable from the Python console and batch scripts.
 
-    ``case = logic.caseFromScene(ct, segmentation)``; ``logic.predict(case, folder)``;
-    ``logic.addPredictionFolder(folder)`` → (dose node, DVH chart, scorecard table).
+    ``case = logic.caseFromScene(ct, segmentation)``; ``logic.predict(case, folder)`` (in this process), or
+    ``logic.startPrediction(case)`` and ``logic.pollProcess()`` until its ``returncode`` is set (a background
+    process; ``logic.cancelProcess()`` ends it); ``logic.addPredictionFolder(folder)`` → (dose node, DVH
+    chart, scorecard table).
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._predictors: dict = {}
+        self.backgroundProcess = None  # the running DoseDiffusionLib.process.BackgroundProcess, one at a time
 
     def getParameterNode(self):
         return DoseDiffusionParameterNode(super().getParameterNode())
@@ -685,6 +641,79 @@ class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
         return predict_to_folder(case, predictor, outFolder, scorecard, steps=steps, seed=seed, candidates=candidates,
                                  report=report, overwrite=overwrite, progress=progress, cancel=cancel,
                                  status=lambda message: logging.info(f"DoseDiffusion: {message}"))
+
+    def startPrediction(self, case, modelFolder: str | None = None, steps: int = 10, candidates: int = 1,
+                        device: str = "auto", scorecard: str | None = SCORECARD_AUTO, seed: int = 0,
+                        remoteUrl: str | None = None, tokenFile: str | None = None):
+        """Predict ``case`` in a background process (``DoseDiffusionLib.process.start_prediction``: the case is
+        checked first, and the child receives it whole, with its DICOM identifiers, so that its RTDOSE is on the
+        CT's study and frame of reference); ``device`` ``remote`` predicts on the worker at ``remoteUrl`` (its
+        token in ``tokenFile``). Returns the process; :meth:`pollProcess` follows it, :meth:`cancelProcess` ends
+        it, and once it has ended, :meth:`addPredictionFolder` shows the folder of its last update's ``result``
+        and :meth:`closeProcess` removes its work folder."""
+        from DoseDiffusionLib.process import start_prediction
+
+        self._checkIdle()
+        remote = device == "remote"
+        if remote and not remoteUrl:
+            raise ValueError("enter the URL of the remote DoseDiffusion worker")
+        for warning in case.warnings:
+            logging.warning(f"DoseDiffusion: {warning}")
+        self.backgroundProcess = start_prediction(case, self.modelFolder(modelFolder), steps, candidates,
+                                                  "auto" if remote else device, scorecard, seed,
+                                                  remoteUrl if remote else None, tokenFile if remote else None)
+        logging.info("DoseDiffusion: " + " ".join(self.backgroundProcess.command))
+        return self.backgroundProcess
+
+    def installPackages(self, requirements: list[str]):
+        """Install ``requirements`` into Slicer's Python: on Slicer 5.12+ through ``slicer.packaging`` (Slicer's
+        own constraints; it blocks, asks again, and None is returned), else by pip in a background process
+        constrained to every installed version (``DoseDiffusionLib.process.start_install``), which is returned
+        and followed as a prediction is."""
+        from DoseDiffusionLib.process import start_install
+
+        self._checkIdle()
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if dependencies.uses_slicer_packaging((slicer.app.majorVersion, slicer.app.minorVersion), packaging):
+            packaging.pip_install(list(requirements))
+            return None
+        self.backgroundProcess = start_install(requirements)
+        logging.info("DoseDiffusion: " + " ".join(self.backgroundProcess.command))
+        return self.backgroundProcess
+
+    def _checkIdle(self) -> None:
+        if self.backgroundProcess is not None:
+            raise RuntimeError("a background process is running: wait for it to end or cancel it")
+
+    def pollProcess(self):
+        """What the background process said since the last call (``DoseDiffusionLib.process.ProcessUpdate``:
+        progress events, log lines; once it has ended its ``returncode``, the last lines of its log and, for a
+        prediction that succeeded, the ``result`` folder); None when none runs. Once it has ended, another may
+        start; its work folder stays until :meth:`closeProcess`."""
+        process = self.backgroundProcess
+        if process is None:
+            return None
+        update = process.poll()
+        if update.returncode is not None:
+            self.backgroundProcess = None
+        return update
+
+    @staticmethod
+    def closeProcess(process) -> None:
+        """Remove an ended background process's work folder (its results taken)."""
+        process.close()
+
+    def cancelProcess(self) -> bool:
+        """End the background process with everything it started (the launcher and the Python it runs, so that
+        nothing keeps the GPU or writes afterwards) and remove its work folder; False when none runs."""
+        process, self.backgroundProcess = self.backgroundProcess, None
+        if process is None:
+            return False
+        process.cancel()
+        return True
 
     def addPredictionFolder(self, folder, referenceVolume=None, prescriptionGy: float | None = None, segmentation=None,
                             referenceDose=None, plan=None):

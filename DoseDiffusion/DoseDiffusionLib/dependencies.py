@@ -1,4 +1,4 @@
-"""Finding, installing and running the DoseDiffusion core from inside 3D Slicer.
+"""Finding and installing the DoseDiffusion core and its dependencies from inside 3D Slicer.
 
 - :func:`ensure_core_package`: ``import dosediffusion`` from the module's ``Logic/`` folder (the
   extension's install tree holds the core there, not as an installed distribution).
@@ -9,24 +9,20 @@
   never upgraded by a dependency; Slicer 5.10's pip has no ``skip_packages``); on Slicer 5.12 and
   newer, ``slicer.packaging.pip_install`` with Slicer's own constraints (:func:`uses_slicer_packaging`).
   :func:`restart_needed` names the imported packages an install changed. torch is never left to
-  pip's dependency resolution.
-- :func:`predict_command`, :func:`parse_progress_line`: the background ``dosediffusion predict``
-  process and its ``--progress-json`` lines.
+  pip's dependency resolution. :func:`python_executable`: Slicer's Python for child processes.
 
-Running this file as a script runs the core command line (``PythonSlicer dependencies.py predict
-...``), the same as the ``dosediffusion`` entry point of a pip install. Nothing here imports Qt at
-module level; ``slicer`` is imported only inside the functions that need the application.
+The background processes themselves (the install and the prediction) are :mod:`.process`'s. Nothing
+here imports Qt at module level; ``slicer`` is imported only inside the functions that need the
+application.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 #: ``DoseDiffusion/`` (the scripted module's folder: ``DoseDiffusion.py``, ``Logic/``, ``Resources/``).
@@ -35,7 +31,6 @@ LOGIC_DIR = MODULE_DIR / "Logic"
 REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
 #: Lowest torch release the core supports (pyproject's ``torch>=2.4``).
 TORCH_REQUIREMENT = ">=2.4"
-PROGRESS_PREFIX = "{"
 
 
 class DependencyError(RuntimeError):
@@ -200,55 +195,3 @@ def torch_status() -> str:
 def python_executable() -> str:
     """Slicer's Python interpreter (``PythonSlicer``) for child processes, else this interpreter."""
     return shutil.which("PythonSlicer") or sys.executable
-
-
-def predict_command(case_path: str | Path, out_dir: str | Path, model: str | Path = "demo", steps: int = 10,
-                    candidates: int = 1, device: str = "auto", scorecard: str | None = None, seed: int = 0,
-                    python: str | None = None) -> list[str]:
-    """The argument list of the background prediction: ``<python> dependencies.py predict CASE --out DIR ...``
-    with machine-readable progress (``--progress-json``) and no report image."""
-    args = [python or python_executable(), str(Path(__file__).resolve()), "predict", str(case_path),
-            "--model", str(model), "--out", str(out_dir), "--steps", str(int(steps)), "--candidates",
-            str(int(candidates)), "--seed", str(int(seed)), "--device", device, "--no-report", "--progress-json"]
-    if scorecard:
-        args += ["--scorecard", str(scorecard)]
-    return args
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One ``--progress-json`` line: ``fraction`` in [0, 1] of the case ``case``."""
-
-    case: str
-    fraction: float
-    message: str
-
-
-def parse_progress_line(line: str) -> ProgressEvent | None:
-    """The progress event in one output line of the prediction process, None for any other line."""
-    line = line.strip()
-    if not line.startswith(PROGRESS_PREFIX):
-        return None
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or doc.get("event") != "progress":
-        return None
-    try:
-        return ProgressEvent(str(doc.get("case", "")), min(max(float(doc["fraction"]), 0.0), 1.0),
-                             str(doc.get("message", "")))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The core's command line, with the core found as :func:`ensure_core_package` finds it."""
-    ensure_core_package()
-    from dosediffusion.cli.main import main as core_main
-
-    return core_main(list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -572,8 +572,8 @@ def add_dvh_chart(scene, curves_pred: Curves, curves_ref: Curves | None = None,
     vtkMRMLPlotSeriesNode per structure and source, predicted solid, reference dashed.
 
     ``curves_pred``/``curves_ref``: structure name → (dose in Gy, cumulative volume in %), as a
-    prediction folder's ``dvh.csv`` holds them; ``colors``: structure name → RGB in [0, 1] (e.g. the
-    segment colours). Returns the chart node.
+    prediction folder's DVH table holds them (``read_prediction(...).dvhs``); ``colors``: structure
+    name → RGB in [0, 1] (e.g. the segment colours). Returns the chart node.
     """
     axis, columns = dvh_columns(curves_pred, curves_ref)
     table_node = _prediction_node(scene, "vtkMRMLTableNode", f"{name} table")

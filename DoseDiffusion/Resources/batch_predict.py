@@ -101,8 +101,8 @@ def main(argv: list[str]) -> int:
 
     dependencies.ensure_core_package()
     from dosediffusion.aliases import AliasTable
-    from dosediffusion.prediction.model_folder import resolve_model_folder
     from dosediffusion.model.limits import check_sampling_options
+    from dosediffusion.prediction.model_folder import resolve_model_folder
     from dosediffusion.prediction.scorecard import check_scorecard_option
     from dosediffusion.roles import parse_roles
 

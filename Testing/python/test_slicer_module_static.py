@@ -273,14 +273,45 @@ def test_reload_and_test_reports_a_skip_as_a_skip():
 
 
 def test_background_processes_read_utf8_and_install_within_constraints():
-    assert "start_reader" in _called(_function(MODULE_FILE, "_startProcess", "DoseDiffusionWidget"))
-    install = _function(MODULE_FILE, "_installPackages", "DoseDiffusionWidget")
-    assert {"write_installed_constraints", "install_command", "uses_slicer_packaging", "pip_install"} <= _called(install)
+    process = LIB_DIR / "process.py"
+    assert "start_reader" in _called(_function(process, "__init__", "BackgroundProcess"))
+    assert {"write_installed_constraints", "install_command"} <= _called(_function(process, "start_install"))
+    install = _function(MODULE_FILE, "installPackages", "DoseDiffusionLogic")
+    assert {"start_install", "uses_slicer_packaging", "pip_install"} <= _called(install)
     assert "restart_needed" in _called(_function(MODULE_FILE, "_afterInstall", "DoseDiffusionWidget"))
     # psutil is optional in the process tree (Slicer 5.10 does not bundle it)
     tree = _function(LIB_DIR / "process_tree.py", "terminate_process_tree")
     assert any(isinstance(t, ast.Try) and any(ast.unparse(h.type) == "ImportError" for h in t.handlers)
                for t in ast.walk(tree))
+
+
+def test_the_background_process_is_the_logics():
+    """The widget starts, polls and cancels through the Logic; the process code is ``DoseDiffusionLib.process``'s
+    (not the widget's, not ``dependencies.py``'s), and the Logic hands it the whole case."""
+    widget = next(n for n in ast.parse(MODULE_FILE.read_text()).body
+                  if isinstance(n, ast.ClassDef) and n.name == "DoseDiffusionWidget")
+    process_calls = {"launchConsoleProcess", "start_reader", "terminate_process_tree", "predict_command",
+                     "parse_progress_line", "start_prediction", "start_install", "write_sidecar_case", "write_compact"}
+    assert not _called(widget) & process_calls
+    assert {"startPrediction", "pollProcess", "closeProcess"} <= _called(widget)
+    assert "cancelProcess" in _called(_function(MODULE_FILE, "onCancelButton", "DoseDiffusionWidget"))
+    assert "start_prediction" in _called(_function(MODULE_FILE, "startPrediction", "DoseDiffusionLogic"))
+    assert "cancel" in _called(_function(MODULE_FILE, "cancelProcess", "DoseDiffusionLogic"))
+    process = LIB_DIR / "process.py"
+    assert "launchConsoleProcess" in _called(_function(process, "launch_console_process"))
+    assert "terminate_process_tree" in _called(_function(process, "cancel", "BackgroundProcess"))
+    assert {"check_predictable", "write_compact", "predict_command"} <= _called(_function(process, "start_prediction"))
+    defined = {n.name for n in ast.parse((LIB_DIR / "dependencies.py").read_text()).body
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert not defined & {"predict_command", "parse_progress_line", "ProgressEvent", "main"}
+
+
+def test_the_slicer_layer_reads_the_prediction_folder_through_the_core():
+    """One set of file names, the core's: no prediction file is named in the Slicer layer."""
+    names = re.compile(r"(dose(_std)?\.nrrd|dvh\.csv|scorecard\.json|summary\.json|report\.png)")
+    for path in [MODULE_FILE, *LIB_DIR.glob("*.py")]:
+        assert not names.search(path.read_text()), path.name
+    assert "read_prediction" in _called(_function(LIB_DIR / "prediction_folder.py", "add_prediction_folder"))
 
 
 def test_help_text_says_what_it_does_with_prescriptions_unscorable_structures_and_segments_outside_the_dose():

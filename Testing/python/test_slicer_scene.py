@@ -1,12 +1,15 @@
 """The Slicer module's scene logic on a real MRML scene (the ``slicer-core`` wheel): scene → Case,
 prediction → RT dose volume with the right geometry, DVH chart, scorecard table, the SlicerRT plan
 adapter (fake plan objects with SlicerRT's method names) and its RTPLAN-file fallback, and the
-background process's command line and progress lines."""
+Logic's background process (``DoseDiffusionLib.process``): its command line, progress lines, the case
+it gives the child, failure and cancel."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ import vtk  # noqa: E402  (after the wheel, which provides it)
 MODULE_DIR = Path(__file__).resolve().parents[2] / "DoseDiffusion"
 sys.path.insert(0, str(MODULE_DIR))
 
-from DoseDiffusionLib import dependencies, plan_adapter, scene  # noqa: E402
+from DoseDiffusionLib import dependencies, plan_adapter, process, scene  # noqa: E402
 
 from dosediffusion.case import Beam, Case  # noqa: E402
 from dosediffusion.io.dicom_rtplan import read_rtplan  # noqa: E402
@@ -774,14 +777,21 @@ def test_case_from_scene_with_plan_and_dicom_identifiers(phantom):
 
 
 def test_progress_lines_and_command():
-    event = dependencies.parse_progress_line('{"event": "progress", "case": "c", "fraction": 0.55, "message": "step 5"}\n')
-    assert event == dependencies.ProgressEvent("c", 0.55, "step 5")
-    assert dependencies.parse_progress_line("cases:  10%|#   | 1/10") is None
-    assert dependencies.parse_progress_line("{not json") is None
-    command = dependencies.predict_command("case.json", "out", "/models/m", 4, 2, "cpu", "lung_60", python="py")
-    assert command[:3] == ["py", str(MODULE_DIR / "DoseDiffusionLib" / "dependencies.py"), "predict"]
+    event = process.parse_progress_line('{"event": "progress", "case": "c", "fraction": 0.55, "message": "step 5"}\n')
+    assert event == process.ProgressEvent("c", 0.55, "step 5")
+    assert process.parse_progress_line("cases:  10%|#   | 1/10") is None
+    assert process.parse_progress_line("{not json") is None
+    # stderr shares the pipe: a progress bar's text (no line end) comes before the JSON on its line
+    bar = 'case:  50%|#####     | 1/2 [00:01<00:01, step {1}]{"event": "progress", "case": "case", "fraction": 0.9}\n'
+    assert process.parse_progress_line(bar) == process.ProgressEvent("case", 0.9, "")
+    assert process.parse_progress_line('{"event": "progress", "case": "c", "fraction": 0.5} and more') is None
+    assert process.parse_progress_line('{"event": "log", "fraction": 0.5}') is None
+    command = process.predict_command("case.npz", "out", "/models/m", 4, 2, "cpu", "lung_60", python="py")
+    assert command[:3] == ["py", str(MODULE_DIR / "DoseDiffusionLib" / "process.py"), "predict"]
     assert command[command.index("--steps") + 1] == "4" and "--progress-json" in command
-    assert command[command.index("--scorecard") + 1] == "lung_60"
+    assert command[command.index("--scorecard") + 1] == "lung_60" and "--remote" not in command
+    remote = process.predict_command("case.npz", "out", remote="https://gpu:8443", token_file="t.txt", python="py")
+    assert remote[remote.index("--remote") + 1] == "https://gpu:8443" and remote[-2:] == ["--token-file", "t.txt"]
 
 
 def test_requirements_file_has_no_torch():
@@ -807,21 +817,102 @@ def test_core_package_is_found_from_the_logic_folder_without_an_install():
     assert Path(out.stdout.strip()) == MODULE_DIR / "Logic" / "__init__.py"
 
 
-def test_background_process_predicts_a_scene_case(predicted, tmp_path):
-    from dosediffusion.io.volume_sidecar import read_volume, write_sidecar_case
+def popen_launch(command, environment):
+    """What ``slicer.util.launchConsoleProcess`` does outside the application (the wheel has no startup
+    environment): stdout and stderr in one text pipe, ``environment`` added."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **environment})
 
-    _, _, _, scene_case, _ = predicted
+
+def test_the_background_process_predicts_the_scene_case_on_its_dicom_study(phantom, tmp_path):
+    """The Logic's background process (``DoseDiffusionLib.process``) receives the scene's case whole: the
+    child's RTDOSE is on the CT's patient, study and frame of reference and references its plan, and the
+    child's case has the scene's patient position and warnings; progress comes as events, in order."""
+    import pydicom
+
+    from dosediffusion.io.load import load_case
+
+    case, _ = phantom
+    mrml, ct, segmentation = scene_from_case(case)
+    dose_node = volume_node_for(mrml, case.dose, case.grid, "RTDOSE")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    sh.SetItemUID(sh_item(sh, ct), constants.GetDICOMInstanceUIDName(), "1.2.3.1 1.2.3.2")
+    plan_item = sh.CreateFolderItem(sh.GetSceneItemID(), "plan")
+    sh.SetItemUID(plan_item, constants.GetDICOMInstanceUIDName(), "1.2.3.99")
+    identifiers = {"0020,0052": "1.2.3.4.5", "0010,0020": "PAT1", "0020,000D": "1.2.3.7", "0018,5100": "HFS"}
+    database = FakeDicomDatabase({}, {("1.2.3.1", tag): value for tag, value in identifiers.items()})
+    plan = FakePlan([FakeBeam("G0", 0.0), FakeBeam("G180", 180.0)], iso_ras=(0.0, 0.0, 0.0), rx=60.0,
+                    scene=mrml, item=plan_item)
+    scene_case = scene.case_from_scene(ct, segmentation, plan, reference_dose_node=dose_node, dicom_database=database)
+    scene_case.warnings.append("a warning of the scene")
     model = tiny_pipeline(seed=3).save_pretrained(tmp_path / "model")
-    case_json = write_sidecar_case(scene_case, tmp_path / "case")
-    command = dependencies.predict_command(case_json, tmp_path / "out", model, steps=2, device="cpu",
-                                           python=sys.executable)
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    events = [e for e in map(dependencies.parse_progress_line, out.stdout.splitlines()) if e]
-    assert events and events[-1].fraction == 1.0 and all(e.case == "case" for e in events)
-    assert [e.fraction for e in events] == sorted(e.fraction for e in events)
-    dose, grid = read_volume(tmp_path / "out" / "case" / "dose.nrrd")
-    assert grid.same_as(scene_case.grid) and dose.max() > 0
+
+    started = process.start_prediction(scene_case, model, steps=2, device="cpu", scorecard="none",
+                                       python=sys.executable, launch=popen_launch)
+    try:
+        child_case = load_case(started.command[3])  # the case file the child reads
+        assert child_case.meta == scene_case.meta and child_case.patient_position == "HFS"
+        assert "a warning of the scene" in child_case.warnings
+        update = started.wait(300)
+        assert update.returncode == 0, update.tail
+        assert update.result == started.result and update.result.is_dir()
+        events = update.events
+        assert events and events[-1].fraction == 1.0
+        assert [e.fraction for e in events] == sorted(e.fraction for e in events)
+        rtdose = pydicom.dcmread(update.result / "RTDOSE.dcm", stop_before_pixels=True)
+        assert (rtdose.PatientID, rtdose.StudyInstanceUID, rtdose.FrameOfReferenceUID) == ("PAT1", "1.2.3.7", "1.2.3.4.5")
+        assert rtdose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == "1.2.3.99"
+        from dosediffusion.prediction.outputs import read_prediction
+
+        read = read_prediction(update.result)
+        assert read.grid.same_as(scene_case.grid) and read.dose_gy.max() > 0
+        assert "a warning of the scene" in read.summary["warnings"]
+    finally:
+        started.close()
+    assert not started.work.exists()
+
+
+def test_a_case_that_cannot_be_predicted_starts_no_process(phantom):
+    from dosediffusion.errors import InputError
+
+    case, _ = phantom
+    mrml, ct, segmentation = scene_from_case(case)
+    scene_case = scene.case_from_scene(ct, segmentation, roles={"PTV_60": RoleChoice("ignore")})
+    started = []
+    with pytest.raises(InputError):
+        process.start_prediction(scene_case, "demo", launch=lambda *args: started.append(args))
+    assert not started
+
+
+def test_a_failed_process_reports_its_code_and_last_lines(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    code = "import sys; [print('line', i) for i in range(40)]; sys.exit(3)"
+    failed = process.BackgroundProcess([sys.executable, "-c", code], work, work / "out", popen_launch)
+    update = failed.wait(60)
+    assert update.returncode == 3 and update.result is None
+    assert update.tail.splitlines() == [f"line {i}" for i in range(40 - process.TAIL_LINES, 40)]
+    assert failed.poll().lines == []  # everything was said once
+
+
+def test_cancel_ends_the_tree_and_removes_the_work_folder(tmp_path):
+    import psutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    code = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(120)']); print(child.pid, flush=True); time.sleep(120)")
+    running = process.BackgroundProcess([sys.executable, "-c", code], work, launch=popen_launch)
+    deadline = time.monotonic() + 30
+    lines = []
+    while not lines and time.monotonic() < deadline:
+        lines = running.poll().lines
+        time.sleep(0.05)
+    child = int(lines[0])
+    running.cancel()
+    assert running.process.returncode is not None and not work.exists()
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
 
 
 # ----------------------------------------------------------------------------- two patients (issue 29)

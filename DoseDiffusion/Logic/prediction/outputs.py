@@ -13,13 +13,15 @@ matplotlib; with the uncertainty drawn when there is a map); for a case read fro
 also ``<case id>.csv``, the dose in the challenge's submission format
 (:func:`~dosediffusion.io.openkbp.write_openkbp_dose_csv`). Everything is written into a staging
 folder first and moved into place only when complete, with ordinary permissions; an existing folder
-is replaced only when asked to.
+is replaced only when asked to. :func:`read_prediction` reads a folder back (the Slicer module shows
+what it holds); the file names are the ``*_FILE`` constants below, for writer and reader alike.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,14 +29,15 @@ import numpy as np
 
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
+from dosediffusion.geometry import Grid
 from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.io.openkbp import is_openkbp_case, write_openkbp_dose_csv
 from dosediffusion.io.output_place import check_output_place
 from dosediffusion.io.rtdose_write import write_rtdose
-from dosediffusion.io.volume_sidecar import write_volume
+from dosediffusion.io.volume_sidecar import read_volume, write_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, standard_metrics
 from dosediffusion.metrics.dvh import DVH
-from dosediffusion.metrics.scorecard import score_case
+from dosediffusion.metrics.scorecard import ScoreReport, score_case
 from dosediffusion.metrics.uncertainty import uncertainty_summary
 from dosediffusion.prediction.model_folder import ModelDescription
 from dosediffusion.prediction.scorecard import ScorecardChoice
@@ -43,8 +46,15 @@ if TYPE_CHECKING:
     from dosediffusion.model.case_prediction import DosePrediction
 
 DVH_STEP_GY = 0.1
+#: The files of a prediction folder (see the module's text for what each holds).
+RTDOSE_FILE = "RTDOSE.dcm"
+DOSE_FILE = "dose.nrrd"
 #: The per-voxel uncertainty (Gy, CT grid), written with two or more candidates.
 DOSE_STD_FILE = "dose_std.nrrd"
+DVH_FILE = "dvh.csv"
+SCORECARD_FILE = "scorecard.json"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.png"
 
 
 def write_dvh_csv(path: Path, curves: dict[str, dict[str, DVH]]) -> None:
@@ -114,8 +124,8 @@ def write_prediction(case: Case, prediction: DosePrediction, out_dir: str | Path
     template = scorecard.template if scorecard is not None else None
     with atomic_folder(out_dir, replace=overwrite) as staging:
         dose = prediction.dose_gy
-        write_rtdose(dose, case.grid, staging / "RTDOSE.dcm", case.meta)
-        write_volume(dose, case.grid, staging / "dose.nrrd", units="Gy")
+        write_rtdose(dose, case.grid, staging / RTDOSE_FILE, case.meta)
+        write_volume(dose, case.grid, staging / DOSE_FILE, units="Gy")
         if is_openkbp_case(case):
             write_openkbp_dose_csv(dose, case, staging / f"{case.case_id}.csv")
         std = prediction.dose_std_gy
@@ -123,17 +133,87 @@ def write_prediction(case: Case, prediction: DosePrediction, out_dir: str | Path
             write_volume(std, case.grid, staging / DOSE_STD_FILE, units="Gy")
         dvhs = case_dvhs(case, dose)
         dvhs_ref = case_dvhs(case) if case.dose is not None else None
-        write_dvh_csv(staging / "dvh.csv", {"predicted": dvhs, **({"case": dvhs_ref} if dvhs_ref else {})})
+        write_dvh_csv(staging / DVH_FILE, {"predicted": dvhs, **({"case": dvhs_ref} if dvhs_ref else {})})
         score = score_case(case, template, dose) if template else None
         score_ref = score_case(case, template) if template and case.dose is not None else None
         if score is not None:
             document = {"predicted": score.to_dict(), **({"case": score_ref.to_dict()} if score_ref else {})}
-            (staging / "scorecard.json").write_text(json.dumps(document, indent=2))
+            (staging / SCORECARD_FILE).write_text(json.dumps(document, indent=2))
         summary = _summary(case, prediction, dvhs, score, scorecard, model, std)
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2))
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         if report:
             from dosediffusion.report.case_report import plot_case_report
 
-            plot_case_report(staging / "report.png", case, dose, dvhs, dvhs_ref, score, score_ref, template, std_gy=std,
+            plot_case_report(staging / REPORT_FILE, case, dose, dvhs, dvhs_ref, score, score_ref, template, std_gy=std,
                              model=model)
     return summary
+
+
+@dataclass
+class PredictionFolder:
+    """What :func:`write_prediction` wrote, read back.
+
+    Attributes:
+        folder: the prediction folder.
+        dose_gy: the predicted dose, Gy, (z, y, x) on ``grid`` (the CT's).
+        grid: the dose's grid.
+        dose_std_gy: the per-voxel uncertainty, Gy, on ``grid``; None when the folder has none (one candidate).
+        dvhs: source (``predicted``, and ``case`` with the case's own dose) → structure → cumulative DVH
+            (dose in Gy, volume in %), as :func:`read_dvh_csv` reads them.
+        summary: ``summary.json`` as written (see :func:`write_prediction`).
+        score: the predicted dose's scorecard, None when no scorecard applied.
+        score_case: the case's own dose's scorecard, None without one.
+    """
+
+    folder: Path
+    dose_gy: np.ndarray
+    grid: Grid
+    dose_std_gy: np.ndarray | None
+    dvhs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    summary: dict
+    score: ScoreReport | None = None
+    score_case: ScoreReport | None = None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"unreadable {path.name} ({error}); predict into this folder again", path) from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path.name} is not a JSON object; predict into this folder again", path)
+    return document
+
+
+def read_prediction(folder: str | Path) -> PredictionFolder:
+    """The prediction folder ``folder`` (what :func:`write_prediction` wrote) as a :class:`PredictionFolder`.
+
+    Raises:
+        InputError: naming the file that is missing or unreadable (``summary.json``, ``dose.nrrd`` and
+            ``dvh.csv`` are required; ``dose_std.nrrd`` and ``scorecard.json`` are read when present), or
+            an uncertainty volume that is not on the dose's grid.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("no such prediction folder", folder)
+    for name in (SUMMARY_FILE, DOSE_FILE, DVH_FILE):
+        if not (folder / name).is_file():
+            raise InputError(f"not a complete prediction folder: {name} is missing; predict into it again", folder)
+    summary = _read_json(folder / SUMMARY_FILE)
+    dose, grid = read_volume(folder / DOSE_FILE)
+    std = None
+    if (folder / DOSE_STD_FILE).is_file():
+        std, std_grid = read_volume(folder / DOSE_STD_FILE)
+        if not std_grid.same_as(grid):
+            raise InputError(f"the uncertainty is not on the dose's grid ({std_grid.shape} vs {grid.shape})",
+                             folder / DOSE_STD_FILE)
+    score = score_ref = None
+    if (folder / SCORECARD_FILE).is_file():
+        document = _read_json(folder / SCORECARD_FILE)
+        try:
+            score = ScoreReport.from_dict(document["predicted"])
+            score_ref = ScoreReport.from_dict(document["case"]) if "case" in document else None
+        except (KeyError, TypeError, InputError) as error:
+            raise InputError(f"unreadable {SCORECARD_FILE} ({error})", folder / SCORECARD_FILE) from None
+    return PredictionFolder(folder, dose.astype(np.float32, copy=False), grid, std, read_dvh_csv(folder / DVH_FILE),
+                            summary, score, score_ref)
