@@ -6,7 +6,7 @@
 #   2. train_speed.py --full: training steps of stages A and C (checkpointing on; C also with its candidates
 #      one at a time), peak memory against the memory planner;
 #   3. gamma_speed.py --device cuda: the gamma index on the GPU.
-# `--tiny` runs the same steps with the tiny configurations on the CPU (the test suite does, so that the
+# `--tiny` runs the same steps with the tiny configurations (and a 17×64×64 crop) on the CPU (the test suite does, so that the
 # script cannot rot). JSON results go to $OUT when it is set (the device tool brings them back), else to
 # Testing/benchmarks/results/.
 set -euo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 out="${OUT:-Testing/benchmarks/results}"
 mkdir -p "$out"
 if [ "${1:-}" = "--tiny" ]; then
-  python Testing/benchmarks/model_speed.py --config tiny --device cpu --steps 1 --out "$out/gpu_check_model_tiny_cpu.json"
+  python Testing/benchmarks/model_speed.py --config tiny --device cpu --steps 1 --crop 17 64 64 --out "$out/gpu_check_model_tiny_cpu.json"
   python Testing/benchmarks/train_speed.py --steps 1 --out "$out/gpu_check_train_tiny_cpu.json"
   python Testing/benchmarks/gamma_speed.py --quick --repeats 1 --out "$out/gpu_check_gamma_cpu.json"
 else

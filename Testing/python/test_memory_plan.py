@@ -109,5 +109,7 @@ def test_the_gpu_check_runs_on_the_cpu_with_tiny_configurations(tmp_path):
     train = json.loads((tmp_path / "gpu_check_train_tiny_cpu.json").read_text())
     assert [(r["stage"], r["candidate_micro_batch"]) for r in train["rows"]] == [("A", 0), ("C", 0), ("C", 1)] and all(r["planned_gib"] > 0 for r in train["rows"])
     model = json.loads((tmp_path / "gpu_check_model_tiny_cpu.json").read_text())
-    assert model["tokens"] == 12600 and model["full_size_dit_parameters"] > 1.1e9
+    assert model["crop"] == [17, 64, 64] and model["tokens"] == 7 * 5 * 4 * 4  # latents 5 × 8 × 8, (1, 2, 2) patches
+    assert 1.1e9 < model["full_size_dit_parameters"] < 1.5e9  # Wan 2.1 1.3B's DiT, counted on the meta device
+    assert all(row[f"{stage}_s"] > 0 for row in model["rows"] for stage in ("prepare", "encode", "sample", "decode"))
     assert json.loads((tmp_path / "gpu_check_gamma_cpu.json").read_text())
