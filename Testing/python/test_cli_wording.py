@@ -3,6 +3,7 @@ evaluate's figures that cannot be computed and its gamma criteria, inspect's pre
 the case can be predicted, predict's progress count and help, the units in dose.nrrd."""
 
 import argparse
+import json
 
 import SimpleITK as sitk
 
@@ -69,6 +70,16 @@ def test_no_progress_line_shows_a_step_label_with_the_previous_count(capsys):
     renders = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert any("1/2" in line and "step 1 of 2" in line for line in renders)
     assert not any("0/2" in line and "step 1 of 2" in line for line in renders)
+
+
+def test_progress_json_gives_only_its_lines_and_no_bar(capsys):
+    bar = _ProgressBar(argparse.Namespace(steps=2, progress_json=True), "case")
+    bar(0.5, "step 1 of 2")
+    bar.close()
+    captured = capsys.readouterr()
+    assert [json.loads(line) for line in captured.out.splitlines()] == [
+        {"event": "progress", "case": "case", "fraction": 0.5, "message": "step 1 of 2"}]
+    assert bar.bar is None and captured.err == ""
 
 
 def test_predict_help_says_the_model_defaults_to_the_demo():

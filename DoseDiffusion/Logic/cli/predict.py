@@ -99,16 +99,17 @@ def _predictor(args: argparse.Namespace) -> LocalPredictor | RemotePredictor:
 
 
 class _ProgressBar:
-    """A tqdm bar over the steps, opened at the first progress report (after the status lines), that
-    also prints ``--progress-json`` lines."""
+    """A tqdm bar over the steps, opened at the first progress report (after the status lines); with
+    ``--progress-json``, JSON lines instead."""
 
     def __init__(self, args: argparse.Namespace, name: str):
         self.args, self.name, self.bar = args, name, None
 
     def __call__(self, fraction: float, message: str) -> None:
-        if getattr(self.args, "progress_json", False):
+        if getattr(self.args, "progress_json", False):  # for a program (the Slicer module): the lines, no bar
             print(json.dumps({"event": "progress", "case": self.name, "fraction": round(float(fraction), 4),
                               "message": message}), flush=True)
+            return
         if self.bar is None:
             self.bar = tqdm(total=self.args.steps, desc=self.name, unit="step", leave=False)
         self.bar.n = round(self.args.steps * min(max((fraction - 0.1) / 0.8, 0.0), 1.0))  # int() lags a step
