@@ -32,7 +32,9 @@ merged into plain weights, written as a pipeline folder.
 ``dosediffusion-train evaluate --model DIR [--model DIR ...] --data DIR [--split-file F --split test]
 --out DIR [--candidates N]``: per-case and aggregated metrics with paired tests
 (:mod:`dosediffusion_training.evaluation`); with N ≥ 2 the best of N candidates, and the per-voxel
-uncertainty's mean and its correlation with the error.
+uncertainty's mean and its correlation with the error. ``--config RUN.yaml`` instead of ``--data``: the
+run's held-out cases (``data.held_out``, e.g. OpenKBP ``validation/`` beside a synthetic ``test`` split;
+:mod:`dosediffusion_training.data.sources`).
 """
 
 from __future__ import annotations
@@ -102,8 +104,8 @@ def _cache_latents(args: argparse.Namespace) -> int:
 
     config = RunConfig.from_yaml(args.config)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    done = build_latent_cache(config, build_codec(config), training_cases(config), args.out, args.shard_gib,
-                              args.batch_size, device)
+    paths = training_cases(config)  # bad data sources before the codec is built
+    done = build_latent_cache(config, build_codec(config), paths, args.out, args.shard_gib, args.batch_size, device)
     print(f"{args.out}: {done['cases']} cases ({done['encoded']} encoded now) in {done['shards']} shards, "
           f"{done['bytes'] / 2**30:.2f} GiB")
     return 0
@@ -147,13 +149,33 @@ def model_label(spec: str) -> tuple[str, str]:
     return (path.parent.name if path.name == "pipeline" and path.parent.name else path.name) or spec, spec
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from dosediffusion.prediction.options import check_sampling_options
+def evaluation_cases(args: argparse.Namespace) -> list[Path]:
+    """The cases ``evaluate`` scores: ``--data`` (``--split`` of ``--split-file``, default test), or the
+    held-out cases of the run configuration ``--config``."""
     from dosediffusion_training.data.dataset import list_cases
+    from dosediffusion_training.data.sources import held_out_cases
+    from dosediffusion_training.training.config import RunConfig
+
+    if args.data is not None:
+        if args.split and not args.split_file:
+            raise InputError("--split names a part of a --split-file; give the split file, or leave out --split")
+        return list_cases(args.data, args.split_file, (args.split or "test") if args.split_file else None)
+    if args.split_file or args.split:
+        raise InputError("--split-file and --split go with --data; with --config the run's data.held_out "
+                         "names the held-out cases")
+    paths = held_out_cases(RunConfig.from_yaml(args.config).data)
+    if not paths:
+        raise InputError("the run has no held-out cases: give it data.held_out (or a split_file with val and test)",
+                         args.config)
+    return paths
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dosediffusion.model.limits import check_sampling_options
     from dosediffusion_training.evaluation import evaluate_model, write_report
 
     check_sampling_options(args.steps, args.candidates)
-    paths = list_cases(args.data, args.split_file, args.split if args.split_file else None)[: args.max_cases]
+    paths = evaluation_cases(args)[: args.max_cases]
     models = dict(model_label(m) for m in args.model)
     if len(models) < len(args.model):
         raise InputError("two --model entries have the same name: give them names as NAME=DIR")
@@ -198,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser("evaluate", help="evaluate models on held-out cases (CSV, JSON, markdown)")
     evaluate.add_argument("--model", action="append", required=True,
                           help="[NAME=]pipeline folder, or 'demo' (repeatable; the first is the reference of the paired tests)")
-    evaluate.add_argument("--data", required=True, help="folder of cases")
-    evaluate.add_argument("--split-file", help="split JSON (see 'split')")
-    evaluate.add_argument("--split", default="test")
+    cases = evaluate.add_mutually_exclusive_group(required=True)
+    cases.add_argument("--data", help="folder of cases")
+    cases.add_argument("--config", help="run configuration: evaluate on its held-out cases (data.held_out)")
+    evaluate.add_argument("--split-file", help="split JSON (see 'split'), with --data")
+    evaluate.add_argument("--split", help="part of the split file, with --data (default test)")
     evaluate.add_argument("--out", required=True, help="folder for cases.csv, summary.json, table.md")
     evaluate.add_argument("--steps", type=int, default=10)
     evaluate.add_argument("--seed", type=int, default=0)

@@ -124,7 +124,7 @@ def build_latent_cache(config: RunConfig, codec: PatchCodec | WanVAECodec, paths
     ``{"cases", "encoded", "shards", "bytes"}``."""
     check_latent_model(config)
     if not paths:
-        raise InputError("no training cases", config.data.get("folder"))
+        raise InputError("no training cases to encode")
     codec.check_shape(tuple(config.preprocessing.crop_shape))
     if shard_gib <= 0 or batch_size < 1:
         raise InputError(f"the shard size ({shard_gib} GiB) must be positive and the batch size ({batch_size}) at least 1")

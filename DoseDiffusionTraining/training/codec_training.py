@@ -18,7 +18,7 @@ VAE's ``latents_mean`` / ``latents_std``, so :class:`~dosediffusion.model.codecs
 DiT latents of mean 0 and deviation 1. Written: ``DIR/vae`` (a diffusers folder; a run uses it as
 ``codec: {type: wan_vae, path: DIR/vae}`` and saves it into its pipeline folder), ``DIR/loss.jsonl``
 and ``DIR/reconstruction.json``: the mean absolute reconstruction error per modality on the held-out
-cases (``val`` and ``test`` of the split file; the training cases without one), in channel units
+cases (``data.held_out``, or ``val`` and ``test`` of the split file; the training cases without either), in channel units
 (the [−1, 1] range) and, for the dose, in Gy over the crop and inside the PTVs (``dose_ptv_gy``: the
 floor under any model's PTV error in this latent space). It trains on the GPU when there is one.
 """
@@ -39,7 +39,8 @@ from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.model.codecs import WAN_CHUNK, WanVAECodec
-from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, list_cases, load_any
+from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, load_any
+from dosediffusion_training.data.sources import run_cases
 from dosediffusion_training.training.config import check_data, read_mapping
 
 #: ``AutoencoderKLWan`` settings a codec configuration may give (channels are fixed at 1).
@@ -191,14 +192,10 @@ def fit_codec(config: CodecConfig, out: str | Path) -> Path:
     if out.exists():
         raise InputError("the codec's output folder exists already; choose another --out", out)
     settings = config.train
-    split = config.data.get("split_file")
-    train_paths = list_cases(config.data["folder"], split, "train" if split else None)
-    held_out = ([p for part in ("val", "test") for p in list_cases(config.data["folder"], split, part)]
-                if split else train_paths)
+    train_paths, held_out = run_cases(config.data)
+    scored = held_out or train_paths
     dataset = PreparedCases(train_paths, config.preprocessing, config.data.get("cache_dir"),
                             config.data.get("ram_cache_gib", RAM_CACHE_GIB))
-    if len(dataset) == 0:
-        raise InputError("no training cases", config.data["folder"])
     torch.manual_seed(settings.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vae = new_vae(config.vae).to(device).train()
@@ -223,10 +220,10 @@ def fit_codec(config: CodecConfig, out: str | Path) -> Path:
     mean, std = latent_statistics(vae, dataset)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     codec = WanVAECodec(vae)
-    errors = reconstruction_mae(codec, held_out, config.preprocessing)
+    errors = reconstruction_mae(codec, scored, config.preprocessing)
     with atomic_folder(out) as staging:
         vae.save_pretrained(staging / "vae")
         (staging / "loss.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         (staging / "reconstruction.json").write_text(json.dumps(
-            {"cases": len(held_out), "held_out": bool(split), "mae": errors}, indent=2))
+            {"cases": len(scored), "held_out": bool(held_out), "mae": errors}, indent=2))
     return out / "vae"

@@ -1,10 +1,12 @@
 """A training run's configuration, read from YAML (``DoseDiffusionTraining/configs/*.yaml``).
 
-Sections: ``data`` (``folder``, optional ``split_file``, optional ``cache_dir`` for the compact cache
-of DICOM / GDP-HMM cases; ``ram_cache_gib``, the prepared cases kept in memory per process, default
-4, 0 for none; ``latent_cache``, a folder written by ``dosediffusion-train cache-latents`` from
-which stages A and B of the diffusion model read their latents instead of preparing and encoding
-cases, :mod:`dosediffusion_training.data.latent_cache`; stage C reads prepared cases regardless),
+Sections: ``data`` (``folder`` with an optional ``split_file``, or ``sources``, a list of folders each
+with an optional split, and ``held_out`` likewise: :mod:`dosediffusion_training.data.sources`; optional
+``cache_dir`` for the compact cache of DICOM / GDP-HMM / OpenKBP cases; ``ram_cache_gib``, the
+prepared cases kept in memory per process, default 4, 0 for none; ``latent_cache``, a folder written
+by ``dosediffusion-train cache-latents`` from which stages A and B of the diffusion model read their
+latents instead of preparing and encoding cases, :mod:`dosediffusion_training.data.latent_cache`;
+stage C reads prepared cases regardless),
 ``preprocessing`` (a PrepareConfig), ``codec``
 (``{type: patch, factors: [fz, fy, fx]}`` or ``{type: wan_vae, path: DIR}``), ``model`` (an
 Any2AnyDiT config; ``size`` names one of :data:`dosediffusion.model.configs.CONFIGS` to start
@@ -24,9 +26,10 @@ import yaml
 
 from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import InputError
+from dosediffusion_training.data.sources import read_sources
 
 #: The keys of the ``data`` section.
-DATA_KEYS = {"folder", "split_file", "cache_dir", "ram_cache_gib", "latent_cache"}
+DATA_KEYS = {"folder", "split_file", "sources", "held_out", "cache_dir", "ram_cache_gib", "latent_cache"}
 
 
 def read_mapping(path: str | Path, what: str) -> dict:
@@ -41,11 +44,13 @@ def read_mapping(path: str | Path, what: str) -> dict:
 
 
 def check_data(data, path: str | Path) -> None:
-    """Raise unless ``data`` is a ``data`` section: a mapping with a folder and only :data:`DATA_KEYS`."""
+    """Raise unless ``data`` is a ``data`` section: a mapping with a folder or sources
+    (:func:`~dosediffusion_training.data.sources.read_sources`) and only :data:`DATA_KEYS`."""
     data = data if isinstance(data, dict) else {}
-    if "folder" not in data or set(data) - DATA_KEYS:
-        raise InputError(f"data needs a folder; its keys are {sorted(DATA_KEYS)}, unknown: "
+    if not {"folder", "sources"} & set(data) or set(data) - DATA_KEYS:
+        raise InputError(f"data needs a folder or sources; its keys are {sorted(DATA_KEYS)}, unknown: "
                          f"{sorted(set(data) - DATA_KEYS)}", path)
+    read_sources(data, path)
 
 
 @dataclass

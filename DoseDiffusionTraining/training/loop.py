@@ -38,7 +38,8 @@ from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, shi
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion.model.regression import MedNeXtRegressor, RegressionPipeline
 from dosediffusion.model.wan_loading import any2any_from_wan
-from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate, list_cases
+from dosediffusion_training.data import sources
+from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate
 from dosediffusion_training.data.latent_cache import LatentBatch, LatentCases, check_latent_model, open_latent_cache
 from dosediffusion_training.training.config import RunConfig
 from dosediffusion_training.training.guards import (
@@ -65,9 +66,8 @@ def build_codec(config: RunConfig) -> PatchCodec | WanVAECodec:
 
 
 def training_cases(config: RunConfig) -> list[Path]:
-    """The run's training case paths: ``data.folder``, or the ``train`` part of ``data.split_file``."""
-    split = config.data.get("split_file")
-    return list_cases(config.data["folder"], split, "train" if split else None)
+    """The run's training case paths (:func:`dosediffusion_training.data.sources.training_cases`)."""
+    return sources.training_cases(config.data)
 
 
 def build_pipeline(config: RunConfig) -> DoseDiffusionPipeline | RegressionPipeline:
@@ -218,6 +218,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     """Train as ``config`` says into ``out``; returns the pipeline folder."""
     out = Path(out)
     settings = config.train
+    paths = training_cases(config)  # bad data sources before anything is written or built
     # modalities absent from a batch (and, in stage A, the dropped conditions) leave parameters unused
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     trackers = "tensorboard" if settings.tensorboard and importlib.util.find_spec("tensorboard") else None
@@ -229,15 +230,12 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         check_fits(config, torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30)
     torch.manual_seed(settings.seed)
     pipeline = build_pipeline(config)
-    paths = training_cases(config)
     if config.data.get("latent_cache"):  # the diffusion model on cached latents: nothing prepared or encoded
         check_latent_model(config)  # before pipeline.codec: the regression pipeline has none
         dataset = open_latent_cache(config, pipeline.codec, paths)
     else:
         dataset = PreparedCases(paths, config.preprocessing, config.data.get("cache_dir"),
                                 config.data.get("ram_cache_gib", RAM_CACHE_GIB))
-    if len(dataset) == 0:
-        raise InputError("no training cases", config.data["folder"])
     if settings.gradient_checkpointing and isinstance(pipeline.model, Any2AnyDiT):
         pipeline.model.enable_gradient_checkpointing()
     model = pipeline.model.train()

@@ -351,6 +351,7 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     if settings.stage != "C":
         raise InputError(f"train_scardnft runs stage C, the configuration says stage {settings.stage!r}")
     check_scorecard_option(settings.scorecard)
+    paths = training_cases(config)  # bad data sources before anything is written or built
     if torch.cuda.is_available():
         check_fits(config, torch.cuda.get_device_properties(0).total_memory / 2**30)
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -360,10 +361,8 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     pipeline = build_pipeline(config)
     if not isinstance(pipeline, DoseDiffusionPipeline):
         raise InputError("stage C post-trains the diffusion model; the configuration builds another kind")
-    dataset = ScoredCases(training_cases(config), config.preprocessing, config.data.get("cache_dir"),
+    dataset = ScoredCases(paths, config.preprocessing, config.data.get("cache_dir"),
                           config.data.get("ram_cache_gib", RAM_CACHE_GIB))
-    if len(dataset) == 0:
-        raise InputError("no training cases", config.data["folder"])
     unwrapped = pipeline.model
     if settings.gradient_checkpointing:
         unwrapped.enable_gradient_checkpointing()
