@@ -10,6 +10,7 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import pytest
 from peers import slicer_bundled_python
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +28,7 @@ OLDEST_PYTHON = (3, 10)
 SLICER_5_10 = {"python": "3.12", "pydicom": "2.4.4", "numpy": "2.0.2", "scipy": "1.13.1"}
 
 
+@pytest.mark.peers
 def test_the_core_tests_pass_with_slicers_python_and_packages():
     python = slicer_bundled_python()
     code = ("import sys, pydicom, numpy, scipy; print('%d.%d' % sys.version_info[:2], pydicom.__version__, "

@@ -20,7 +20,10 @@ def dciodvfy_errors(path) -> list[str]:
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error") or "Assertion" in line]
 
 
-needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) not installed")
+def needs_dciodvfy(test):
+    """Mark ``test`` as needing dciodvfy (Debian dicom3tools, which Testing/install_test_deps.sh installs)."""
+    missing = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) not installed")
+    return pytest.mark.peers(missing(test))
 
 
 @needs_dciodvfy
@@ -94,6 +97,7 @@ def test_failing_write_leaves_nothing(tmp_path):
     assert not (tmp_path / "neg.dcm").exists()
 
 
+@pytest.mark.peers
 @pytest.mark.skipif(shutil.which("plastimatch") is None, reason="plastimatch (Debian) not installed")
 def test_a_folder_written_by_plastimatch(tmp_path, capsys):
     grid = Grid((40, 64, 64), (2.5, 2.5, 2.5), (-80.0, -80.0, -50.0))

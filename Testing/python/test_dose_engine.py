@@ -21,6 +21,8 @@ import pytest
 from dosediffusion.errors import InputError
 from dosediffusion_training.synth import engine
 
+pytestmark = pytest.mark.peers  # a helper environment: see pyproject's markers
+
 SPACING = (5.0, 5.0, 5.0)  # x, y, z mm
 SHAPE = (30, 38, 42)  # z, y, x
 ANISOTROPIC_SPACING = (5.0, 4.5, 6.0)

@@ -105,6 +105,7 @@ def test_grids_must_match():
 
 # local 2 %/2 mm is left out: on this noisy volume pymedphys' shell sampling finds 0.6 pp fewer passes than our
 # lattice (and a finer lattice of ours finds still more), so the two differ by sampling, not by definition
+@pytest.mark.peers
 @pytest.mark.parametrize("dose_percent, dta_mm, local", [(3.0, 3.0, False), (2.0, 2.0, False), (3.0, 3.0, True)])
 def test_pass_rate_matches_pymedphys(dose_percent, dta_mm, local):
     pymedphys = pytest.importorskip("pymedphys", reason="pymedphys is installed by Testing/install_test_deps.sh")

@@ -52,6 +52,8 @@ from dosediffusion.io.rtdose_write import write_rtdose
 from dosediffusion.metrics.dose_metrics import case_dvhs, standard_metrics
 from dosediffusion.metrics.dvh import trilinear
 
+pytestmark = pytest.mark.peers  # a helper environment: see pyproject's markers
+
 RX_GY = 70.0
 TOLERANCE_GY = 0.005 * RX_GY  # 0.5 % of the prescription
 FINE = 4  # dicompyler's dose grid: this many points per CT voxel in plane

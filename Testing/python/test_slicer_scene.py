@@ -19,6 +19,7 @@ from model_builders import tiny_pipeline
 from phantoms import make_phantom_case
 
 slicer = pytest.importorskip("slicer")
+pytestmark = pytest.mark.peers  # a helper environment: see pyproject's markers
 import vtk  # noqa: E402  (after the wheel, which provides it)
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "DoseDiffusion"

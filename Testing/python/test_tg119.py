@@ -8,6 +8,8 @@ import pytest
 from dosediffusion.errors import InputError
 from dosediffusion_training.synth.tg119 import RX_GY, tg119_case
 
+pytestmark = pytest.mark.peers  # a helper environment: see pyproject's markers
+
 
 def test_tg119_phantom_and_setups():
     case = tg119_case("TG119 5 fields")
