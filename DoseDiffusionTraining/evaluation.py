@@ -34,6 +34,7 @@ from dosediffusion.metrics.uncertainty import candidate_std, std_error_correlati
 from dosediffusion.prediction.checks import check_predictable
 from dosediffusion.prediction.predictors import LocalPredictor
 from dosediffusion.prediction.scorecard import choose_scorecard
+from dosediffusion.roles import high_ptv
 from dosediffusion_training.data.dataset import load_any
 
 COLUMNS = ("mae_body_gy", "gdp_hmm_mae_gy", "score_pred", "score_ref", "score_diff", "psnr_db", "ssim", "seconds")
@@ -44,10 +45,10 @@ UNCERTAINTY_COLUMNS = ("std_mean_body_gy", "std_error_pearson", "std_error_spear
 def case_metrics(case, pred: np.ndarray, template: dict) -> dict:
     """The evaluation columns of ``pred`` (Gy) against ``case.dose``."""
     body = case.body.mask
-    ptvs = sorted((s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()), key=lambda s: -s.prescription_gy)
+    high = high_ptv(case)
     pred_score, ref_score = score_case(case, template, pred).total, score_case(case, template).total
     return {"case": case.case_id, "mae_body_gy": float(np.abs(pred - case.dose)[body].mean()),
-            "gdp_hmm_mae_gy": gdp_hmm_mae(pred, case.dose, body, ptvs[0].mask, ptvs[0].prescription_gy) if ptvs else None,
+            "gdp_hmm_mae_gy": gdp_hmm_mae(pred, case.dose, body, high.mask, high.prescription_gy) if high else None,
             "score_pred": pred_score, "score_ref": ref_score, "score_diff": pred_score - ref_score,
             "psnr_db": psnr(pred, case.dose, body), "ssim": ssim3d(pred, case.dose, body)}
 

@@ -1,7 +1,8 @@
 """DoseDiffusion core: radiotherapy dose prediction without Slicer.
 
 The package holds the clinical core (the :class:`~dosediffusion.case.Case` model, DICOM RT and
-other formats in and out), and later the metrics, conditioning and model code. It never imports
+other formats in and out), the dose metrics and scorecards, the conditioning, the model and the
+prediction layer, the reports, the command line and the remote worker. It never imports
 ``slicer``, ``qt`` or ``ctk``.
 """
 

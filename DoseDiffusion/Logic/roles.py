@@ -9,6 +9,10 @@ A user's role is one of :data:`USER_ROLES`: ``ptv`` (with its prescription in Gy
 name or a single plan level gives it), ``oar``, ``body``, or ``ignore`` (kept in the case as
 ``other``: it gets a DVH, the model does not use it). Nothing is dropped: a structure without a
 role stays in the case as ``other`` and is reported.
+
+The high PTV (:func:`high_ptv`) and the PTV of each prescription level (:func:`ptv_at_level`) are
+chosen here for every caller: the evaluation's normalisation, the scorecards' ``ptv_level`` entries
+and the report's views.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dosediffusion.aliases import AliasTable, RoleMatch, default_table, dose_from_name, normalise
-from dosediffusion.case import Prescription
+from dosediffusion.case import Case, Prescription, Structure
 from dosediffusion.errors import InputError
 
 USER_ROLES: tuple[str, ...] = ("ptv", "oar", "body", "ignore")
@@ -151,3 +155,23 @@ def case_prescription(plan: Prescription, structures: Mapping) -> Prescription:
         return plan
     return Prescription([s.prescription_gy for s in structures.values() if s.role == "ptv" and s.prescription_gy],
                         plan.fractions)
+
+
+def ptv_at_level(case: Case, level: int) -> Structure | None:
+    """The PTV of the case's ``level``-th highest distinct prescription (1: the high PTV) among its
+    non-empty PTVs with a prescription; of several at that dose the largest (most voxels), the first
+    in the case's order when they are as large. None when the case has fewer levels."""
+    if level < 1:
+        raise InputError(f"PTV levels count from 1 (the highest prescription), got {level}")
+    ptvs = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()]
+    levels = sorted({s.prescription_gy for s in ptvs}, reverse=True)
+    if len(levels) < level:
+        return None
+    at_level = [s for s in ptvs if s.prescription_gy == levels[level - 1]]
+    return max(at_level, key=lambda s: int(s.mask.sum()))
+
+
+def high_ptv(case: Case) -> Structure | None:
+    """The high PTV: the non-empty PTV with the highest prescription (:func:`ptv_at_level` 1), None when
+    no non-empty PTV has a prescription."""
+    return ptv_at_level(case, 1)

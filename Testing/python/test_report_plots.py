@@ -145,7 +145,7 @@ def test_scorecard_table_holds_the_report(reports, tmp_path):
             assert cell_colour(figure, i + 1, 4) == RESULT_COLOURS["not evaluable"]
         else:
             assert row[2] == f"{entry.value:.2f} {entry.unit}" and row[3] == f"{entry.score:.2f} / {entry.max_score:g}"
-            assert row[4] == plots.result_text(entry)
+            assert row[4] == entry.verdict
     assert body[0][1] == "D95% ≥ 95 %Rx" and body[0][2].endswith("%Rx")  # what was measured, with its goal
     assert total == ["Total", "", "", f"{report.total:.2f} / {report.max_total:g}", ""]
     assert "not evaluable" in figure.axes[0].get_title()

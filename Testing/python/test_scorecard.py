@@ -11,7 +11,19 @@ from dosediffusion.cli.main import main
 from dosediffusion.errors import InputError
 from dosediffusion.io.load import load_case
 from dosediffusion.io.volume_sidecar import write_sidecar_case
-from dosediffusion.metrics.scorecard import load_template, score_case
+from dosediffusion.metrics.dvh import compute_dvh
+from dosediffusion.metrics.dvh_metric import parse_dvh_metric
+from dosediffusion.metrics.scorecard import (
+    SCORECARD_DIR,
+    EntryResult,
+    entry_metric,
+    find_structure,
+    limit_excess,
+    load_template,
+    output_unit,
+    score_case,
+    shipped_templates,
+)
 from dosediffusion.resources import resource_path
 
 
@@ -168,3 +180,59 @@ def test_the_automatic_choice_warns_when_the_template_does_not_fit():
 
     reason = choose_scorecard("auto", load_case(DEMO)).reason
     assert "template 60 Gy in 30 fractions, case 66/59/53 Gy in 33 fractions: does not fit (warning:" in reason
+
+
+def test_the_shipped_templates_are_the_scorecard_files_not_the_schema(capsys):
+    files = sorted(p.stem for p in resource_path(SCORECARD_DIR).glob("*.json"))
+    assert "scorecard.schema" in files and shipped_templates() == [f for f in files if f != "scorecard.schema"]
+    with pytest.raises(InputError, match="no shipped scorecard 'lung_61'; shipped: " + ", ".join(shipped_templates())):
+        load_template("lung_61")
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"a shipped template ({', '.join(shipped_templates())})" in help_text
+
+
+@pytest.mark.parametrize(("limit", "value", "excess"), [
+    ({"max": 50}, 52.5, 2.5), ({"max": 50}, 50.0, 0.0), ({"max": 50, "hard": True}, 10.0, 0.0),
+    ({"min": 95}, 93.0, 2.0), ({"min": 95}, 95.0, 0.0), ({"min": 95, "max": 107}, 110.0, 3.0),
+    ({"min": 95, "max": 107}, 90.0, 5.0), ({"min": 95, "max": 107}, 100.0, 0.0),
+])
+def test_a_limit_s_excess_is_how_far_the_value_lies_beyond_it(limit, value, excess):
+    assert limit_excess(limit, value) == pytest.approx(excess)
+
+
+def test_an_entry_passes_exactly_when_its_limit_has_no_excess(flat_case):
+    template = load_template("lung_60")
+    report = score_case(flat_case, template)
+    for entry, result in zip(template["entries"], report.entries, strict=True):
+        if result.score is None or "limit" not in entry:
+            assert result.passed is None
+        else:
+            assert result.passed == (limit_excess(entry["limit"], result.value) == 0.0)
+            assert result.hard == bool(entry["limit"].get("hard"))
+    assert {r.passed for r in report.entries if r.score is not None} >= {True, False}
+
+
+@pytest.mark.parametrize(("score", "passed", "hard", "verdict"), [
+    (None, None, True, "not evaluable"), (1.0, None, False, ""), (1.0, True, True, "pass"),
+    (0.0, False, False, "fail"), (0.0, False, True, "FAIL (hard)"),
+])
+def test_the_verdict_of_an_entry(score, passed, hard, verdict):
+    assert EntryResult("S", "MaxDose", None if score is None else 1.0, "Gy", score, 1.0, passed, hard).verdict == verdict
+
+
+@pytest.mark.parametrize("name", ["head_neck_sib_70_63_56", "lung_60", "prostate_78"])
+def test_scorecards_measure_and_name_through_the_dvh_metric_parser(flat_case, name):
+    template = load_template(name)
+    for entry, result in zip(template["entries"], score_case(flat_case, template).entries, strict=True):
+        metric = parse_dvh_metric(result.label)
+        assert metric == entry_metric(entry)  # the label names exactly what was measured
+        structure = find_structure(flat_case, entry["structure"])
+        if structure is None:
+            continue
+        dvh = compute_dvh(flat_case.dose, flat_case.grid, structure)
+        unit = output_unit(entry)
+        value = metric.value(dvh, structure.prescription_gy, unit if metric.is_dose else "Gy")
+        assert result.value == pytest.approx(value, abs=1e-4) and result.unit == unit
+    assert entry_metric({"metric": "MaxDose"}).label == "D0.03cc"  # a scorecard's maximum is the near-maximum

@@ -20,7 +20,13 @@ import numpy as np
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.errors import InputError
 from dosediffusion.io.dose_file import add_dose_on_ct_grid_argument, read_dose_file
-from dosediffusion.metrics.dose_metrics import case_dvhs, homogeneity_index, paddick_conformity_index, standard_metrics
+from dosediffusion.metrics.dose_metrics import (
+    STANDARD_METRICS,
+    case_dvhs,
+    homogeneity_index,
+    paddick_conformity_index,
+    standard_metrics,
+)
 from dosediffusion.metrics.dvh import DVH
 from dosediffusion.report.plots import check_plot_path, plot_dvhs
 
@@ -100,11 +106,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{'structure':<20} {'role':<6} {'cc':>9} {'mean':>7} {'min':>7} {'max':>7} {'D98':>7} {'D95':>7} {'D50':>7} "
-          f"{'D2':>7} {'D0.03cc':>8}   (Gy)")
+    print(f"{'structure':<20} {'role':<6} {'cc':>9}" + "".join(f" {m.label:>7}" for m in STANDARD_METRICS.values())
+          + "   (Gy)")
     for name, m in report["structures"].items():
-        print(f"{name:<20} {m['role']:<6} {m['volume_cc']:>9.2f} {m['mean_gy']:>7.2f} {m['min_gy']:>7.2f} {m['max_gy']:>7.2f} "
-              f"{m['d98_gy']:>7.2f} {m['d95_gy']:>7.2f} {m['d50_gy']:>7.2f} {m['d2_gy']:>7.2f} {m['d0_03cc_gy']:>8.2f}")
+        print(f"{name:<20} {m['role']:<6} {m['volume_cc']:>9.2f}" + "".join(f" {m[key]:>7.2f}" for key in STANDARD_METRICS))
     for name, t in report["targets"].items():
         print(f"{name}: HI {t['homogeneity_index']:.3f}, Paddick CI {t['paddick_ci']:.3f} at {t['prescription_gy']:g} Gy")
     return 0

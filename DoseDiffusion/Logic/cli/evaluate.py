@@ -22,6 +22,7 @@ from dosediffusion.io.dose_file import add_dose_on_ct_grid_argument, read_dose_f
 from dosediffusion.metrics.dose_metrics import case_dvhs
 from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
 from dosediffusion.report.plots import check_plot_path, plot_dvhs, plot_scorecard
+from dosediffusion.roles import high_ptv
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,10 +55,10 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = No
     from dosediffusion.metrics.gamma import gamma_index
     from dosediffusion.metrics.openkbp import openkbp_scores
     body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
-    ptvs = sorted((s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()), key=lambda s: -s.prescription_gy)
+    high = high_ptv(case)
     result: dict = {"case_id": case.case_id}
-    if ptvs:
-        result["gdp_hmm_mae_gy"] = gdp_hmm_mae(pred, ref, body, ptvs[0].mask, ptvs[0].prescription_gy)
+    if high is not None:
+        result["gdp_hmm_mae_gy"] = gdp_hmm_mae(pred, ref, body, high.mask, high.prescription_gy)
     result.update(openkbp_scores(pred, ref, case))
     result["structure_mae_gy"] = {n: masked_mae(pred, ref, s.mask) for n, s in case.structures.items() if s.mask.any()}
     result["psnr_db"] = psnr(pred, ref, body)

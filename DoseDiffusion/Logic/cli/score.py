@@ -13,7 +13,14 @@ from pathlib import Path
 
 from dosediffusion.cli.case_arguments import add_case_arguments, read_case
 from dosediffusion.cli.dvh import add_dose_argument, add_plot_argument, chosen_dose, wrote
-from dosediffusion.metrics.scorecard import ScoreReport, check_scorable, load_template, score_case, template_fit
+from dosediffusion.metrics.scorecard import (
+    ScoreReport,
+    check_scorable,
+    load_template,
+    score_case,
+    shipped_templates,
+    template_fit,
+)
 from dosediffusion.report.plots import check_plot_path, plot_scorecard
 
 
@@ -21,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("score", help="score a dose with a clinical scorecard")
     parser.add_argument("path", help="DICOM RT folder, case JSON sidecar, or GDP-HMM .npz")
     parser.add_argument("--scorecard", required=True,
-                        help="a shipped template (head_neck_sib_70_63_56, lung_60, prostate_78) or a JSON file "
+                        help=f"a shipped template ({', '.join(shipped_templates())}) or a JSON file "
                              "(ours or ESAPI PlanScoreCard)")
     add_dose_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -62,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         if e.score is None:
             print(f"  {e.structure:<16} {e.measured:<24} not evaluable ({e.note})")
             continue
-        status = "" if e.passed is None else ("pass" if e.passed else ("FAIL (hard)" if e.hard else "fail"))
         print(f"  {e.structure:<16} {e.measured:<24} {e.value:>9.2f} {e.unit:<4} score {e.score:>5.2f}/{e.max_score:<4g} "
-              f"{status}")
+              f"{e.verdict}")
     return 0

@@ -1,6 +1,7 @@
 """Standard dose metrics per structure, and target indices.
 
-- ``structure_metrics``: volume (cc), mean/min/max, D98, D95, D50, D2, D0.03cc (Gy).
+- ``standard_metrics``: volume (cc), Dmean/Dmin/Dmax, D98%, D95%, D50%, D2%, D0.03cc (Gy), each named
+  as :func:`~dosediffusion.metrics.dvh_metric.parse_dvh_metric` reads it.
 - Homogeneity index (ICRU 83): HI = (D2 − D98) / D50.
 - Paddick conformity index: CI = TV_PIV² / (TV × PIV), TV the target volume, PIV the volume of the
   prescription isodose (body voxels receiving ≥ the prescription), TV_PIV their overlap (cc).
@@ -14,27 +15,25 @@ from dosediffusion.case import Case, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid
 from dosediffusion.metrics.dvh import DVH, compute_dvh
+from dosediffusion.metrics.dvh_metric import DvhMetric, parse_dvh_metric
 
-STANDARD_KEYS = ("volume_cc", "mean_gy", "min_gy", "max_gy", "d98_gy", "d95_gy", "d50_gy", "d2_gy", "d0_03cc_gy")
+#: The ``dvh`` report's dose metrics (Gy): JSON key → the DVH metric.
+STANDARD_METRICS: dict[str, DvhMetric] = {
+    key: parse_dvh_metric(name) for key, name in (
+        ("mean_gy", "Dmean"), ("min_gy", "Dmin"), ("max_gy", "Dmax"), ("d98_gy", "D98%"), ("d95_gy", "D95%"),
+        ("d50_gy", "D50%"), ("d2_gy", "D2%"), ("d0_03cc_gy", "D0.03cc"))
+}
+STANDARD_KEYS = ("volume_cc", *STANDARD_METRICS)
 
 
 def standard_metrics(dvh: DVH) -> dict[str, float]:
-    """The ``dvh --json`` numbers of one structure (keys :data:`STANDARD_KEYS`)."""
-    return {
-        "volume_cc": dvh.volume_cc,
-        "mean_gy": dvh.mean_gy,
-        "min_gy": dvh.min_gy,
-        "max_gy": dvh.max_gy,
-        "d98_gy": dvh.dose_at_volume_percent(98),
-        "d95_gy": dvh.dose_at_volume_percent(95),
-        "d50_gy": dvh.dose_at_volume_percent(50),
-        "d2_gy": dvh.dose_at_volume_percent(2),
-        "d0_03cc_gy": dvh.dose_at_volume_cc(0.03),
-    }
+    """The ``dvh --json`` numbers of one structure (keys :data:`STANDARD_KEYS`): its volume (cc) and the
+    :data:`STANDARD_METRICS` (Gy)."""
+    return {"volume_cc": dvh.volume_cc, **{key: metric.value(dvh) for key, metric in STANDARD_METRICS.items()}}
 
 
 def homogeneity_index(dvh: DVH) -> float:
-    """ICRU 83 homogeneity index (D2 − D98) / D50 of a target; 0 is perfectly homogeneous."""
+    """ICRU 83 homogeneity index (D2% − D98%) / D50% of a target; 0 is perfectly homogeneous."""
     d50 = dvh.dose_at_volume_percent(50)
     if d50 <= 0:
         raise InputError("homogeneity index needs a target with a positive median dose")

@@ -2,8 +2,9 @@
 
 A template (JSON, schema ``Resources/Scorecards/scorecard.schema.json``) lists entries:
 a structure (``{"name": "SpinalCord"}``, matched to the case through the alias table's canonical
-names, or ``{"ptv_level": 1}``, the PTV with the highest prescription; a paired organ such as
-``Lungs`` is the union of the case's left and right ones when the case has no combined structure), a metric
+names, or ``{"ptv_level": 1}``, the PTV with the highest prescription, as
+:func:`~dosediffusion.roles.ptv_at_level` chooses it; a paired organ such as ``Lungs`` is the union
+of the case's left and right ones when the case has no combined structure), a metric
 
 - ``DoseAtVolume`` (``volume`` in ``volume_unit`` % or cc) → dose,
 - ``VolumeAtDose`` (``dose`` in ``dose_unit`` Gy or %Rx) → volume in ``output_unit`` % or cc,
@@ -12,11 +13,15 @@ names, or ``{"ptv_level": 1}``, the PTV with the highest prescription; a paired 
 with doses reported in ``output_unit`` Gy or %Rx (% of that PTV's prescription, so PTV goals
 scale with the case's prescription), ``points`` [[x, score], ...] interpolated linearly and
 clamped at both ends, a ``weight`` (default 1), and an optional ``limit`` (``max``/``min``;
-``hard`` marks a constraint the plan must not break). Entries whose structure the case lacks are
-"not evaluable": listed, never scored as zero. Total = Σ weight · score over evaluable entries.
-Each result names what it measured: its ``label`` (``D95%``, ``D0.03cc``, ``V20Gy``, ``Dmean``) and its
-``goal`` (``≥ 95 %Rx``, ``≤ 50 Gy``, from the entry's limit). A template's optional ``fractions`` and its
-``prescription_gy`` are compared with the case's by :func:`template_fit`.
+``hard`` marks a constraint the plan must not break: :func:`limit_excess` says by how much a value
+breaks a limit, 0 when it meets it). Entries whose structure the case lacks are "not evaluable":
+listed, never scored as zero. Total = Σ weight · score over evaluable entries.
+Each result names what it measured: its ``label`` (``D95%``, ``D0.03cc``, ``V20Gy``, ``Dmean``: the
+:mod:`~dosediffusion.metrics.dvh_metric` name of :func:`entry_metric`), its ``goal`` (``≥ 95 %Rx``,
+``≤ 50 Gy``, from the entry's limit) and its :attr:`~EntryResult.verdict` (``pass``, ``fail``,
+``FAIL (hard)``). A template's optional ``fractions`` and its ``prescription_gy`` are compared with the
+case's by :func:`template_fit`; :func:`shipped_templates` names the templates shipped in
+``Resources/Scorecards``.
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ from dosediffusion.aliases import normalise
 from dosediffusion.case import Case, Structure
 from dosediffusion.errors import InputError
 from dosediffusion.metrics.dvh import DVH, compute_dvh
+from dosediffusion.metrics.dvh_metric import DvhMetric
 from dosediffusion.resources import resource_path
+from dosediffusion.roles import ptv_at_level
 
 SCORECARD_DIR = "Scorecards"
+SCHEMA_FILE = "scorecard.schema.json"
 _DOSE_METRICS = {"DoseAtVolume", "MeanDose", "MaxDose", "MinDose"}
 
 
@@ -58,6 +66,15 @@ class EntryResult:
     def measured(self) -> str:
         """What was measured and against what: ``D95% ≥ 95 %Rx`` (the metric kind for older reports)."""
         return " ".join(part for part in (self.label or self.metric, self.goal) if part)
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail``, ``FAIL (hard)`` (a broken hard limit), ``not evaluable``, or ``""`` without a limit."""
+        if self.score is None:
+            return "not evaluable"
+        if self.passed is None:
+            return ""
+        return "pass" if self.passed else ("FAIL (hard)" if self.hard else "fail")
 
 
 @dataclass
@@ -96,7 +113,7 @@ class ScoreReport:
 
 
 def _validator() -> Draft202012Validator:
-    schema = json.loads(resource_path(SCORECARD_DIR, "scorecard.schema.json").read_text())
+    schema = json.loads(resource_path(SCORECARD_DIR, SCHEMA_FILE).read_text())
     return Draft202012Validator(schema)
 
 
@@ -113,7 +130,7 @@ def validate_template(template: dict, source: str) -> dict:
         for key in needs:
             if key not in entry:
                 raise InputError(f"invalid scorecard at entries[{i}]: {metric} needs '{key}'", source)
-        unit = entry.get("output_unit", "Gy" if metric in _DOSE_METRICS else "%")
+        unit = output_unit(entry)
         if (metric in _DOSE_METRICS) != (unit in ("Gy", "%Rx")):
             raise InputError(f"invalid scorecard at entries[{i}].output_unit: {unit!r} does not fit {metric}", source)
         xs = [p[0] for p in entry["points"]]
@@ -122,14 +139,19 @@ def validate_template(template: dict, source: str) -> dict:
     return template
 
 
+def shipped_templates() -> list[str]:
+    """The names (file stems) of the templates shipped in ``Resources/Scorecards``, sorted; the schema is none."""
+    return sorted(p.stem for p in resource_path(SCORECARD_DIR).glob("*.json") if p.name != SCHEMA_FILE)
+
+
 def load_template(name_or_path: str | Path) -> dict:
-    """A shipped template by name (file stem in ``Resources/Scorecards``) or a template file."""
+    """A shipped template by name (one of :func:`shipped_templates`) or a template file (ours or ESAPI's);
+    a name without a file extension that is not shipped is refused, listing the shipped ones."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if str(name_or_path) in shipped_templates():
         path = resource_path(SCORECARD_DIR, f"{name_or_path}.json")
-        if not path.is_file():
-            shipped = sorted(p.stem for p in resource_path(SCORECARD_DIR).glob("*.json") if p.stem != "scorecard.schema")
-            raise InputError(f"no shipped scorecard {name_or_path!r}; shipped: {', '.join(shipped)}")
+    elif not path.suffix:
+        raise InputError(f"no shipped scorecard {name_or_path!r}; shipped: {', '.join(shipped_templates())}")
     try:
         template = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -149,12 +171,7 @@ PAIRED_ORGANS = {"Lungs": ("Lung_L", "Lung_R"), "Parotids": ("Parotid_L", "Parot
 def find_structure(case: Case, spec: dict) -> Structure | None:
     """The case's structure for an entry's ``structure`` spec, or None."""
     if "ptv_level" in spec:
-        ptvs = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()]
-        levels = sorted({s.prescription_gy for s in ptvs}, reverse=True)
-        if len(levels) < spec["ptv_level"]:
-            return None
-        wanted = levels[spec["ptv_level"] - 1]
-        return max((s for s in ptvs if s.prescription_gy == wanted), key=lambda s: s.mask.sum())
+        return ptv_at_level(case, spec["ptv_level"])
     found = _named_structure(case, spec["name"])
     if found is None and spec["name"] in PAIRED_ORGANS:
         sides = [s for s in (_named_structure(case, side) for side in PAIRED_ORGANS[spec["name"]]) if s is not None]
@@ -172,21 +189,43 @@ def _named_structure(case: Case, name: str) -> Structure | None:
     return None
 
 
-def metric_label(entry: dict) -> str:
-    """A template entry's metric with its point: ``D95%``, ``D2cc``, ``V20Gy``, ``V95%Rx``, ``Dmean``,
-    ``D0.03cc`` (MaxDose), ``Dmin``."""
+def entry_metric(entry: dict) -> DvhMetric:
+    """The DVH metric a template entry measures: ``DoseAtVolume`` → ``D95%`` / ``D2cc``, ``VolumeAtDose`` →
+    ``V20Gy`` / ``V95%Rx`` (``V20Gy[cc]`` with ``output_unit`` cc), ``MeanDose`` → ``Dmean``, ``MaxDose`` →
+    ``D0.03cc`` (the near-maximum), ``MinDose`` → ``Dmin``."""
     metric = entry["metric"]
     if metric == "DoseAtVolume":
-        return f"D{entry['volume']:g}{'%' if entry['volume_unit'] == '%' else 'cc'}"
+        return DvhMetric("D", float(entry["volume"]), "%" if entry["volume_unit"] == "%" else "cc")
     if metric == "VolumeAtDose":
-        return f"V{entry['dose']:g}{entry['dose_unit']}"
-    return {"MeanDose": "Dmean", "MaxDose": "D0.03cc", "MinDose": "Dmin"}.get(metric, metric)
+        return DvhMetric("V", float(entry["dose"]), entry["dose_unit"], "cc" if entry.get("output_unit") == "cc" else "%")
+    if metric == "MaxDose":
+        return DvhMetric("D", 0.03, "cc")
+    return DvhMetric({"MeanDose": "mean", "MinDose": "min"}[metric])
+
+
+def output_unit(entry: dict) -> str:
+    """The unit an entry reports: its ``output_unit``, by default Gy for a dose and % for a volume."""
+    return entry.get("output_unit", "Gy" if entry["metric"] in _DOSE_METRICS else "%")
+
+
+def metric_label(entry: dict) -> str:
+    """A template entry's metric with its point (:attr:`DvhMetric.label` of :func:`entry_metric`)."""
+    return entry_metric(entry).label
+
+
+def limit_excess(limit: dict, value: float) -> float:
+    """How far ``value`` lies beyond an entry's ``limit`` (``max`` and/or ``min``, the entry's unit): the
+    amount above ``max`` plus the amount below ``min``; 0 when the value meets the limit. A limit is met
+    exactly when this is 0; a hard limit's excess is what the plan must not have."""
+    above = max(0.0, value - float(limit["max"])) if "max" in limit else 0.0
+    below = max(0.0, float(limit["min"]) - value) if "min" in limit else 0.0
+    return float(above + below)
 
 
 def goal_label(entry: dict) -> str:
     """A template entry's goal from its limit: ``≥ 95 %Rx``, ``≤ 35 %``, ``≤ 50 Gy (hard)``; ``""`` without one."""
     limit = entry.get("limit") or {}
-    unit = entry.get("output_unit", "Gy" if entry["metric"] in _DOSE_METRICS else "%")
+    unit = output_unit(entry)
     parts = [f"{sign} {limit[key]:g} {unit}" for key, sign in (("min", "≥"), ("max", "≤")) if key in limit]
     return " and ".join(parts) + (" (hard)" if parts and limit.get("hard") else "")
 
@@ -231,24 +270,9 @@ def _missing_note(case: Case, spec: dict) -> str:
 
 
 def _metric(dvh: DVH, entry: dict, rx_gy: float | None) -> tuple[float, str]:
-    metric = entry["metric"]
-    unit = entry.get("output_unit", "Gy" if metric in _DOSE_METRICS else "%")
-    if unit == "%Rx" or entry.get("dose_unit") == "%Rx":
-        if not rx_gy:
-            raise InputError(f"entry {metric} uses %Rx but the structure has no prescription")
-    if metric == "DoseAtVolume":
-        value = (dvh.dose_at_volume_percent(entry["volume"]) if entry["volume_unit"] == "%"
-                 else dvh.dose_at_volume_cc(entry["volume"]))
-    elif metric == "VolumeAtDose":
-        dose = entry["dose"] * rx_gy / 100.0 if entry["dose_unit"] == "%Rx" else entry["dose"]
-        return (dvh.volume_at_dose_percent(dose) if unit == "%" else dvh.volume_at_dose_cc(dose)), unit
-    elif metric == "MeanDose":
-        value = dvh.mean_gy
-    elif metric == "MaxDose":
-        value = dvh.dose_at_volume_cc(0.03)
-    else:
-        value = dvh.min_gy
-    return (100.0 * value / rx_gy if unit == "%Rx" else value), unit
+    """(value, unit) of a template entry on ``dvh``, the structure's prescription ``rx_gy`` giving %Rx."""
+    metric, unit = entry_metric(entry), output_unit(entry)
+    return metric.value(dvh, rx_gy, unit if metric.is_dose else "Gy"), unit
 
 
 def score_case(case: Case, template: dict, dose_gy: np.ndarray | None = None) -> ScoreReport:
@@ -273,9 +297,7 @@ def score_case(case: Case, template: dict, dose_gy: np.ndarray | None = None) ->
         if structure.name not in dvhs:
             dvhs[structure.name] = compute_dvh(dose, case.grid, structure)
         value, unit = _metric(dvhs[structure.name], entry, structure.prescription_gy)
-        passed = None
-        if limit:
-            passed = (value <= limit["max"] if "max" in limit else True) and (value >= limit["min"] if "min" in limit else True)
+        passed = limit_excess(limit, value) == 0.0 if limit else None
         results.append(EntryResult(structure.name, entry["metric"], round(float(value), 4), unit,
                                    round(weight * float(np.interp(value, xs, ys)), 4), weight * float(ys.max()),
                                    passed, bool(limit.get("hard")), label=metric_label(entry), goal=goal_label(entry)))

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 from dosediffusion.case import Case
-from dosediffusion.metrics.scorecard import SCORECARD_DIR, find_structure
-from dosediffusion.resources import resource_path
+from dosediffusion.metrics.scorecard import find_structure, load_template, shipped_templates
 
 #: How much a template's matching number of PTV levels counts against the share of its organs the case has.
 LEVEL_MATCH_WEIGHT = 0.25
 
 
 def suggest_template(case: Case) -> str | None:
-    """The shipped template (file stem) whose highest prescription is within 15 % of the case's, ranked by
+    """The shipped template (one of :func:`~dosediffusion.metrics.scorecard.shipped_templates`) whose highest prescription is within 15 % of the case's, ranked by
     the share of the template's organs the case has, plus :data:`LEVEL_MATCH_WEIGHT` when it has the
     case's number of PTV levels, minus the relative prescription gap; None when no prescription is
     within 15 %. A thoracic case with three PTV levels near 66 Gy gets the lung template, a phantom with
@@ -23,8 +20,8 @@ def suggest_template(case: Case) -> str | None:
     if not levels:
         return None
     best, best_rank = None, None
-    for path in sorted(resource_path(SCORECARD_DIR).glob("*.json")):
-        template = json.loads(path.read_text())
+    for name in shipped_templates():
+        template = load_template(name)
         rx = sorted(template.get("prescription_gy", []), reverse=True)
         gap = abs(rx[0] - levels[0]) / levels[0] if rx else 1.0
         if gap > 0.15:
@@ -33,5 +30,5 @@ def suggest_template(case: Case) -> str | None:
         share = sum(find_structure(case, {"name": n}) is not None for n in organs) / max(len(organs), 1)
         rank = share + LEVEL_MATCH_WEIGHT * (len(rx) == len(levels)) - gap
         if best_rank is None or rank > best_rank:
-            best, best_rank = path.stem, rank
+            best, best_rank = name, rank
     return best

@@ -3,8 +3,8 @@ candidates the same three planes of the per-voxel uncertainty (the candidates' s
 in a second row, the DVHs (predicted solid, the case's own dose dashed when it has one) and the
 scorecard table.
 
-Views are planes of the (z, y, x) arrays through the high PTV's centre (the dose maximum without
-a PTV), drawn with the voxel spacing as aspect ratio, each with its position in mm, orientation
+Views are planes of the (z, y, x) arrays through the high PTV's centre (:func:`~dosediffusion.roles.high_ptv`; the dose maximum
+without a prescribed PTV), drawn with the voxel spacing as aspect ratio, each with its position in mm, orientation
 letters and a 5 cm bar (:mod:`.plane_marks`), every target and OAR outlined in its DVH colour with a
 legend. The dose ('jet', 0 to its maximum) is washed above 5 % of its maximum; the uncertainty
 ('magma') on a square-root scale up to the 99th percentile inside the body (so that the std in the
@@ -27,6 +27,7 @@ from dosediffusion.metrics.dvh import DVH
 from dosediffusion.metrics.scorecard import ScoreReport
 from dosediffusion.report.plane_marks import mark_plane, plane_position
 from dosediffusion.report.plots import draw_dvhs, draw_scorecard, new_figure, save_figure, structure_colours
+from dosediffusion.roles import high_ptv
 
 if TYPE_CHECKING:
     from dosediffusion.prediction.model_folder import ModelDescription
@@ -38,9 +39,10 @@ DEMO_WARNING = "Demo model, not for clinical use (trained on synthetic cases)"
 
 
 def _centre(case: Case, dose: np.ndarray) -> tuple[int, int, int]:
-    ptvs = sorted((s for s in case.with_role("ptv") if s.mask.any()), key=lambda s: -(s.prescription_gy or 0))
-    if ptvs:
-        return tuple(int(round(v)) for v in np.argwhere(ptvs[0].mask).mean(axis=0))
+    """The voxel (z, y, x) the views go through: the high PTV's centre, else the dose maximum."""
+    high = high_ptv(case)
+    if high is not None:
+        return tuple(int(round(v)) for v in np.argwhere(high.mask).mean(axis=0))
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(dose)), dose.shape))
 
 

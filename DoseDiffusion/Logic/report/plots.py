@@ -177,15 +177,6 @@ def plot_dvhs(
 # --- scorecard table ------------------------------------------------------------------------------------------------
 
 
-def result_text(entry: EntryResult) -> str:
-    """``pass``, ``fail``, ``FAIL (hard)``, ``not evaluable``, or ``""`` for an entry without a limit."""
-    if entry.score is None:
-        return "not evaluable"
-    if entry.passed is None:
-        return ""
-    return "pass" if entry.passed else ("FAIL (hard)" if entry.hard else "fail")
-
-
 def _value_text(entry: EntryResult) -> str:
     return "not evaluable" if entry.value is None else f"{entry.value:.2f} {entry.unit}"
 
@@ -225,10 +216,10 @@ def scorecard_rows(
     rows = []
     for i, e in enumerate(report.entries):
         metric = e.measured if e.label or not entries else f"{metric_label(entries[i])} {goal_label(entries[i])}".strip()
-        row = [e.structure, metric, _value_text(e), _score_text(e), result_text(e)]
+        row = [e.structure, metric, _value_text(e), _score_text(e), e.verdict]
         if reference is not None:
             r = reference.entries[i]
-            row += [_value_text(r), _score_text(r), result_text(r), _difference_text(e, r)]
+            row += [_value_text(r), _score_text(r), r.verdict, _difference_text(e, r)]
         rows.append(row)
     total = ["Total", "", "", f"{report.total:.2f} / {report.max_total:g}", ""]
     if reference is not None:
