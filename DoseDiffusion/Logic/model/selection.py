@@ -13,6 +13,7 @@ import numpy as np
 
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
+from dosediffusion.metrics.evaluation import masked_mae
 from dosediffusion.metrics.scorecard import load_template, score_case, validate_template
 
 Selector = Callable[[Sequence[np.ndarray], Case], tuple[int, list[float]]]
@@ -23,7 +24,7 @@ def by_mae(candidates: Sequence[np.ndarray], case: Case) -> tuple[int, list[floa
     if case.dose is None:
         raise InputError("selection by MAE needs a reference dose, and the case has none", case.case_id)
     mask = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
-    maes = [float(np.abs(c[mask] - case.dose[mask]).mean()) for c in candidates]
+    maes = [masked_mae(c, case.dose, mask) for c in candidates]
     return int(np.argmin(maes)), maes
 
 

@@ -37,6 +37,7 @@ from dosediffusion.io.rtdose_write import write_rtdose
 from dosediffusion.io.volume_sidecar import read_volume, write_volume
 from dosediffusion.metrics.dose_metrics import case_dvhs, standard_metrics
 from dosediffusion.metrics.dvh import DVH
+from dosediffusion.metrics.evaluation import masked_mae
 from dosediffusion.metrics.scorecard import ScoreReport, score_case
 from dosediffusion.metrics.uncertainty import uncertainty_summary
 from dosediffusion.prediction.model_folder import ModelDescription
@@ -96,7 +97,7 @@ def _summary(case: Case, prediction: DosePrediction, dvhs: dict[str, DVH], score
         summary["model"] = {"folder": str(model.folder), "kind": model.kind, "version": model.version, "demo": model.demo}
     if case.dose is not None and case.body is not None:
         body = case.body.mask
-        summary["mae_body_gy"] = round(float(np.abs(prediction.dose_gy[body] - case.dose[body]).mean()), 4)
+        summary["mae_body_gy"] = round(masked_mae(prediction.dose_gy, case.dose, body), 4)
     if std_gy is not None:
         summary["uncertainty"] = uncertainty_summary(std_gy, case, prediction.dose_gy, len(prediction.candidates_gy))
     if scorecard is not None:
