@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.errors import InputError
-from dosediffusion.io.load import load_case
 from dosediffusion.io.compact import SUFFIX, read_compact, write_compact
+from dosediffusion.io.load import load_case
 
 #: Default RAM budget of :class:`PreparedCases` (GiB, per process).
 RAM_CACHE_GIB = 4.0
@@ -57,7 +57,11 @@ def list_cases(folder: str | Path, split_file: str | Path | None = None, split: 
     paths = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=case_name)
     if split_file is None:
         return paths
-    names = json.loads(Path(split_file).read_text()).get(split)
+    try:
+        parts = json.loads(Path(split_file).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read the split file ({error})", split_file) from None
+    names = parts.get(split) if isinstance(parts, dict) else None
     if names is None:
         raise InputError(f"split {split!r} not in the split file", split_file)
     by_name = {case_name(p): p for p in paths}

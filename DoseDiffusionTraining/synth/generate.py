@@ -24,8 +24,8 @@ from tqdm import tqdm
 from dosediffusion import __version__
 from dosediffusion.case import Case
 from dosediffusion.errors import InputError
-from dosediffusion.io.dicom_write import write_case_dicom
 from dosediffusion.io.compact import SUFFIX, write_compact
+from dosediffusion.io.dicom_write import write_case_dicom
 from dosediffusion_training.synth.engine import compute_dose
 from dosediffusion_training.synth.phantom import SITES, make_phantom
 

@@ -235,3 +235,6 @@ def test_evaluate_scores_the_run_s_held_out_openkbp_and_synthetic_cases(tmp_path
     assert main(["evaluate", "--data", str(folder), "--split", "val", "--model", str(model),
                  "--out", str(tmp_path / "again")]) == 2
     assert "give the split file" in capsys.readouterr().err and not (tmp_path / "again").exists()
+    assert main(["evaluate", "--data", str(folder), "--split-file", str(tmp_path / "no.json"), "--model", str(model),
+                 "--out", str(tmp_path / "again")]) == 2
+    assert "no.json: cannot read the split file" in capsys.readouterr().err and not (tmp_path / "again").exists()
