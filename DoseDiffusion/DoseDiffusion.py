@@ -611,9 +611,9 @@ class DoseDiffusionLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def shippedScorecards() -> list[str]:
         """Names of the scorecard templates shipped in ``Resources/Scorecards``."""
-        from dosediffusion.resources import resource_path
+        from dosediffusion.metrics.scorecard import shipped_templates
 
-        return sorted(p.stem for p in resource_path("Scorecards").glob("*.json") if p.stem != "scorecard.schema")
+        return shipped_templates()
 
     def caseFromScene(self, ctVolume, segmentation, plan=None, roles=None, prescriptionGy=None, fractions=None,
                       referenceDose=None, aliases=None):

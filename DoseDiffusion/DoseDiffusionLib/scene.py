@@ -613,7 +613,7 @@ def _palette(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
 
 
 SCORECARD_COLUMNS = ("Structure", "Metric", "Unit", "Predicted", "Predicted score", "Reference", "Reference score",
-                     "Max score", "Passed (predicted)", "Hard limit")
+                     "Max score", "Predicted verdict", "Hard limit")
 
 
 def scorecard_rows(report, reference_report=None) -> list[dict[str, Any]]:
@@ -625,13 +625,13 @@ def scorecard_rows(report, reference_report=None) -> list[dict[str, Any]]:
                      "Predicted": entry.value, "Predicted score": entry.score,
                      "Reference": ref.value if ref else None, "Reference score": ref.score if ref else None,
                      "Max score": entry.max_score,
-                     "Passed (predicted)": "" if entry.passed is None else ("yes" if entry.passed else "NO"),
+                     "Predicted verdict": entry.verdict,
                      "Hard limit": "yes" if entry.hard else ""})
     rows.append({"Structure": "Total", "Metric": report.template, "Unit": "points", "Predicted": report.total,
                  "Predicted score": report.total,
                  "Reference": reference_report.total if reference_report is not None else None,
                  "Reference score": reference_report.total if reference_report is not None else None,
-                 "Max score": report.max_total, "Passed (predicted)": "", "Hard limit": ""})
+                 "Max score": report.max_total, "Predicted verdict": "", "Hard limit": ""})
     return rows
 
 
@@ -642,7 +642,7 @@ def add_scorecard_table(scene, report, reference_report=None, name: str = "DoseD
     rows = scorecard_rows(report, reference_report)
     node = _prediction_node(scene, "vtkMRMLTableNode", name)
     table = node.GetTable()
-    text = {"Structure", "Metric", "Unit", "Passed (predicted)", "Hard limit"}
+    text = {"Structure", "Metric", "Unit", "Predicted verdict", "Hard limit"}
     for column in SCORECARD_COLUMNS:
         _column(table, column, [row[column] for row in rows], "string" if column in text else "double")
     table.SetNumberOfRows(len(rows))

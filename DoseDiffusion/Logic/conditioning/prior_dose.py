@@ -36,6 +36,7 @@ from dosediffusion.case import Beam, Case
 from dosediffusion.conditioning.beam_geometry import source_direction, source_position
 from dosediffusion.conditioning.plates import beam_angles, beam_frame
 from dosediffusion.errors import InputError
+from dosediffusion.roles import high_ptv
 
 
 @dataclass(frozen=True)
@@ -208,14 +209,15 @@ def _direction_dose(scene: _Scene, gantry: float, couch: float, isocenter, sad: 
 
 
 def _targets(case: Case) -> tuple[list[tuple[np.ndarray, float]], float]:
-    """(mask, prescription relative to the highest) of every non-empty target with a prescription, highest
-    first, and the highest prescription (Gy)."""
-    ptvs = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()]
-    if not ptvs:
+    """(mask, prescription relative to the highest) of every non-empty target with a prescription, the high
+    PTV (:func:`~dosediffusion.roles.high_ptv`) first, and its prescription (Gy)."""
+    high = high_ptv(case)
+    if high is None:
         raise InputError("the prior dose needs a target (a PTV with a prescription and voxels); the case has none",
                          case.case_id)
-    high_rx = float(ptvs[0].prescription_gy)
-    return [(s.mask, s.prescription_gy / high_rx) for s in ptvs], high_rx
+    others = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any() and s is not high]
+    high_rx = float(high.prescription_gy)
+    return [(s.mask, s.prescription_gy / high_rx) for s in (high, *others)], high_rx
 
 
 def prior_dose(case: Case, config: PriorDoseConfig = PriorDoseConfig(), device: str | torch.device = "cpu") -> np.ndarray:
