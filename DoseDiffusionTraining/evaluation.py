@@ -28,13 +28,11 @@ from scipy import stats
 from tqdm import tqdm
 
 from dosediffusion.errors import InputError
-from dosediffusion.metrics.evaluation import gdp_hmm_mae, psnr, ssim3d
-from dosediffusion.metrics.scorecard import score_case
+from dosediffusion.metrics.case_evaluation import evaluate_dose
 from dosediffusion.metrics.uncertainty import candidate_std, std_error_correlation
 from dosediffusion.prediction.checks import check_predictable
 from dosediffusion.prediction.predictors import LocalPredictor
 from dosediffusion.prediction.scorecard import choose_scorecard
-from dosediffusion.roles import high_ptv
 from dosediffusion_training.data.dataset import load_any
 
 COLUMNS = ("mae_body_gy", "gdp_hmm_mae_gy", "score_pred", "score_ref", "score_diff", "psnr_db", "ssim", "seconds")
@@ -43,14 +41,13 @@ UNCERTAINTY_COLUMNS = ("std_mean_body_gy", "std_error_pearson", "std_error_spear
 
 
 def case_metrics(case, pred: np.ndarray, template: dict) -> dict:
-    """The evaluation columns of ``pred`` (Gy) against ``case.dose``."""
-    body = case.body.mask
-    high = high_ptv(case)
-    pred_score, ref_score = score_case(case, template, pred).total, score_case(case, template).total
-    return {"case": case.case_id, "mae_body_gy": float(np.abs(pred - case.dose)[body].mean()),
-            "gdp_hmm_mae_gy": gdp_hmm_mae(pred, case.dose, body, high.mask, high.prescription_gy) if high else None,
-            "score_pred": pred_score, "score_ref": ref_score, "score_diff": pred_score - ref_score,
-            "psnr_db": psnr(pred, case.dose, body), "ssim": ssim3d(pred, case.dose, body)}
+    """The evaluation columns of ``pred`` (Gy) against ``case.dose``
+    (:func:`~dosediffusion.metrics.case_evaluation.evaluate_dose`, without gamma)."""
+    m = evaluate_dose(pred, case.dose, case, template, gamma=False)
+    score = m["scorecard"]
+    return {"case": case.case_id, "mae_body_gy": m["mae_body_gy"], "gdp_hmm_mae_gy": m.get("gdp_hmm_mae_gy"),
+            "score_pred": score["pred"], "score_ref": score["ref"], "score_diff": score["diff"],
+            "psnr_db": m["psnr_db"], "ssim": m["ssim"]}
 
 
 def uncertainty_metrics(case, candidates_gy: Sequence[np.ndarray], pred: np.ndarray) -> dict:

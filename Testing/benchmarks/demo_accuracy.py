@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dosediffusion.cli.evaluate import evaluate
 from dosediffusion.conditioning.prepare import prepare
 from dosediffusion.conditioning.restore import restore
-from dosediffusion.metrics.scorecard_choice import suggest_template
+from dosediffusion.metrics.case_evaluation import evaluate_dose
 from dosediffusion.metrics.uncertainty import std_error_correlation
 from dosediffusion.prediction.predictors import LocalPredictor
+from dosediffusion.prediction.scorecard import AUTO, choose_scorecard
 from dosediffusion_training.baselines.distance_falloff import DistanceFalloff
 from dosediffusion_training.data.dataset import list_cases, load_any
 
@@ -47,18 +47,21 @@ COLUMNS = ("gdp_hmm_mae_gy", "ptv_mae_gy", "oar_mae_gy", "gamma_3_3_percent", "s
            "seconds")
 
 
+def scorecard_template(case, scorecard: str | None) -> dict | None:
+    """The scorecard a prediction of ``case`` is scored with, as ``dosediffusion predict`` chooses it
+    (``--scorecard``, else the shipped template that fits the case; None when none fits)."""
+    return choose_scorecard(scorecard or AUTO, case).template
+
+
 def case_row(case, prediction, seconds: float, scorecard: str | None) -> dict:
     """The benchmark's metrics of ``prediction`` (a dose in Gy, or a DosePrediction with candidates) against
-    the case's own dose."""
+    the case's own dose (:func:`~dosediffusion.metrics.case_evaluation.evaluate_dose`)."""
     pred = getattr(prediction, "dose_gy", prediction)
-    template = scorecard or suggest_template(case)
-    metrics = evaluate(pred, case.dose, case, scorecard=template)
-    union = {role: np.any([s.mask for s in case.with_role(role)], axis=0) for role in ("ptv", "oar")}
+    metrics = evaluate_dose(pred, case.dose, case, scorecard_template(case, scorecard))
     std = getattr(prediction, "dose_std_gy", None)
     pearson = std_error_correlation(std, pred, case.dose, case.body.mask)["pearson"] if std is not None else None
     return {"case": case.case_id, "gdp_hmm_mae_gy": metrics.get("gdp_hmm_mae_gy"),
-            "ptv_mae_gy": float(np.abs(pred - case.dose)[union["ptv"]].mean()),
-            "oar_mae_gy": float(np.abs(pred - case.dose)[union["oar"]].mean()),
+            "ptv_mae_gy": metrics.get("ptv_mae_gy"), "oar_mae_gy": metrics.get("oar_mae_gy"),
             "gamma_3_3_percent": metrics["gamma_pass_percent"]["3%/3mm"],
             "score_diff": metrics["scorecard"]["diff"] if "scorecard" in metrics else None,
             "std_error_pearson": pearson, "seconds": seconds}
@@ -91,7 +94,7 @@ def methods(models: dict[str, str], regressions: dict[str, str], baseline: Dista
         if candidates > 1:
             out[f"{name}, best of {candidates} ({max(steps)} steps)"] = (
                 lambda case, p=predictor: p(case, steps=max(steps), seed=0, num_candidates=candidates,
-                                            scorecard=scorecard or suggest_template(case)))
+                                            scorecard=scorecard_template(case, scorecard)))
     for name, folder in regressions.items():
         predictor = LocalPredictor(folder, device)
         out[name] = lambda case, p=predictor: p(case)

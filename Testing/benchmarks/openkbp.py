@@ -11,8 +11,8 @@ structure (Gy) and the seconds per patient (the prediction alone). The methods:
 - the trivial distance fall-off baseline, fitted on the first ``--fit-cases`` patients of ``--fit-data``
   (default the challenge's ``train`` folder).
 
-Every prediction goes through the prediction layer and every figure through ``evaluate`` (as
-``dosediffusion evaluate`` computes it). Prints the tables and writes means and per-patient rows as JSON.
+Every prediction goes through the prediction layer and every figure through
+:func:`~dosediffusion.metrics.case_evaluation.evaluate_dose` (as ``dosediffusion evaluate`` computes it). Prints the tables and writes means and per-patient rows as JSON.
 
 Run: ``python Testing/benchmarks/openkbp.py [--model demo] [--regression NAME=DIR] [--steps 1 10]
 [--max-cases N] [--device cpu|cuda] [--out FILE]``.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from demo_accuracy import methods, named
 
-from dosediffusion.cli.evaluate import evaluate
+from dosediffusion.metrics.case_evaluation import evaluate_dose
 from dosediffusion.metrics.openkbp import dvh_score
 from dosediffusion_training.baselines.distance_falloff import DistanceFalloff
 from dosediffusion_training.data.dataset import list_cases, load_any
@@ -43,7 +43,7 @@ STRUCTURES = ("PTV70", "PTV63", "PTV56", "Brainstem", "SpinalCord", "Parotid_R",
 
 def patient_row(case, dose_gy: np.ndarray, seconds: float) -> dict:
     """One patient's figures of ``dose_gy`` against its reference dose."""
-    metrics = evaluate(dose_gy, case.dose, case)
+    metrics = evaluate_dose(dose_gy, case.dose, case)
     return {"case": case.case_id, "dose_score_gy": metrics["dose_score_gy"], "dvh_score_gy": metrics["dvh_score_gy"],
             "gdp_hmm_mae_gy": metrics.get("gdp_hmm_mae_gy"),
             "gamma_3_3_percent": metrics["gamma_pass_percent"]["3%/3mm"],

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from dosediffusion.case import Case, Structure
-from dosediffusion.cli.evaluate import evaluate
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid
+from dosediffusion.metrics.case_evaluation import evaluate_dose
 from dosediffusion.metrics.evaluation import gdp_hmm_mae
 from dosediffusion.metrics.scorecard import find_structure
 from dosediffusion.roles import high_ptv, ptv_at_level
@@ -59,4 +59,4 @@ def test_scorecard_levels_and_the_evaluation_use_the_same_ptv(sib):
     body = sib.body.mask
     expected = gdp_hmm_mae(pred, ref, body, sib.structures["PTV_70b"].mask, 70.0)
     assert expected != gdp_hmm_mae(pred, ref, body, sib.structures["PTV_70a"].mask, 70.0)
-    assert evaluate(pred, ref, sib)["gdp_hmm_mae_gy"] == expected
+    assert evaluate_dose(pred, ref, sib, gamma=False)["gdp_hmm_mae_gy"] == expected

@@ -1,9 +1,10 @@
 """``dosediffusion evaluate --pred FILE --ref FILE --case PATH [--scorecard NAME] [--json] [--plot FILE.png]
 [--scorecard-plot FILE.png]``.
 
-Compares two doses (NRRD/NIfTI volumes in Gy, or RTDOSE files) on the case's CT grid: the GDP-HMM
-MAE, the OpenKBP dose and DVH scores with every DVH point, MAE inside each structure, PSNR and 3-D
-SSIM inside the body, gamma pass rates (3 %/3 mm and 2 %/2 mm, global, 10 % low-dose cut-off) and,
+Compares two doses (NRRD/NIfTI volumes in Gy, or RTDOSE files) on the case's CT grid
+(:func:`~dosediffusion.metrics.case_evaluation.evaluate_dose`): the MAE inside the body, the GDP-HMM
+MAE, the OpenKBP dose and DVH scores with every DVH point, MAE inside each structure, PSNR and 3-D SSIM
+inside the body, gamma pass rates (3 %/3 mm and 2 %/2 mm, global, 10 % low-dose cut-off) and,
 with ``--scorecard``, both doses' scorecard totals and their difference. ``--plot`` draws both doses'
 cumulative DVHs (predicted solid, reference dashed); ``--scorecard-plot`` the two scorecards as a table.
 """
@@ -20,9 +21,8 @@ from dosediffusion.cli.dvh import add_plot_argument, wrote
 from dosediffusion.errors import InputError
 from dosediffusion.io.dose_file import add_dose_on_ct_grid_argument, read_dose_file
 from dosediffusion.metrics.dose_metrics import case_dvhs
-from dosediffusion.metrics.scorecard import ScoreReport, load_template, score_case
+from dosediffusion.metrics.scorecard import ScoreReport, load_template
 from dosediffusion.report.plots import check_plot_path, plot_dvhs, plot_scorecard
-from dosediffusion.roles import high_ptv
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,40 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def scorecard_reports(case, template: dict, pred: np.ndarray, ref: np.ndarray) -> tuple[ScoreReport, ScoreReport]:
-    """The scorecards of ``pred`` and of ``ref`` (Gy) on ``case`` with a loaded ``template``."""
-    return score_case(case, template, pred), score_case(case, template, ref)
-
-
-def evaluate(pred: np.ndarray, ref: np.ndarray, case, scorecard: str | None = None,
-             reports: tuple[ScoreReport, ScoreReport] | None = None) -> dict:
-    """Every evaluation metric of ``pred`` against ``ref`` on ``case`` (Gy, %, dB); the scorecard totals
-    with a ``scorecard`` template name or file, or from already computed (pred, ref) ``reports``."""
-    from dosediffusion.metrics.evaluation import gdp_hmm_mae, masked_mae, psnr, ssim3d  # torch
-    from dosediffusion.metrics.gamma import gamma_index
-    from dosediffusion.metrics.openkbp import openkbp_scores
-    body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
-    high = high_ptv(case)
-    result: dict = {"case_id": case.case_id}
-    if high is not None:
-        result["gdp_hmm_mae_gy"] = gdp_hmm_mae(pred, ref, body, high.mask, high.prescription_gy)
-    result.update(openkbp_scores(pred, ref, case))
-    result["structure_mae_gy"] = {n: masked_mae(pred, ref, s.mask) for n, s in case.structures.items() if s.mask.any()}
-    result["psnr_db"] = psnr(pred, ref, body)
-    result["ssim"] = ssim3d(pred, ref, body)
-    result["gamma_pass_percent"] = {
-        f"{dd:g}%/{dta:g}mm": gamma_index(ref, pred, case.grid.spacing, dose_percent=dd, dta_mm=dta,
-                                          pass_rate_only=True).pass_rate_percent
-        for dd, dta in ((3.0, 3.0), (2.0, 2.0))
-    }
-    if scorecard or reports:
-        p, r = reports or scorecard_reports(case, load_template(scorecard), pred, ref)
-        result["scorecard"] = {"template": p.template, "pred": p.total, "ref": r.total, "diff": p.total - r.total}
-    return result
-
-
 #: What each headline figure of the text output is, printed beside it.
 MEANINGS = {
+    "mae_body_gy": "Gy: mean |difference| inside the body, no normalisation",
     "gdp_hmm_mae_gy": "Gy: GDP-HMM challenge MAE: reference scaled to D97 of the high PTV = its prescription; "
                       "|difference| summed where either dose exceeds 5 Gy in the body, per body voxel above 5 Gy "
                       "in the reference",
@@ -135,13 +104,15 @@ def run(args: argparse.Namespace) -> int:
     ref = case.dose if args.ref is None else read_dose_file(args.ref, case, on_ct_grid=args.dose_on_ct_grid)
     if not np.any(ref > 0):
         raise InputError("the reference dose is zero everywhere", args.ref or args.case)
+    from dosediffusion.metrics.case_evaluation import evaluate_dose, scorecard_reports  # torch
+
     reports = scorecard_reports(case, template, pred, ref) if template else None
-    result = evaluate(pred, ref, case, reports=reports)
+    result = evaluate_dose(pred, ref, case, reports=reports)
     write_plots(args, case, pred, ref, template, reports)
     if args.json:
         print(json.dumps(_finite(result), indent=2))
         return 0
-    for key in ("gdp_hmm_mae_gy", "dose_score_gy", "dvh_score_gy", "psnr_db", "ssim"):
+    for key in ("mae_body_gy", "gdp_hmm_mae_gy", "dose_score_gy", "dvh_score_gy", "psnr_db", "ssim"):
         if key in result and not np.isnan(result[key]):
             print(f"{key:<16} {result[key]:.4f}   {MEANINGS[key].format(support=result.get('support'))}")
         else:
