@@ -86,27 +86,54 @@ def test_predict_with_a_regression_folder_writes_what_it_ran(regression_dir, pha
     assert "one deterministic pass on cpu" in capsys.readouterr().out
 
 
-def _imports(path: Path) -> set[str]:
-    """The dosediffusion modules ``path`` imports (at any depth of the file, lazily too)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dosediffusion"):
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names |= {a.name for a in node.names if a.name.startswith("dosediffusion")}
-    return names
+def _module_files() -> dict[str, Path]:
+    """Every module of both packages (``dosediffusion``, ``dosediffusion_training``) by dotted name."""
+    import dosediffusion_training
+
+    files = {}
+    for package, root in (("dosediffusion", LOGIC), ("dosediffusion_training", Path(dosediffusion_training.__file__).parent)):
+        for path in root.rglob("*.py"):
+            parts = [p for p in path.relative_to(root).with_suffix("").parts if p != "__init__"]
+            files[".".join([package, *parts])] = path
+    return files
 
 
-def test_the_model_layer_never_imports_the_prediction_layer_and_has_no_cycle():
-    graph = {f"dosediffusion.model.{p.stem}": _imports(p) for p in (LOGIC / "model").glob("*.py")}
-    upward = {m: sorted(i for i in imports if i.startswith("dosediffusion.prediction")) for m, imports in graph.items()}
+def _import_graph() -> dict[str, set[str]]:
+    """Module → the package modules it imports (at any depth of the file, lazily too)."""
+    files = _module_files()
+    graph = {}
+    for name, path in files.items():
+        imports = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dosediffusion"):
+                imports |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imports |= {a.name for a in node.names}
+        graph[name] = {i for i in imports if i in files and i != name}
+    return graph
+
+
+def test_the_model_layer_never_imports_the_prediction_layer():
+    graph = _import_graph()
+    upward = {m: sorted(i for i in imports if i.startswith("dosediffusion.prediction"))
+              for m, imports in graph.items() if m.startswith("dosediffusion.model")}
     assert not any(upward.values()), upward
 
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, ()):
-            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
-                return True
-        return False
 
-    cycles = [m for m in graph if reaches(m, m, {m})]
+def test_no_module_of_either_package_imports_itself_through_others():
+    graph = _import_graph()
+    done: set[str] = set()
+
+    def cycle_from(module: str, path: list[str]) -> list[str] | None:
+        for nxt in graph[module]:
+            if nxt in path:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in done:
+                found = cycle_from(nxt, [*path, nxt])
+                if found:
+                    return found
+        done.add(module)
+        return None
+
+    cycles = [c for m in sorted(graph) if m not in done and (c := cycle_from(m, [m]))]
     assert not cycles, cycles
