@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -35,16 +36,19 @@ def phantom_128(beams: list[Beam]) -> Case:
                 beams, Prescription([70.0], 35))
 
 
-def seconds(run, repeats: int, device: str) -> list[float]:
+def seconds(run, repeats: int, device: str) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU (this process, all threads) seconds of each of ``repeats`` runs after a warm-up;
+    on a shared machine the CPU seconds over the threads estimate the wall time of an idle one."""
     run()  # warm-up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -66,16 +70,17 @@ def main() -> None:
             cases[f"OpenKBP {path.stem}, 9 beams"] = read_openkbp_case(path)
     rows = []
     for name, case in cases.items():
-        times = seconds(lambda c=case: prior_dose(c, device=args.device), args.repeats, args.device)
+        wall, cpu = seconds(lambda c=case: prior_dose(c, device=args.device), args.repeats, args.device)
         support = case.dose_support()
-        rows.append({"case": name, "voxels_in_support": int(support.sum()), "median_s": float(np.median(times)),
-                     "min_s": float(min(times))})
-    print(f"{'case':<34} {'support voxels':>14} {'median s':>9} {'min s':>7}")
+        rows.append({"case": name, "voxels_in_support": int(support.sum()), "median_s": float(np.median(wall)),
+                     "min_s": float(min(wall)), "median_cpu_s": float(np.median(cpu))})
+    print(f"{'case':<34} {'support voxels':>14} {'median s':>9} {'min s':>7} {'CPU s':>7}")
     for r in rows:
-        print(f"{r['case']:<34} {r['voxels_in_support']:>14} {r['median_s']:>9.3f} {r['min_s']:>7.3f}")
+        print(f"{r['case']:<34} {r['voxels_in_support']:>14} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['median_cpu_s']:>7.3f}")
     out = Path(__file__).parent / "results" / "prior_speed.json"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     out.write_text(json.dumps({"device": device, "threads": torch.get_num_threads(), "goal_s_128": 2.0,
+                               "load_average_1min": os.getloadavg()[0],
                                "rows": rows}, indent=2))
     print(f"wrote {out}")
 

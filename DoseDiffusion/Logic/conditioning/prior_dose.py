@@ -153,12 +153,14 @@ def _fluence(scene: _Scene, src, axis, u, v, sad: float, config: PriorDoseConfig
     return _gaussian_blur(fluence, config.penumbra_mm / pixel), (lo_a, lo_b), pixel
 
 
-def _sample2d(image: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, border: bool = False) -> torch.Tensor:
-    """Bilinear values of ``image`` (H, W) at continuous pixel indices (ia along H, ib along W)."""
+def _sample2d(image: torch.Tensor, ba: torch.Tensor, lower: tuple[float, float], pixel: float) -> torch.Tensor:
+    """Bilinear values of ``image`` (H over a, W over b; zero beyond it) at isocentre-plane points ``ba``
+    (N, 2) mm, (b, a) order; ``lower`` (a, b) mm is the centre of pixel [0, 0], ``pixel`` its size (mm)."""
     h, w = image.shape
-    where = torch.stack([ib / max(w - 1, 1) * 2 - 1, ia / max(h - 1, 1) * 2 - 1], dim=-1).view(1, 1, -1, 2)
-    out = F.grid_sample(image[None, None], where, align_corners=True, padding_mode="border" if border else "zeros")
-    return out.view(-1)
+    lo = torch.tensor([lower[1], lower[0]], dtype=ba.dtype, device=ba.device)
+    per_mm = torch.tensor([2.0 / (pixel * max(w - 1, 1)), 2.0 / (pixel * max(h - 1, 1))], dtype=ba.dtype, device=ba.device)
+    where = ((ba - lo) * per_mm - 1.0).view(1, 1, -1, 2)
+    return F.grid_sample(image[None, None], where, align_corners=True, padding_mode="zeros").view(-1)
 
 
 def _direction_dose(scene: _Scene, gantry: float, couch: float, isocenter, sad: float, position: str,
@@ -169,21 +171,21 @@ def _direction_dose(scene: _Scene, gantry: float, couch: float, isocenter, sad: 
     src = torch.tensor(source, dtype=torch.float32, device=device)
     axis, u, v = (torch.tensor(w, dtype=torch.float32, device=device)
                   for w in beam_frame(source, np.asarray(isocenter, dtype=float)))
-    rel = scene.points - src
-    t = rel @ axis
+    # (t, b, a) of every point in one product: distance along the axis, then the isocentre-plane projection
+    frame = torch.stack([axis, v, u], dim=1)
+    tba = torch.addmm(-(src @ frame)[None], scene.points, frame)
+    t = tba[:, 0]
     dose = torch.zeros_like(t)
     made = _fluence(scene, src, axis, u, v, sad, config)
     if made is None:
         return dose
     image, (lo_a, lo_b), pixel = made
-    ahead = t > 1.0
-    t_safe = torch.where(ahead, t, torch.ones_like(t))
-    a, b = (rel @ u) * sad / t_safe, (rel @ v) * sad / t_safe
-    fluence = _sample2d(image, (a - lo_a) / pixel, (b - lo_b) / pixel) * ahead
+    ba = tba[:, 1:] * (sad / t.clamp(min=1.0))[:, None]
+    fluence = _sample2d(image, ba, (lo_a, lo_b), pixel) * (t > 1.0)
     reached = torch.nonzero(fluence > 1e-4).view(-1)
     if not reached.numel():
         return dose
-    t, a, b, fluence = t[reached], a[reached], b[reached], fluence[reached]
+    t, b, a, fluence = t[reached], ba[reached, 0], ba[reached, 1], fluence[reached]
     # radiological depth along divergent rays through a grid of (a, b) in the isocentre plane
     ray_mm = config.ray_spacing_mm or scene.voxel_mm[1]
     step = config.depth_step_mm or scene.voxel_mm[0]
@@ -192,9 +194,10 @@ def _direction_dose(scene: _Scene, gantry: float, couch: float, isocenter, sad: 
     t0 = max(float(((scene.corners - src) @ axis).min()), 1.0)  # the rays start outside the grid
     s = torch.arange(t0, float(t.max()) + 2 * step, step, device=device)
     ray = axis + (ray_a[:, None, None] * u + ray_b[None, :, None] * v) / sad  # (na, nb, 3), per mm of t
-    along = src + s[None, None, :, None] * ray[:, :, None, :]  # (na, nb, ns, 3)
-    index = (along - scene.origin) @ scene.to_index  # (x, y, z) continuous voxel indices
-    where = (index / (scene.size_xyz - 1).clamp(min=1) * 2 - 1)[None]
+    # the samples src + s · ray as grid_sample's (x, y, z) in [−1, 1], (na, nb, ns, 3)
+    per_index = 2.0 / (scene.size_xyz - 1).clamp(min=1)
+    start = (src - scene.origin) @ scene.to_index * per_index - 1.0
+    where = torch.addcmul(start, s[None, None, :, None], (ray @ scene.to_index * per_index)[:, :, None, :])[None]
     rho = F.grid_sample(scene.density, where, align_corners=True, padding_mode="zeros")[0, 0]  # (na, nb, ns)
     path = step * ray.norm(dim=-1, keepdim=True)  # mm travelled per step along each ray
     depth = (torch.cumsum(rho, dim=-1) - 0.5 * (rho + rho[..., :1])) * path  # trapezoid rule from s[0]
