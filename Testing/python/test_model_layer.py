@@ -137,3 +137,29 @@ def test_no_module_of_either_package_imports_itself_through_others():
 
     cycles = [c for m in sorted(graph) if m not in done and (c := cycle_from(m, [m]))]
     assert not cycles, cycles
+
+
+def test_the_crop_rule_is_each_models_own(phantom_dicom):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+    from model_builders import tiny_model
+
+    from dosediffusion.conditioning.prepare import PrepareConfig
+    from dosediffusion.io.load import load_case
+    from dosediffusion.model.codecs import PatchCodec, WanVAECodec
+
+    odd = PrepareConfig(crop_shape=(10, 20, 30), spacing_mm=(5.0, 5.0, 5.0))  # any crop is a crop
+    case = load_case(phantom_dicom[0])
+    regression = tiny_regression()
+    regression.preprocessing = odd
+    assert regression(case).dose_gy.shape == case.grid.shape  # MedNeXt pads any crop itself
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4,
+                           latents_std=[1.0] * 4)
+    with pytest.raises(InputError, match="does not fit the Wan VAE: depth must be 1 \\+ 4k"):
+        DoseDiffusionPipeline(WanVAECodec(vae), tiny_model(), FlowMatchEulerDiscreteScheduler(), odd)
+    with pytest.raises(InputError, match="not divisible by the patch codec factors \\(1, 4, 4\\)"):
+        DoseDiffusionPipeline(PatchCodec((1, 4, 4)), tiny_model(in_channels=16), FlowMatchEulerDiscreteScheduler(), odd)
+    fits_codec = PrepareConfig(crop_shape=(9, 34, 32), spacing_mm=(5.0, 5.0, 5.0))  # latent 9 × 17 × 16
+    with pytest.raises(InputError, match="that the DiT's patch \\(1, 2, 2\\) does not divide"):
+        DoseDiffusionPipeline(PatchCodec((1, 2, 2)), tiny_model(), FlowMatchEulerDiscreteScheduler(), fits_codec)
+    with pytest.raises(InputError, match="three positive voxel counts"):
+        PrepareConfig(crop_shape=(0, 16, 16))

@@ -5,8 +5,8 @@ dose back onto the CT grid) are the one pair used by training, prediction and ev
 
 Field of view: a ``crop_shape`` (z, y, x) box at ``spacing_mm`` (or the CT's own spacing) centred
 on the plan isocenter (the first beam's; the PTV centroid without beams), in the CT's orientation.
-Depth must be 1 + 4k (the Wan VAE's frame rule) and height and width multiples of 16 (latents
-even for (1, 2, 2) patches). Where the patient is smaller than the box, CT is padded with air
+Which crop shapes fit is the model's to say (the Wan VAE's depth 1 + 4k, a patch codec's factors, the
+DiT's patches: checked when a pipeline is built). Where the patient is smaller than the box, CT is padded with air
 (−1000 HU) and every other channel with its background. With the CT's spacing (``spacing_mm`` None,
 or equal to the CT's) the box sits on the CT's voxel lattice, centred on the voxel nearest the
 isocenter, so crop and paste-back are exact copies; with another spacing both resample
@@ -62,9 +62,8 @@ class PrepareConfig:
     modalities: tuple[str, ...] = field(default=MODALITIES)
 
     def __post_init__(self):
-        d, h, w = self.crop_shape
-        if d < 1 or (d - 1) % 4 or h % 16 or w % 16 or min(h, w) < 16:
-            raise InputError(f"crop shape {self.crop_shape} must be (1+4k, 16m, 16n) voxels (z, y, x)")
+        if len(self.crop_shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in self.crop_shape):
+            raise InputError(f"crop shape {self.crop_shape} must be three positive voxel counts (z, y, x)")
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
             raise InputError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")

@@ -42,7 +42,11 @@ class DoseDiffusionPipeline(PipelineBase):
             raise InputError(f"codec gives {codec.latent_channels} latent channels, model expects {model.config.in_channels}")
         if target not in model.config.modalities:
             raise InputError(f"target {target!r} is not one of the model's modalities {list(model.config.modalities)}")
-        codec.check_shape(tuple(preprocessing.crop_shape))
+        crop = tuple(preprocessing.crop_shape)
+        grid = codec.latent_shape(crop)  # the codec's own rule for the crop (the Wan VAE's 1 + 4k depth)
+        patch = tuple(model.config.patch_size)
+        if any(n % p for n, p in zip(grid, patch, strict=True)):
+            raise InputError(f"the crop {crop} gives a latent grid {grid} that the DiT's patch {patch} does not divide")
         self.codec, self.model, self.scheduler = codec, model.eval(), scheduler
         self.preprocessing, self.target = preprocessing, target
 
