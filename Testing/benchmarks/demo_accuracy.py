@@ -13,7 +13,9 @@ dose; the shipped scorecard that fits the case, or ``--scorecard``) and the seco
 - with ``--codec-floor``, each diffusion model's codec alone: the case's own dose prepared, encoded,
   decoded and restored (the floor under any model in that latent space);
 - each regression comparator (``--regression NAME=DIR``, a pipeline folder of a ``model.type: mednext`` run);
-- the trivial distance fall-off baseline fitted on the ``train`` split.
+- the trivial distance fall-off baseline fitted on the ``train`` split;
+- the ray-traced prior dose alone (:func:`~dosediffusion.conditioning.prior_dose.prior_dose`: the beams'
+  PTV apertures, attenuated, normalised to D97 of the high PTV = its prescription; no network).
 
 Every prediction goes through the prediction layer (:class:`~dosediffusion.prediction.predictors.LocalPredictor`).
 Prints a table of means per data set and writes the means and the per-case rows as JSON (``--out``).
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 from dosediffusion.conditioning.prepare import prepare
+from dosediffusion.conditioning.prior_dose import prior_dose
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.metrics.case_evaluation import evaluate_dose
 from dosediffusion.metrics.uncertainty import std_error_correlation
@@ -99,6 +102,7 @@ def methods(models: dict[str, str], regressions: dict[str, str], baseline: Dista
         predictor = LocalPredictor(folder, device)
         out[name] = lambda case, p=predictor: p(case)
     out["trivial baseline"] = baseline.predict
+    out["ray-traced prior"] = lambda case: prior_dose(case, device=device)
     return out
 
 

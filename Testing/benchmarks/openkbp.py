@@ -9,10 +9,12 @@ structure (Gy) and the seconds per patient (the prediction alone). The methods:
 - each diffusion pipeline (``--model NAME=DIR``, repeatable; ``demo`` is the bundled one) at each of ``--steps``;
 - each regression pipeline (``--regression NAME=DIR``);
 - the trivial distance fall-off baseline, fitted on the first ``--fit-cases`` patients of ``--fit-data``
-  (default the challenge's ``train`` folder).
+  (default the challenge's ``train`` folder);
+- the ray-traced prior dose alone (no network, no fit).
 
 Every prediction goes through the prediction layer and every figure through
-:func:`~dosediffusion.metrics.case_evaluation.evaluate_dose` (as ``dosediffusion evaluate`` computes it). Prints the tables and writes means and per-patient rows as JSON.
+:func:`~dosediffusion.metrics.case_evaluation.evaluate_dose` (as ``dosediffusion evaluate`` computes it).
+Prints the tables and writes means and per-patient rows as JSON.
 
 Run: ``python Testing/benchmarks/openkbp.py [--model demo] [--regression NAME=DIR] [--steps 1 10]
 [--max-cases N] [--device cpu|cuda] [--out FILE]``.
