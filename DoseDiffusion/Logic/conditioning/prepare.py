@@ -25,12 +25,18 @@ Channels, each float32 (D, H, W) in [−1, 1] (background −1):
 - ``angle_plate``: :func:`~dosediffusion.conditioning.plates.angle_plate` (0/1);
 - ``dose``: ``2 · dose / dose_reference_gy − 1``, not clipped, so ``restore`` inverts it exactly.
   ``dose_reference_gy`` defaults to 1.2 × the highest prescription (the challenge clips doses at
-  1.2 × the high prescription), so clinical doses fall inside [−1, 1].
+  1.2 × the high prescription), so clinical doses fall inside [−1, 1];
+- ``prior_dose`` (not among the paper's seven): the ray-traced prior dose of the case's beams
+  (:func:`~dosediffusion.conditioning.prior_dose.prior_dose`) scaled as the dose, clipped to [−1, 1].
+
+Each modality is one entry of :data:`MODALITY_BUILDERS` (its slot and the function that builds it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -39,7 +45,8 @@ from dosediffusion.conditioning.plates import angle_plate, beam_plate
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid, resample
 
-#: The seven modalities in their fixed slot order.
+#: The paper's seven modalities in their slot order: the default of a model and of its preprocessing
+#: (:data:`MODALITY_BUILDERS` holds every modality there is).
 MODALITIES: tuple[str, ...] = ("ct", "ptv", "oar", "body", "beam_plate", "angle_plate", "dose")
 
 
@@ -64,9 +71,9 @@ class PrepareConfig:
     def __post_init__(self):
         if len(self.crop_shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in self.crop_shape):
             raise InputError(f"crop shape {self.crop_shape} must be three positive voxel counts (z, y, x)")
-        unknown = set(self.modalities) - set(MODALITIES)
+        unknown = set(self.modalities) - set(MODALITY_BUILDERS)
         if unknown:
-            raise InputError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")
+            raise InputError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITY_BUILDERS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,38 +173,96 @@ def _reference_dose(case: Case, config: PrepareConfig) -> float:
     return config.reference_factor * high
 
 
+class _Channels:
+    """What the modality builders share for one case: the case, the config, the crop, and the PTV levels on
+    the crop (computed once, when first asked for)."""
+
+    def __init__(self, case: Case, config: PrepareConfig, inputs: ModelInputs):
+        self.case, self.config, self.inputs = case, config, inputs
+
+    @cached_property
+    def ptv_level(self) -> np.ndarray | None:
+        """Each PTV voxel's prescription relative to the highest, on the crop (the higher wins); None
+        without a prescribed PTV."""
+        ptvs = [s for s in self.case.with_role("ptv") if s.prescription_gy]
+        if not ptvs:
+            return None
+        high = max(s.prescription_gy for s in ptvs)
+        level = np.zeros(self.inputs.crop_grid.shape, dtype=np.float32)
+        for s in ptvs:
+            level = np.maximum(level, to_crop(s.mask, self.case, self.inputs) * np.float32(s.prescription_gy / high))
+        return level
+
+    def dose_channel(self, dose_gy: np.ndarray) -> np.ndarray:
+        """A dose (Gy, CT grid) on the crop as ``2 · dose / dose_reference_gy − 1``."""
+        dose = to_crop(np.asarray(dose_gy, dtype=np.float32), self.case, self.inputs)
+        return (dose * np.float32(2.0 / self.inputs.dose_reference_gy) - 1.0).astype(np.float32)
+
+
+def _ct(c: _Channels) -> np.ndarray:
+    lo, hi = c.config.hu_clip
+    ct = to_crop(np.asarray(c.case.ct, dtype=np.float32), c.case, c.inputs, fill=-1000.0)
+    return _unit((np.clip(ct, lo, hi) - lo) / (hi - lo))
+
+
+def _ptv(c: _Channels) -> np.ndarray | None:
+    return None if c.ptv_level is None else _unit(c.ptv_level)
+
+
+def _oar(c: _Channels) -> np.ndarray | None:
+    oars = c.case.with_role("oar")
+    return _unit(to_crop(np.any([s.mask for s in oars], axis=0), c.case, c.inputs)) if oars else None
+
+
+def _body(c: _Channels) -> np.ndarray | None:
+    return None if c.case.body is None else _unit(to_crop(c.case.body.mask, c.case, c.inputs))
+
+
+def _beam_plate(c: _Channels) -> np.ndarray | None:
+    if not c.case.beams or c.ptv_level is None or not c.ptv_level.any():
+        return None
+    plate = beam_plate(c.ptv_level > 0, c.inputs.crop_grid, c.case.beams, arc_stride=c.config.arc_stride,
+                       inverse_square=c.config.inverse_square, patient_position=c.case.patient_position)
+    return _unit(plate / max(float(plate.max()), 1e-6))
+
+
+def _angle_plate(c: _Channels) -> np.ndarray | None:
+    if not c.case.beams:
+        return None
+    return _unit(angle_plate(c.inputs.crop_grid, c.case.beams, patient_position=c.case.patient_position))
+
+
+def _dose(c: _Channels) -> np.ndarray | None:
+    return None if c.case.dose is None else c.dose_channel(c.case.dose)
+
+
+def _prior_dose(c: _Channels) -> np.ndarray | None:
+    if not c.case.beams or c.ptv_level is None:
+        return None
+    from dosediffusion.conditioning.prior_dose import prior_dose  # torch
+
+    return np.clip(c.dose_channel(prior_dose(c.case)), -1.0, 1.0)
+
+
+#: Every modality a model may be trained with, in slot order, each with the one function that builds its
+#: channel (None when the case lacks it). New modalities are appended: a slot is never renumbered, so a
+#: pipeline folder (which lists the modalities it was trained with) keeps its meaning.
+MODALITY_BUILDERS: dict[str, Callable[[_Channels], np.ndarray | None]] = {
+    "ct": _ct, "ptv": _ptv, "oar": _oar, "body": _body, "beam_plate": _beam_plate, "angle_plate": _angle_plate,
+    "dose": _dose, "prior_dose": _prior_dose,
+}
+
+
 def prepare(case: Case, config: PrepareConfig, *, include_dose: bool = True) -> ModelInputs:
-    """The model inputs of ``case``: every modality of ``config.modalities`` that the case has."""
+    """The model inputs of ``case``: every modality of ``config.modalities`` that the case has (the
+    target ``dose`` only with ``include_dose``)."""
     grid, aligned, offset = crop_grid(case, config)
     inputs = ModelInputs({}, grid, _reference_dose(case, config), aligned, offset)
-    wanted = set(config.modalities)
-    lo, hi = config.hu_clip
-    channels = inputs.channels
-    if "ct" in wanted:
-        ct = to_crop(np.asarray(case.ct, dtype=np.float32), case, inputs, fill=-1000.0)
-        channels["ct"] = _unit((np.clip(ct, lo, hi) - lo) / (hi - lo))
-    ptvs = [s for s in case.with_role("ptv") if s.prescription_gy]
-    ptv_crop = None
-    if ptvs:
-        high = max(s.prescription_gy for s in ptvs)
-        level = np.zeros(grid.shape, dtype=np.float32)
-        for s in ptvs:
-            level = np.maximum(level, to_crop(s.mask, case, inputs) * np.float32(s.prescription_gy / high))
-        ptv_crop = level > 0
-        if "ptv" in wanted:
-            channels["ptv"] = _unit(level)
-    oars = case.with_role("oar")
-    if oars and "oar" in wanted:
-        channels["oar"] = _unit(to_crop(np.any([s.mask for s in oars], axis=0), case, inputs))
-    if case.body is not None and "body" in wanted:
-        channels["body"] = _unit(to_crop(case.body.mask, case, inputs))
-    if case.beams and ptv_crop is not None and ptv_crop.any() and "beam_plate" in wanted:
-        plate = beam_plate(ptv_crop, grid, case.beams, arc_stride=config.arc_stride,
-                           inverse_square=config.inverse_square, patient_position=case.patient_position)
-        channels["beam_plate"] = _unit(plate / max(float(plate.max()), 1e-6))
-    if case.beams and "angle_plate" in wanted:
-        channels["angle_plate"] = _unit(angle_plate(grid, case.beams, patient_position=case.patient_position))
-    if include_dose and case.dose is not None and "dose" in wanted:
-        dose = to_crop(np.asarray(case.dose, dtype=np.float32), case, inputs)
-        channels["dose"] = (dose * np.float32(2.0 / inputs.dose_reference_gy) - 1.0).astype(np.float32)
+    context = _Channels(case, config, inputs)
+    for name in config.modalities:
+        if name == "dose" and not include_dose:
+            continue
+        channel = MODALITY_BUILDERS[name](context)
+        if channel is not None:
+            inputs.channels[name] = channel
     return inputs
