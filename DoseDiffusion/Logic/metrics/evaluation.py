@@ -16,7 +16,6 @@ The OpenKBP challenge's dose and DVH scores are in :mod:`dosediffusion.metrics.o
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from dosediffusion.errors import InputError
 
@@ -67,6 +66,8 @@ def psnr(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> f
 
 def ssim3d(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, sigma: float = 1.5, size: int = 11) -> float:
     """Mean 3-D SSIM of ``pred`` against ``ref`` over ``mask`` (all voxels by default)."""
+    import torch  # only SSIM needs it: the rest of this module runs on what 3D Slicer bundles
+
     _check(pred, ref)
     x = torch.as_tensor(np.asarray(pred, np.float64))[None, None]
     y = torch.as_tensor(np.asarray(ref, np.float64))[None, None]
