@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     cache.set_defaults(run=_cache_latents)
     codec = commands.add_parser("fit-codec", help="train a small VAE codec for the modalities (then frozen)")
     codec.add_argument("--config", required=True, help="codec configuration (see DoseDiffusionTraining/configs/)")
-    codec.add_argument("--out", required=True, help="new folder: vae/, loss.jsonl, reconstruction.json")
+    codec.add_argument("--out", required=True, help="new folder (or a stopped run's, to resume): vae/, loss.jsonl, "
+                       "reconstruction.json")
     codec.set_defaults(run=_fit_codec)
     fit = commands.add_parser("fit", help="train a model from a run configuration (YAML)")
     fit.add_argument("--config", required=True, help="run configuration (see DoseDiffusionTraining/configs/)")

@@ -12,7 +12,9 @@ Each step draws ``batch_size`` (case, modality) pairs (the dose at least ``dose_
 modality a model predicts, whose error inside the PTVs matters most) and a random sub-volume of ``patch_shape`` of
 each (the VAE is convolutional, so it learns on patches and encodes the whole crop later), and
 minimises L1(decoded before the VAE's clamp, volume) + ``kl_weight`` · KL(posterior ‖ N(0, 1)) on a sample of the posterior.
-Everything random is a function of (seed, step). Afterwards the per-channel mean and standard
+Everything random is a function of (seed, step). The loop is :mod:`.stage_loop`'s, as every stage's
+(checkpoints under ``DIR/checkpoints`` that a second run into ``DIR`` resumes from, the guards,
+``max_minutes``, ``ema_decay``, TensorBoard), on one process. Afterwards the per-channel mean and standard
 deviation of the posterior modes over every training case's modalities (whole crops) go into the
 VAE's ``latents_mean`` / ``latents_std``, so :class:`~dosediffusion.model.codecs.WanVAECodec` hands the
 DiT latents of mean 0 and deviation 1. Written: ``DIR/vae`` (a diffusers folder; a run uses it as
@@ -26,14 +28,14 @@ floor under any model's PTV error in this latent space). It trains on the GPU wh
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from diffusers import AutoencoderKLWan
-from tqdm import tqdm
 
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.errors import InputError
@@ -41,7 +43,8 @@ from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.model.codecs import WAN_CHUNK, WanVAECodec
 from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, load_any
 from dosediffusion_training.data.sources import run_cases
-from dosediffusion_training.training.config import check_data, read_mapping
+from dosediffusion_training.training.config import LoopSettings, check_data, read_mapping
+from dosediffusion_training.training.stage_loop import Piece, latest_checkpoint, make_accelerator, make_trainee, run
 
 #: ``AutoencoderKLWan`` settings a codec configuration may give (channels are fixed at 1).
 VAE_KEYS = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "scale_factor_temporal",
@@ -49,16 +52,15 @@ VAE_KEYS = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsam
 
 
 @dataclass
-class CodecTrainSettings:
+class CodecTrainSettings(LoopSettings):
     steps: int = 2000
-    batch_size: int = 4
     learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    log_every: int = 50
+    batch_size: int = 4
     kl_weight: float = 1e-6  # weight of the KL term against the L1 reconstruction (channel units)
     patch_shape: tuple[int, int, int] = (9, 32, 32)  # (z, y, x) voxels of each training sub-volume
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 50
-    max_minutes: float = 0.0  # > 0: stop training after this much wall time (then statistics and the report)
     dose_share: float = 0.0  # > 0: this fraction of the patches is the dose (the rest: any modality)
 
 
@@ -83,6 +85,7 @@ class CodecConfig:
                              f"unknown: {sorted(unknown | unknown_train)}", path)
         train = CodecTrainSettings(**(raw["train"] or {}))
         train.patch_shape = tuple(int(n) for n in train.patch_shape)
+        train.check(path)
         config = cls(raw["data"], PrepareConfig.from_dict(raw["preprocessing"]), dict(raw["vae"] or {}), train)
         check_patch(config)
         return config
@@ -185,45 +188,53 @@ def reconstruction_mae(codec: WanVAECodec, paths: list[Path], preprocessing: Pre
     return {k: round(float(np.mean(v)), 5) for k, v in errors.items()}
 
 
+class CodecStage:
+    """The codec's training as a :class:`~.stage_loop.Stage`: one piece per step, :func:`codec_loss` of
+    :func:`training_patches` (logged: ``loss`` and the decoded ``l1``)."""
+
+    label, shown = "codec", ("l1",)
+
+    def __init__(self, vae: AutoencoderKLWan, dataset: PreparedCases, settings: CodecTrainSettings,
+                 accelerator: Accelerator):
+        self.vae, self.dataset, self.settings, self.accelerator = vae, dataset, settings, accelerator
+
+    def pieces(self, step: int) -> Iterator[Piece]:
+        seed = int(np.random.SeedSequence([self.settings.seed, step]).generate_state(1)[0])
+        patches = training_patches(self.dataset, step, self.settings).to(self.accelerator.device)
+        with self.accelerator.autocast():
+            loss, l1 = codec_loss(self.vae, patches, self.settings.kl_weight, torch.Generator().manual_seed(seed))
+        yield Piece(loss, {"loss": loss.item(), "l1": l1}, True)
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
+
 def fit_codec(config: CodecConfig, out: str | Path) -> Path:
-    """Train the codec as ``config`` says; write ``out/vae``, ``out/loss.jsonl`` and
-    ``out/reconstruction.json`` (see the module docstring). Returns the VAE folder."""
+    """Train the codec as ``config`` says (resuming a run stopped in ``out``); write ``out/vae``,
+    ``out/loss.jsonl`` and ``out/reconstruction.json`` (see the module docstring). Returns the VAE folder."""
     out = Path(out)
-    if out.exists():
-        raise InputError("the codec's output folder exists already; choose another --out", out)
+    if (out / "vae").exists() or (out.exists() and latest_checkpoint(out) is None):
+        raise InputError("the codec's output folder exists already (and holds no run to resume); choose another --out",
+                         out)
     settings = config.train
     train_paths, held_out = run_cases(config.data)
     scored = held_out or train_paths
     dataset = PreparedCases(train_paths, config.preprocessing, config.data.get("cache_dir"),
                             config.data.get("ram_cache_gib", RAM_CACHE_GIB))
+    accelerator = make_accelerator(settings, out)
+    if accelerator.num_processes > 1:
+        raise InputError("fit-codec trains on one process: run it without accelerate launch")
     torch.manual_seed(settings.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    vae = new_vae(config.vae).to(device).train()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=settings.learning_rate)
-    log, started = [], time.monotonic()
-    for step in tqdm(range(settings.steps), desc="codec", unit="step"):
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([settings.seed, step]).generate_state(1)[0]))
-        patches = training_patches(dataset, step, settings).to(device)
-        loss, l1 = codec_loss(vae, patches, settings.kl_weight, generator)
-        if not np.isfinite(loss.item()):
-            raise InputError(f"the codec's loss became {loss.item()} at step {step + 1}: lower train.learning_rate")
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), settings.grad_clip)
-        optimizer.step()
-        log.append({"step": step + 1, "loss": loss.item(), "l1": l1})
-        if (step + 1) % settings.log_every == 0:
-            tqdm.write(f"step {step + 1}: L1 {np.mean([r['l1'] for r in log[-settings.log_every:]]):.4f}")
-        if settings.max_minutes and time.monotonic() - started > 60.0 * settings.max_minutes:
-            break
+    vae = new_vae(config.vae).train()
+    trainee = make_trainee(accelerator, vae, list(vae.parameters()), settings)
+    run(CodecStage(vae, dataset, settings, accelerator), accelerator, trainee, settings, out)
     vae.eval()
     mean, std = latent_statistics(vae, dataset)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     codec = WanVAECodec(vae)
     errors = reconstruction_mae(codec, scored, config.preprocessing)
-    with atomic_folder(out) as staging:
-        vae.save_pretrained(staging / "vae")
-        (staging / "loss.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-        (staging / "reconstruction.json").write_text(json.dumps(
-            {"cases": len(scored), "held_out": bool(held_out), "mae": errors}, indent=2))
+    (out / "reconstruction.json").write_text(json.dumps({"cases": len(scored), "held_out": bool(held_out),
+                                                         "mae": errors}, indent=2))
+    with atomic_folder(out / "vae") as staging:
+        vae.save_pretrained(staging)
     return out / "vae"

@@ -54,9 +54,11 @@ def check_data(data, path: str | Path) -> None:
 
 
 @dataclass
-class TrainSettings:
+class LoopSettings:
+    """What the training loop itself reads (:mod:`.stage_loop`): every stage's settings (A, B, C and the
+    codec's) have these, with the stage's own defaults."""
+
     steps: int = 1000
-    batch_size: int = 1
     learning_rate: float = 1e-4
     warmup_steps: int = 500
     grad_clip: float = 0.1
@@ -64,6 +66,25 @@ class TrainSettings:
     checkpoint_every: int = 500
     log_every: int = 10
     seed: int = 0
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the trained weights and ship it
+    tensorboard: bool = True  # the logged numbers under OUT/logs (when tensorboard is installed)
+    stall_timeout_s: float = 0.0  # > 0: stop the run (exit 3) when no step completes for this long
+    max_minutes: float = 0.0  # > 0: end the run (checkpoint and outputs) after this much wall time (equal budgets)
+
+    def check(self, path: str | Path) -> None:
+        """Raise unless the loop's settings can run (``path``: the configuration, for the message)."""
+        if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise InputError("train.steps, train.checkpoint_every and train.log_every must be at least 1", path)
+        if self.stall_timeout_s < 0 or self.max_minutes < 0 or not 0 <= self.ema_decay < 1:
+            raise InputError("train.stall_timeout_s and train.max_minutes must be at least 0, train.ema_decay in [0, 1)",
+                             path)
+        if self.mixed_precision not in ("no", "bf16"):
+            raise InputError(f"train.mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}", path)
+
+
+@dataclass
+class TrainSettings(LoopSettings):
+    batch_size: int = 1
     target: str = "dose"  # stage B (and the pipeline's target); stage A draws the target per step
     stage: str = "B"  # "A": Any2Any pre-training, "B": dose-only fine-tuning, "C": ScardNFT post-training
     curriculum_steps: int = 0  # stage A: steps over which the fewest kept conditions goes from all to one
@@ -84,13 +105,9 @@ class TrainSettings:
     old_policy_decay_max: float = 0.5
     candidate_micro_batch: int = 0  # stage C: > 0 runs the candidates through the model this many at a time
     reference_weight: float = 1e-4  # penalty on ‖v_θ − v_reference‖² (adapters off)
-    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and ship it
-    tensorboard: bool = True  # loss and learning rate under OUT/logs (when tensorboard is installed)
     flip_lr_probability: float = 0.0  # mirror every channel of a batch left-right (geometry stays consistent)
     gradient_checkpointing: bool = False  # recompute each transformer block in the backward pass (less memory)
     gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step
-    stall_timeout_s: float = 0.0  # > 0: stop the run (exit 3) when no step completes for this long
-    max_minutes: float = 0.0  # > 0: end the run (checkpoint and pipeline) after this much wall time (equal budgets)
 
 
 @dataclass
@@ -119,10 +136,10 @@ class RunConfig:
             raise InputError(f"train.stage must be 'A', 'B' or 'C', got {train.stage!r}", path)
         if train.stage == "C" and (not train.scorecard or train.num_candidates < 2):
             raise InputError("stage C needs train.scorecard and num_candidates of at least 2", path)
-        if (train.gradient_accumulation_steps < 1 or train.candidate_micro_batch < 0 or train.stall_timeout_s < 0
-                or train.max_minutes < 0):
-            raise InputError("train.gradient_accumulation_steps must be at least 1, train.candidate_micro_batch, "
-                             "train.stall_timeout_s and train.max_minutes at least 0", path)
+        train.check(path)
+        if train.gradient_accumulation_steps < 1 or train.candidate_micro_batch < 0 or not 0 <= train.flip_lr_probability <= 1:
+            raise InputError("train.gradient_accumulation_steps must be at least 1, train.candidate_micro_batch at "
+                             "least 0, train.flip_lr_probability in [0, 1]", path)
         return cls(data=raw["data"], preprocessing=PrepareConfig.from_dict(raw["preprocessing"]),
                    codec=raw.get("codec") or cls.__dataclass_fields__["codec"].default_factory(),
                    model=raw.get("model") or {}, scheduler=raw.get("scheduler") or {"shift": 3.0},

@@ -1,34 +1,25 @@
-"""The training loop: flow matching with Accelerate. Stage B trains the dose as the target with
-every other modality as a condition; stage A (Any2Any) draws, per step, the target uniformly
-from the modalities present and keeps a random number of the others as conditions, the fewest
-allowed going from all of them to one over ``curriculum_steps`` (a curriculum from easy to hard).
+"""Stages A and B: flow matching (and the regression comparator's L1) in :mod:`.stage_loop`'s loop.
+Stage B trains the dose as the target with every other modality as a condition; stage A (Any2Any)
+draws, per step, the target uniformly from the modalities present and keeps a random number of the
+others as conditions, the fewest allowed going from all of them to one over ``curriculum_steps`` (a
+curriculum from easy to hard).
 
-One command runs on a CPU, one GPU or many (``accelerate launch``): Accelerate wraps the model in
-DDP and handles bf16 autocast. Everything random is a function of (seed, step): the case order
-of each epoch, each process's share of the global batch, the noise and the diffusion times. So a
-run resumed from a checkpoint (model, optimizer and LR-schedule state, written every
-``checkpoint_every`` steps under ``OUT/checkpoints/``) continues exactly as if never stopped. The
-finished model (its exponential moving average when ``ema_decay`` is set) is written as a pipeline
-folder ``OUT/pipeline`` that ``dosediffusion predict`` loads; loss and learning rate go to
-TensorBoard under ``OUT/logs`` and to ``OUT/loss.jsonl``.
+One command runs on a CPU, one GPU or many (``accelerate launch``). Everything random is a function of
+(seed, step): the case order of each epoch, each process's share of the global batch, the noise, the
+diffusion times and the left-right flips. So a run resumed from a checkpoint continues exactly as if
+never stopped. The finished model (its exponential moving average when ``ema_decay`` is set) is written
+as a pipeline folder ``OUT/pipeline`` that ``dosediffusion predict`` loads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import json
-import shutil
-import time
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.training_utils import EMAModel
-from tqdm import tqdm
 
 from dosediffusion.errors import InputError
 from dosediffusion.model.any2any import Any2AnyDiT
@@ -41,17 +32,9 @@ from dosediffusion.model.wan_loading import any2any_from_wan
 from dosediffusion_training.data import sources
 from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate
 from dosediffusion_training.data.latent_cache import LatentBatch, LatentCases, check_latent_model, open_latent_cache
-from dosediffusion_training.training.config import RunConfig
-from dosediffusion_training.training.guards import (
-    StallWatchdog,
-    check_step,
-    mean_over_processes,
-    out_of_time,
-    resume_hint,
-)
+from dosediffusion_training.training.config import RunConfig, TrainSettings
 from dosediffusion_training.training.memory_plan import check_fits
-
-STATE = "state.json"
+from dosediffusion_training.training.stage_loop import Piece, make_accelerator, make_trainee, run
 
 
 def build_codec(config: RunConfig) -> PatchCodec | WanVAECodec:
@@ -198,20 +181,36 @@ def training_batch(dataset: PreparedCases | LatentCases, cases: list[int], step:
     return augment(collate([dataset[i] for i in cases]), step, settings)
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    """The complete checkpoints under ``out``, oldest first (a ``step_N.partial`` being written is not one)."""
-    found = [p for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit() and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+class SupervisedStage:
+    """Stages A and B as a :class:`~.stage_loop.Stage`: per optimizer step, ``gradient_accumulation_steps``
+    micro-batches of ``batch_size`` cases per process, each one piece (its loss over the micro-batches):
+    the flow-matching loss of the diffusion pipeline, or the regression comparator's L1."""
 
+    label, shown = "training", ("loss",)
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    checkpoints = _checkpoints(out)
-    return checkpoints[-1] if checkpoints else None
+    def __init__(self, pipeline: DoseDiffusionPipeline | RegressionPipeline, model, dataset: PreparedCases | LatentCases,
+                 settings: TrainSettings, accelerator: Accelerator):
+        self.pipeline, self.model, self.dataset = pipeline, model, dataset
+        self.settings, self.accelerator = settings, accelerator
 
+    def pieces(self, step: int) -> Iterator[Piece]:
+        settings, accelerator = self.settings, self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        micro, size = settings.gradient_accumulation_steps, settings.batch_size
+        indices = batch_indices(step, len(self.dataset), size * world * micro, settings.seed)
+        for k in range(micro):
+            positions = micro_batch_positions(k, world, rank, size)
+            batch = training_batch(self.dataset, [int(indices[p]) for p in positions], step, settings)
+            if settings.stage == "B" and settings.target not in batch:
+                raise InputError(f"a training batch has no {settings.target!r} channel")
+            if isinstance(self.pipeline, RegressionPipeline):
+                loss = regression_loss(self.model, batch, settings.target, accelerator)
+            else:
+                loss = diffusion_loss(self.pipeline, self.model, batch, step, positions, settings, accelerator)
+            yield Piece(loss / micro, {"loss": loss.item() / micro}, k == micro - 1)
 
-def where_it_stands(out: Path) -> str:
-    """For a stopped run's message: the newest complete checkpoint in ``out``, to resume from."""
-    return resume_hint(_latest_checkpoint(out))
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
@@ -219,13 +218,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     out = Path(out)
     settings = config.train
     paths = training_cases(config)  # bad data sources before anything is written or built
-    # modalities absent from a batch (and, in stage A, the dropped conditions) leave parameters unused
-    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
-    trackers = "tensorboard" if settings.tensorboard and importlib.util.find_spec("tensorboard") else None
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=[unused], log_with=trackers, project_dir=str(out / "logs"))
-    if trackers:
-        accelerator.init_trackers("dosediffusion")
+    accelerator = make_accelerator(settings, out)
     if torch.cuda.is_available() and config.model.get("type", "any2any") == "any2any":  # the DiT, on a GPU
         check_fits(config, torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30)
     torch.manual_seed(settings.seed)
@@ -238,88 +231,13 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
                                 config.data.get("ram_cache_gib", RAM_CACHE_GIB))
     if settings.gradient_checkpointing and isinstance(pipeline.model, Any2AnyDiT):
         pipeline.model.enable_gradient_checkpointing()
-    model = pipeline.model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(settings.warmup_steps, 1)))
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    trainee = make_trainee(accelerator, pipeline.model.train(), list(pipeline.model.parameters()), settings)
     if isinstance(pipeline, DoseDiffusionPipeline):
         pipeline.codec.to(accelerator.device)
-    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=settings.ema_decay) if settings.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-
-    step = 0
-    checkpoint = _latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / STATE).read_text())["step"]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    micro, size = settings.gradient_accumulation_steps, settings.batch_size
-    log = []
-    bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
-    where = partial(where_it_stands, out)
-    started, last = time.monotonic(), step >= settings.steps
-    with StallWatchdog(settings.stall_timeout_s, where) as watchdog:
-        while not last:
-            indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
-            losses = []
-            for k in range(micro):
-                positions = micro_batch_positions(k, world, rank, size)
-                batch = training_batch(dataset, [int(indices[p]) for p in positions], step, settings)
-                if settings.stage == "B" and settings.target not in batch:
-                    raise InputError(f"a training batch has no {settings.target!r} channel")
-                if isinstance(pipeline, RegressionPipeline):
-                    loss = regression_loss(model, batch, settings.target, accelerator)
-                else:
-                    loss = diffusion_loss(pipeline, model, batch, step, positions, settings, accelerator)
-                with accelerator.no_sync(model) if k < micro - 1 else contextlib.nullcontext():  # one all-reduce per step
-                    accelerator.backward(loss / micro)
-                losses.append(loss.item())
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            check_step(accelerator, losses, float(grad_norm), step, where)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(model).parameters())
-            step += 1
-            log.append({"step": step, **mean_over_processes(accelerator, {"loss": float(np.mean(losses))}),
-                        "lr": schedule.get_last_lr()[0]})
-            accelerator.log({"loss": log[-1]["loss"], "lr": log[-1]["lr"]}, step=step)
-            bar.update(1)
-            if step % settings.log_every == 0:
-                bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-settings.log_every:]]):.4f}")
-            last = step >= settings.steps or out_of_time(accelerator, started, settings.max_minutes)
-            if step % settings.checkpoint_every == 0 or last:
-                _checkpoint(accelerator, out, step, log)
-            watchdog.beat()
-    bar.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    pipeline.model = accelerator.unwrap_model(model).eval()
-    if ema is not None:
-        ema.copy_to(pipeline.model.parameters())
+    run(SupervisedStage(pipeline, trainee.model, dataset, settings, accelerator), accelerator, trainee, settings, out,
+        resume)
+    pipeline.model = accelerator.unwrap_model(trainee.model).eval()
     folder = out / "pipeline"
     if accelerator.is_main_process:
         pipeline.save_pretrained(folder)
     return folder
-
-
-def _checkpoint(accelerator: Accelerator, out: Path, step: int, log: list[dict]) -> None:
-    """Save model, optimizer and schedule state at ``step``, atomically: written as ``step_N.partial``
-    (with its ``state.json``) and renamed when complete, so that a crash never leaves a checkpoint
-    resume would take; keep the two newest."""
-    folder = out / "checkpoints" / f"step_{step}"
-    partial = folder.with_name(f"{folder.name}.partial")
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / STATE).write_text(json.dumps({"step": step, "processes": accelerator.num_processes}))
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
-        with (out / "loss.jsonl").open("a") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in log)
-        log.clear()
-        for old in _checkpoints(out)[:-2]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()

@@ -12,7 +12,8 @@ For one case with K candidate doses x0ᵏ (Gy on the CT grid):
   score swings widely, and the reward no longer depends on how many points a template gives. The
   hinge sums, over the entries whose limit is ``hard``, how far the value lies beyond the limit
   (max(0, value − max) + max(0, min − value), in the entry's own unit: Gy, %Rx, % or cc), and the
-  MAE is the mean absolute difference (Gy) to the reference dose inside the body;
+  MAE is the mean absolute difference (Gy) to the reference dose inside the body
+  (:func:`dosediffusion.metrics.evaluation.masked_mae`);
 - optimality rᵏ = 0.5 + 0.5 · clip((Rᵏ − mean_k R) / scale, −1, 1) ∈ [0, 1], with ``scale`` a
   running (exponential moving) average of the per-case standard deviation of R over the K
   candidates, kept in the training state so that a resumed run continues exactly.
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dosediffusion.metrics.scorecard import ScoreReport
+from dosediffusion.metrics.scorecard import ScoreReport, limit_excess
 
 #: Below this running scale every candidate is as good as the mean (r = 0.5).
 MIN_SCALE = 1e-8
@@ -73,30 +74,15 @@ def standardized_score(scores: np.ndarray, importance: np.ndarray) -> np.ndarray
 
 
 def hard_violation(report: ScoreReport, template: dict) -> float:
-    """Σ over the hard-limit entries of how far each value lies beyond its limit (entry units);
-    entries that are not evaluable count zero. ``report`` must come from ``template`` (entries in
-    the template's order, as :func:`~dosediffusion.metrics.scorecard.score_case` makes them)."""
+    """Σ over the hard-limit entries of how far each value lies beyond its limit
+    (:func:`~dosediffusion.metrics.scorecard.limit_excess`, entry units); entries that are not evaluable
+    count zero. ``report`` must come from ``template`` (entries in the template's order, as
+    :func:`~dosediffusion.metrics.scorecard.score_case` makes them)."""
     if len(report.entries) != len(template["entries"]):
         raise ValueError("the report does not come from this template (entry counts differ)")
-    total = 0.0
-    for result, entry in zip(report.entries, template["entries"], strict=True):
-        limit = entry.get("limit") or {}
-        if not limit.get("hard") or result.value is None:
-            continue
-        if "max" in limit:
-            total += max(0.0, result.value - float(limit["max"]))
-        if "min" in limit:
-            total += max(0.0, float(limit["min"]) - result.value)
-    return float(total)
-
-
-def masked_mae(dose_gy: np.ndarray, reference_gy: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean absolute difference (Gy) of two doses (z, y, x) inside ``mask`` (everywhere if None)."""
-    if mask is None:
-        mask = np.ones(np.shape(dose_gy), dtype=bool)
-    if not mask.any():
-        return 0.0
-    return float(np.abs(np.asarray(dose_gy, np.float64)[mask] - np.asarray(reference_gy, np.float64)[mask]).mean())
+    return float(sum(limit_excess(entry["limit"], result.value)
+                     for result, entry in zip(report.entries, template["entries"], strict=True)
+                     if (entry.get("limit") or {}).get("hard") and result.value is not None))
 
 
 def reward(score: float, violation: float, mae_gy: float, lambda_hinge: float, lambda_mae: float) -> float:

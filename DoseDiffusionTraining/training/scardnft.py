@@ -39,32 +39,32 @@ After the public DiffusionNFT code (NVlabs/DiffusionNFT), where the paper is sil
 
 Everything random is a function of (seed, step) and a sample's position in the step's global batch
 (:func:`.loop.sample_noise`, on three derived seeds), so micro-batches, processes and one big batch
-draw the same numbers. Checkpoints (``checkpoint_every``) hold the model with both adapters, the
-optimizer, the LR schedule and the :class:`~.lora.PolicyState` (old and reference modulation, the
-running scale), so a resumed run continues exactly. A non-finite loss or gradient stops the run
-before the weights change, and a stalled step ends it (:mod:`.guards`). The run writes
-``OUT/adapter`` (LoRA + modulation, see :func:`.lora.save_adapter`) and ``OUT/pipeline`` (the
+draw the same numbers. With ``flip_lr_probability`` a step's cases are mirrored left-right as in stage B
+(:func:`.loop.flips`); their candidates are mirrored back before they are restored and scored against
+the case. The loop is :mod:`.stage_loop`'s, as every stage's: checkpoints (``checkpoint_every``) hold the
+model with both adapters, the optimizer, the LR schedule, the EMA of the trained parameters
+(``ema_decay``) and the :class:`~.lora.PolicyState` (old and reference modulation, the running scale),
+so a resumed run continues exactly; the guards, ``max_minutes`` and TensorBoard work as in stage B. The
+run writes ``OUT/adapter`` (LoRA + modulation, see :func:`.lora.save_adapter`) and ``OUT/pipeline`` (the
 adapter merged into plain weights).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
-from tqdm import tqdm
+from accelerate import Accelerator
 
 from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import ModelInputs, PrepareConfig, prepare
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.errors import InputError
+from dosediffusion.metrics.evaluation import masked_mae
 from dosediffusion.metrics.scorecard import score_case
 from dosediffusion.model.any2any import Any2AnyDiT
 from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, to_sample, to_velocity
@@ -73,18 +73,15 @@ from dosediffusion.model.sampling import euler_sample
 from dosediffusion.prediction.scorecard import check_scorecard_option, choose_scorecard
 from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate, load_any
 from dosediffusion_training.training.config import RunConfig, TrainSettings
-from dosediffusion_training.training.guards import StallWatchdog, check_step, mean_over_processes
 from dosediffusion_training.training.loop import (
-    STATE,
-    _checkpoint,
-    _latest_checkpoint,
+    augment,
     batch_indices,
     build_pipeline,
     choose_roles,
+    flips,
     micro_batch_positions,
     sample_noise,
     training_cases,
-    where_it_stands,
 )
 from dosediffusion_training.training.lora import (
     PolicyState,
@@ -98,13 +95,13 @@ from dosediffusion_training.training.lora import (
 from dosediffusion_training.training.memory_plan import check_fits
 from dosediffusion_training.training.reward import (
     hard_violation,
-    masked_mae,
     optimality,
     reward,
     standardized_score,
     structure_scores,
     update_scale,
 )
+from dosediffusion_training.training.stage_loop import Piece, make_accelerator, make_trainee, run
 
 #: Tags of the derived noise streams (the ground-truth term uses the run's seed itself, as stage B).
 CANDIDATE_NOISE, NFT_NOISE = 1, 2
@@ -212,7 +209,7 @@ def draw_candidates(pipeline: DoseDiffusionPipeline, state: PolicyState, dataset
     """Encode the cases at ``positions`` of the step's global batch (``indices``: case per position),
     sample their candidates with the old policy (``candidate_micro_batch`` at a time) and score them."""
     local = [int(indices[p]) for p in positions]
-    batch = collate([dataset[i] for i in local])
+    batch = augment(collate([dataset[i] for i in local]), step, settings)
     if settings.target not in batch:
         raise InputError(f"a training batch has no {settings.target!r} channel")
     target, condition_names = choose_roles(step, list(batch), settings)
@@ -231,8 +228,8 @@ def draw_candidates(pipeline: DoseDiffusionPipeline, state: PolicyState, dataset
             parts.append(euler_sample(model, {m: x[chunk] for m, x in repeated.items()}, target, start[chunk],
                                       pipeline.scheduler, settings.candidate_steps).to(x0.dtype))
     candidates = torch.cat(parts)
-    return Candidates(target, latents, x0, candidates, candidate_rewards(pipeline, dataset, local, candidates, settings),
-                      positions)
+    return Candidates(target, latents, x0, candidates,
+                      candidate_rewards(pipeline, dataset, local, candidates, settings, flips(step, settings)), positions)
 
 
 def scardnft_pieces(model, unwrapped: Any2AnyDiT, state: PolicyState, settings: TrainSettings, target: str,
@@ -319,18 +316,21 @@ def _piece(model, unwrapped: Any2AnyDiT, state: PolicyState, settings: TrainSett
 
 
 def candidate_rewards(pipeline: DoseDiffusionPipeline, dataset: ScoredCases, indices, candidates: torch.Tensor,
-                      settings: TrainSettings) -> np.ndarray:
-    """Rewards (B, K) of the candidate latents (B·K, ...) of the cases ``indices`` (B). Each case is scored
+                      settings: TrainSettings, flipped: bool = False) -> np.ndarray:
+    """Rewards (B, K) of the candidate latents (B·K, ...) of the cases ``indices`` (B), drawn for the cases
+    mirrored left-right when ``flipped`` (so mirrored back before they are restored). Each case is scored
     with the scorecard ``settings.scorecard`` chooses for it, as a prediction would be
     (:func:`~dosediffusion.prediction.scorecard.choose_scorecard`), its structures' scores standardised
     over its K candidates; where no scorecard fits, the reward is −λ_mae · MAE alone."""
     volumes = pipeline.codec.decode(candidates).float().cpu().numpy()[:, 0]
+    if flipped:
+        volumes = volumes[..., ::-1]
     k = len(volumes) // len(indices)
     rewards = np.zeros((len(indices), k))
     for b, index in enumerate(indices):
         case, inputs = dataset.case(int(index)), dataset.inputs(int(index))
         template = choose_scorecard(settings.scorecard, case).template
-        body = case.body.mask if case.body is not None else None
+        body = case.body.mask if case.body is not None else np.ones(case.grid.shape, bool)
         doses = [restore(volumes[b * k + j], case, inputs) for j in range(k)]
         scores, violations = np.zeros(k), np.zeros(k)
         if template is not None:
@@ -344,6 +344,52 @@ def candidate_rewards(pipeline: DoseDiffusionPipeline, dataset: ScoredCases, ind
     return rewards
 
 
+class ScardNFTStage:
+    """Stage C as a :class:`~.stage_loop.Stage`: each step draws and scores every micro-batch's candidates
+    (no gradients), moves the running reward scale once, then yields the micro-batches' losses in
+    :func:`scardnft_pieces`; after the optimizer step the old policy follows the current one."""
+
+    label, shown = "ScardNFT", ("loss", "reward_mean")
+
+    def __init__(self, pipeline: DoseDiffusionPipeline, model, state: PolicyState, dataset: ScoredCases,
+                 settings: TrainSettings, accelerator: Accelerator):
+        self.pipeline, self.model, self.state, self.dataset = pipeline, model, state, dataset
+        self.settings, self.accelerator = settings, accelerator
+        self.unwrapped: Any2AnyDiT = pipeline.model
+        self._reward_mean = 0.0
+
+    def pieces(self, step: int) -> Iterator[Piece]:
+        settings, accelerator, state = self.settings, self.accelerator, self.state
+        world, rank = accelerator.num_processes, accelerator.process_index
+        micro, size, k = settings.gradient_accumulation_steps, settings.batch_size, settings.num_candidates
+        shift = float(self.pipeline.scheduler.config.shift)
+        indices = batch_indices(step, len(self.dataset), size * world * micro, settings.seed)
+        drawn = [draw_candidates(self.pipeline, state, self.dataset, indices, micro_batch_positions(m, world, rank, size),
+                                 step, settings, accelerator) for m in range(micro)]
+        every = accelerator.gather(torch.from_numpy(np.concatenate([d.rewards for d in drawn])).to(accelerator.device))
+        every = every.cpu().numpy()
+        state.reward_scale = update_scale(state.reward_scale, every, settings.reward_scale_decay)
+        self._reward_mean = float(every.mean())
+        for m, d in enumerate(drawn):
+            r = torch.from_numpy(optimality(d.rewards, state.reward_scale).reshape(-1)).float().to(accelerator.device)
+            noise, s = sample_noise(step, d.positions, settings.seed, d.x0, shift)
+            c_noise, c_s = sample_noise(step, candidate_positions(d.positions, k), stream_seed(settings.seed, NFT_NOISE),
+                                        d.latents, shift)
+            chunks = candidate_chunks(len(d.latents), settings.candidate_micro_batch)
+            count = 1 if chunks is None else 1 + len(chunks)
+            for i, (piece, parts) in enumerate(scardnft_pieces(self.model, self.unwrapped, state, settings, d.target,
+                                                               d.conditions, d.x0, noise, s, d.latents, c_noise, c_s, r,
+                                                               accelerator.autocast, chunks)):
+                shares = {"loss": piece.item() / micro, **{name: value / micro for name, value in parts.items()}}
+                yield Piece(piece / micro, shares, m == micro - 1 and i == count - 1)
+
+    def after_step(self, step: int) -> dict[str, float]:
+        s = self.settings
+        ema_update(self.unwrapped, self.state, old_policy_decay(step, s.old_policy_decay_flat, s.old_policy_decay_rate,
+                                                               s.old_policy_decay_max))
+        return {"reward_mean": self._reward_mean, "reward_scale": self.state.reward_scale}
+
+
 def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     """Stage C as ``config`` says into ``out``; returns the merged pipeline folder."""
     out = Path(out)
@@ -354,9 +400,7 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     paths = training_cases(config)  # bad data sources before anything is written or built
     if torch.cuda.is_available():
         check_fits(config, torch.cuda.get_device_properties(0).total_memory / 2**30)
-    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=[unused])
+    accelerator = make_accelerator(settings, out)
     torch.manual_seed(settings.seed)
     pipeline = build_pipeline(config)
     if not isinstance(pipeline, DoseDiffusionPipeline):
@@ -368,75 +412,16 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
         unwrapped.enable_gradient_checkpointing()
     add_lora(unwrapped, settings.lora_rank)
     state = PolicyState(unwrapped)
-    trainable = [p for p in unwrapped.parameters() if p.requires_grad]
     unwrapped.train()
-    optimizer = torch.optim.Adam(trainable, lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(settings.warmup_steps, 1)))
-    model, optimizer, schedule = accelerator.prepare(unwrapped, optimizer, schedule)
+    trainee = make_trainee(accelerator, unwrapped, [p for p in unwrapped.parameters() if p.requires_grad], settings)
+    _to_device(state, accelerator.device)
     accelerator.register_for_checkpointing(state)
     pipeline.codec.to(accelerator.device)
-
-    step = 0
-    checkpoint = _latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / STATE).read_text())["step"]
-    _to_device(state, accelerator.device)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    micro, size, k = settings.gradient_accumulation_steps, settings.batch_size, settings.num_candidates
-    shift = float(pipeline.scheduler.config.shift)
-    log = []
-    bar = tqdm(total=settings.steps, initial=step, desc="ScardNFT", unit="step", disable=not accelerator.is_main_process)
-    where = partial(where_it_stands, out)
-    with StallWatchdog(settings.stall_timeout_s, where) as watchdog:
-        while step < settings.steps:
-            indices = batch_indices(step, len(dataset), size * world * micro, settings.seed)
-            drawn = [draw_candidates(pipeline, state, dataset, indices, micro_batch_positions(m, world, rank, size),
-                                     step, settings, accelerator) for m in range(micro)]
-            rewards = np.concatenate([d.rewards for d in drawn])
-            every = accelerator.gather(torch.from_numpy(rewards).to(accelerator.device)).cpu().numpy()
-            state.reward_scale = update_scale(state.reward_scale, every, settings.reward_scale_decay)
-            totals, piece_losses = {"loss": 0.0, "diffusion": 0.0, "nft": 0.0, "reference": 0.0}, []
-            for m, d in enumerate(drawn):
-                r = torch.from_numpy(optimality(d.rewards, state.reward_scale).reshape(-1)).float().to(accelerator.device)
-                noise, s = sample_noise(step, d.positions, settings.seed, d.x0, shift)
-                c_noise, c_s = sample_noise(step, candidate_positions(d.positions, k),
-                                            stream_seed(settings.seed, NFT_NOISE), d.latents, shift)
-                chunks = candidate_chunks(len(d.latents), settings.candidate_micro_batch)
-                count = 1 if chunks is None else 1 + len(chunks)
-                for i, (piece, parts) in enumerate(scardnft_pieces(model, unwrapped, state, settings, d.target,
-                                                                   d.conditions, d.x0, noise, s, d.latents, c_noise,
-                                                                   c_s, r, accelerator.autocast, chunks)):
-                    last = m == micro - 1 and i == count - 1  # one all-reduce per step
-                    with nullcontext() if last else accelerator.no_sync(model):
-                        accelerator.backward(piece / micro)
-                    piece_losses.append(piece.item())
-                    totals["loss"] += piece.item() / micro
-                    for name, value in parts.items():
-                        totals[name] += value / micro
-            grad_norm = accelerator.clip_grad_norm_(trainable, settings.grad_clip)
-            check_step(accelerator, piece_losses, float(grad_norm), step, where)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            step += 1
-            ema_update(unwrapped, state, old_policy_decay(step, settings.old_policy_decay_flat,
-                                                          settings.old_policy_decay_rate, settings.old_policy_decay_max))
-            log.append({"step": step, **mean_over_processes(accelerator, totals), "reward_mean": float(every.mean()),
-                        "reward_scale": state.reward_scale, "lr": schedule.get_last_lr()[0]})
-            bar.update(1)
-            if step % settings.log_every == 0:
-                recent = log[-settings.log_every:]
-                bar.set_postfix(loss=f"{np.mean([x['loss'] for x in recent]):.4f}",
-                                reward=f"{np.mean([x['reward_mean'] for x in recent]):.3f}")
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                _checkpoint(accelerator, out, step, log)
-            watchdog.beat()
-    bar.close()
-    accelerator.wait_for_everyone()
+    run(ScardNFTStage(pipeline, trainee.model, state, dataset, settings, accelerator), accelerator, trainee, settings,
+        out, resume)
     folder = out / "pipeline"
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(trainee.model)
         save_adapter(unwrapped, out / "adapter")
         pipeline.model = merge_lora(unwrapped).eval()
         pipeline.save_pretrained(folder)

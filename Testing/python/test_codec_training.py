@@ -4,6 +4,7 @@ folder like the Wan VAE, and used by a diffusion run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,19 @@ def test_dose_share_draws_that_share_of_patches_from_the_dose(tmp_path, data):
 def _is_sub_volume(patch: torch.Tensor, volume: torch.Tensor) -> bool:
     windows = volume.unfold(1, patch.shape[1], 1).unfold(2, patch.shape[2], 1).unfold(3, patch.shape[3], 1)
     return bool((windows == patch[:, None, None, None]).all(dim=(-3, -2, -1)).any())
+
+
+def test_a_stopped_codec_run_resumes_where_its_checkpoint_stands(tmp_path, data):
+    straight = fit_codec(_config(tmp_path, data, steps=4, checkpoint_every=2, tensorboard=False), tmp_path / "a")
+    fit_codec(_config(tmp_path, data, steps=4, checkpoint_every=2, tensorboard=False), tmp_path / "b")
+    run = tmp_path / "b"  # as if it had been killed after step 2's checkpoint
+    shutil.rmtree(run / "vae")
+    shutil.rmtree(run / "checkpoints" / "step_4")
+    (run / "reconstruction.json").unlink()
+    (run / "loss.jsonl").write_text("".join((run / "loss.jsonl").read_text().splitlines(keepends=True)[:2]))
+    resumed = fit_codec(_config(tmp_path, data, steps=4, checkpoint_every=2, tensorboard=False), run)
+    a, b = (WanVAECodec.from_pretrained(f).vae.state_dict() for f in (straight, resumed))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    with pytest.raises(InputError, match="exists already"):  # a finished codec is never overwritten
+        fit_codec(_config(tmp_path, data, steps=4), run)

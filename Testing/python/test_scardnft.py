@@ -16,6 +16,8 @@ from dosediffusion.model.configs import TINY
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion_training.training.config import RunConfig, TrainSettings
 from dosediffusion_training.training.lora import (
+    LORA_WEIGHTS,
+    MODULATION_WEIGHTS,
     PolicyState,
     add_lora,
     ema_update,
@@ -27,7 +29,6 @@ from dosediffusion_training.training.lora import (
 )
 from dosediffusion_training.training.reward import (
     hard_violation,
-    masked_mae,
     optimality,
     reward,
     standardized_score,
@@ -53,11 +54,7 @@ def test_hinge_counts_only_hard_limits_beyond_them():
         hard_violation(ScoreReport("t", report.entries[:2]), template)
 
 
-def test_reward_and_mae():
-    dose, ref = np.array([[1.0, 2.0], [3.0, 10.0]]), np.array([[1.5, 2.0], [2.0, 0.0]])
-    mask = np.array([[True, True], [True, False]])
-    assert masked_mae(dose, ref, mask) == pytest.approx(0.5)
-    assert masked_mae(dose, ref) == pytest.approx(11.5 / 4)
+def test_reward_weighs_score_hinge_and_mae():
     assert reward(7.0, 2.0, 0.5, lambda_hinge=1.5, lambda_mae=4.0) == pytest.approx(7.0 - 3.0 - 2.0)
 
 
@@ -345,3 +342,55 @@ def test_accumulated_and_candidate_micro_batches_train_as_one_batch(tmp_path, da
         for mine, theirs in zip(logs, whole_logs, strict=True):
             assert mine["reward_scale"] == pytest.approx(theirs["reward_scale"], rel=1e-6)
             assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+
+
+def test_stage_c_honours_the_loops_settings(tmp_path, data):
+    # the wall-time budget ends the run after its first step with a checkpoint, the adapter and the pipeline;
+    # TensorBoard logs it; mirrored batches run through candidates, rewards and losses
+    config = _config(tmp_path, data, max_minutes=1e-9, tensorboard=True, flip_lr_probability=1.0)
+    folder = train_scardnft(config, tmp_path / "budget")
+    logs = (tmp_path / "budget" / "loss.jsonl").read_text().splitlines()
+    assert len(logs) == 1 and (tmp_path / "budget" / "checkpoints" / "step_1" / "state.json").is_file()
+    assert (tmp_path / "budget" / "adapter" / "adapter_config.json").is_file()
+    assert DoseDiffusionPipeline.from_pretrained(folder).model is not None
+    assert list((tmp_path / "budget" / "logs").rglob("events.out.tfevents.*"))
+
+    # ema_decay ships the moving average of the trained parameters over the steps (diffusers' EMAModel, as
+    # every stage): the averaged run's adapter is the average of the 1-, 2- and 3-step runs' adapters
+    from diffusers.training_utils import EMAModel
+    from safetensors.torch import load_file
+
+    def adapter(steps: int, **train) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"steps{steps}-{train}"
+        train_scardnft(_config(tmp_path, data, steps=steps, checkpoint_every=steps, **train), out)
+        return {f"{name}/{k}": v for name in (LORA_WEIGHTS, MODULATION_WEIGHTS)
+                for k, v in load_file(out / "adapter" / name).items()}
+
+    trajectory = [adapter(n) for n in (1, 2, 3)]
+    averaged = adapter(3, ema_decay=0.9)
+    keys = sorted(averaged)
+    expected = [torch.nn.Parameter(trajectory[0][k].clone()) for k in keys]
+    ema = EMAModel(expected, decay=0.9)
+    for weights in trajectory:
+        ema.step([torch.nn.Parameter(weights[k]) for k in keys])
+    ema.copy_to(expected)
+    assert set(keys) == set(trajectory[-1]) and any("lora" in k for k in keys)
+    for key, value in zip(keys, expected, strict=True):
+        torch.testing.assert_close(averaged[key], value.data, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(averaged[k], trajectory[-1][k]) for k in keys)  # not simply the last step
+
+
+def test_mirrored_candidates_are_scored_in_the_cases_orientation(tmp_path, data):
+    from dosediffusion_training.training.loop import build_pipeline, training_cases
+    from dosediffusion_training.training.scardnft import ScoredCases, candidate_rewards
+
+    config = _config(tmp_path, data)
+    pipeline = build_pipeline(config)
+    dataset = ScoredCases(training_cases(config), config.preprocessing)
+    dose = dataset[0]["dose"][None]  # (1, 1, D, H, W): the case's own dose, as a candidate
+    straight = pipeline.codec.encode(dose).repeat(2, 1, 1, 1, 1)
+    mirrored = pipeline.codec.encode(dose.flip(-1)).repeat(2, 1, 1, 1, 1)
+    perfect = candidate_rewards(pipeline, dataset, [0], straight, config.train)
+    np.testing.assert_allclose(candidate_rewards(pipeline, dataset, [0], mirrored, config.train, flipped=True), perfect,
+                               atol=1e-9)
+    assert (candidate_rewards(pipeline, dataset, [0], mirrored, config.train) < perfect - 0.05).all()
