@@ -7,7 +7,8 @@ user's challenge data and our DICOM plans give the same inputs:
   through, from where they enter the image to where they leave it, weighted by the inverse square
   of the distance to the source relative to the isocenter's (``(SAD / depth)²``), summed over
   beams; for an arc every ``arc_stride``-th control point is a beam (the challenge takes every
-  other one). The challenge traces rays through PTV-surface voxel centres, then dilates (4³) and
+  other one), or, with ``arc_step_deg``, the control points thinned to at least that many degrees
+  apart (the synthetic plans' engine's rule, which the prior dose uses too). The challenge traces rays through PTV-surface voxel centres, then dilates (4³) and
   erodes (3³) the drawn voxels; here the PTV is projected into the beam's-eye view at the
   isocenter plane and every voxel whose ray falls inside that aperture, grown by ``margin_mm``, is
   in the beam: the same set computed without tracing, and correct for couch rotation, which the
@@ -26,6 +27,8 @@ are handled. Both functions run with torch, on CPU or GPU.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -35,11 +38,24 @@ from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid
 
 
-def beam_angles(beams: list[Beam], arc_stride: int = 2) -> list[tuple[float, float, tuple[float, float, float]]]:
-    """(gantry, couch, isocenter) of each static beam and of every ``arc_stride``-th arc control point."""
+def arc_stride_for(beam: Beam, arc_step_deg: float) -> int:
+    """The smallest stride through ``beam``'s control points that puts them at least ``arc_step_deg``
+    apart (1 for a static beam)."""
+    angles = beam.control_point_gantry_deg
+    if not beam.is_arc or len(angles) < 2:
+        return 1
+    step = abs((angles[1] - angles[0] + 180.0) % 360.0 - 180.0)
+    return max(1, math.ceil(arc_step_deg / max(step, 1e-6) - 1e-9))
+
+
+def beam_angles(beams: list[Beam], arc_stride: int = 2,
+                arc_step_deg: float | None = None) -> list[tuple[float, float, tuple[float, float, float]]]:
+    """(gantry, couch, isocenter) of each static beam and of an arc's control points: every
+    ``arc_stride``-th, or with ``arc_step_deg`` every :func:`arc_stride_for`-th."""
     out = []
     for beam in beams:
-        angles = beam.control_point_gantry_deg[::arc_stride] if beam.is_arc else (beam.gantry_deg,)
+        stride = arc_stride if arc_step_deg is None else arc_stride_for(beam, arc_step_deg)
+        angles = beam.control_point_gantry_deg[::stride] if beam.is_arc else (beam.gantry_deg,)
         out += [(float(a), beam.couch_deg, beam.isocenter_mm) for a in angles]
     return out
 
@@ -82,6 +98,7 @@ def beam_plate(
     beams: list[Beam],
     *,
     arc_stride: int = 2,
+    arc_step_deg: float | None = None,
     inverse_square: bool = True,
     margin_mm: float | None = None,
     patient_position: str = "HFS",
@@ -91,7 +108,8 @@ def beam_plate(
 
     Args:
         ptv: boolean target mask on ``grid`` (z, y, x): the union of all PTVs.
-        beams: static beams and arcs; an arc contributes every ``arc_stride``-th control point.
+        beams: static beams and arcs; an arc contributes every ``arc_stride``-th control point, or with
+            ``arc_step_deg`` its control points thinned to at least that many degrees apart.
         inverse_square: weight each beam's voxels by ``(SAD / depth)²`` (1 at the isocenter).
         margin_mm: growth of the aperture at the isocenter plane (default: the smallest voxel size).
 
@@ -108,7 +126,7 @@ def beam_plate(
     margin = min(grid.spacing) if margin_mm is None else margin_mm
     ptv_points = torch.tensor(grid.index_to_physical(np.argwhere(ptv)), dtype=torch.float64, device=device)
     plate = torch.zeros(grid.shape, dtype=torch.float32, device=device)
-    for gantry, couch, iso in beam_angles(beams, arc_stride):
+    for gantry, couch, iso in beam_angles(beams, arc_stride, arc_step_deg):
         iso = np.asarray(iso, dtype=float)
         source = source_position(iso, gantry, couch, 1000.0, patient_position)
         sad = float(np.linalg.norm(iso - source))

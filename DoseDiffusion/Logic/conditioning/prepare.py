@@ -25,7 +25,11 @@ Channels, each float32 (D, H, W) in [−1, 1] (background −1):
 - ``angle_plate``: :func:`~dosediffusion.conditioning.plates.angle_plate` (0/1);
 - ``dose``: ``2 · dose / dose_reference_gy − 1``, not clipped, so ``restore`` inverts it exactly.
   ``dose_reference_gy`` defaults to 1.2 × the highest prescription (the challenge clips doses at
-  1.2 × the high prescription), so clinical doses fall inside [−1, 1];
+  1.2 × the high prescription), so clinical doses fall inside [−1, 1]. With ``dose_target``
+  ``"residual"`` the channel is the dose's difference from the ray-traced prior instead,
+  ``2 · (dose − prior) / dose_reference_gy`` (0 where they agree), and ``restore`` adds the prior back
+  on the CT grid at full resolution (:attr:`ModelInputs.prior_gy`): what the model draws is a correction
+  to a dose that covers the whole patient, inside its field of view or not;
 - ``prior_dose`` (not among the paper's seven): the ray-traced prior dose of the case's beams
   (:func:`~dosediffusion.conditioning.prior_dose.prior_dose`) scaled as the dose, clipped to [−1, 1].
 
@@ -50,6 +54,9 @@ from dosediffusion.geometry import Grid, resample
 MODALITIES: tuple[str, ...] = ("ct", "ptv", "oar", "body", "beam_plate", "angle_plate", "dose")
 
 
+#: What the ``dose`` channel holds: the dose itself, or its difference from the prior dose.
+DOSE_TARGETS = ("dose", "residual")
+
 #: Settings older pipeline folders carry and that are no longer the model's: ``patient_position`` is
 #: the case's own (:attr:`~dosediffusion.case.Case.patient_position`), read from its source.
 RETIRED_SETTINGS = frozenset({"patient_position"})
@@ -65,8 +72,10 @@ class PrepareConfig:
     dose_reference_gy: float | None = None
     reference_factor: float = 1.2
     arc_stride: int = 2
+    arc_step_deg: float | None = None  # set: the beam plate thins arcs as the prior does (see plates.beam_angles)
     inverse_square: bool = True
     modalities: tuple[str, ...] = field(default=MODALITIES)
+    dose_target: str = "dose"  # "dose", or "residual": the dose channel is the dose minus the prior dose
 
     def __post_init__(self):
         if len(self.crop_shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in self.crop_shape):
@@ -74,6 +83,10 @@ class PrepareConfig:
         unknown = set(self.modalities) - set(MODALITY_BUILDERS)
         if unknown:
             raise InputError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITY_BUILDERS)}")
+        if self.dose_target not in DOSE_TARGETS:
+            raise InputError(f"dose_target must be one of {', '.join(DOSE_TARGETS)}, got {self.dose_target!r}")
+        if self.dose_target == "residual" and "prior_dose" not in self.modalities:
+            raise InputError("dose_target 'residual' is a correction to the prior dose: add 'prior_dose' to the modalities")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +111,7 @@ class ModelInputs:
     dose_reference_gy: float
     aligned: bool  # the crop grid lies on the CT lattice (exact copies both ways)
     offset: tuple[int, int, int] = (0, 0, 0)  # CT index of crop voxel [0, 0, 0] when aligned
+    prior_gy: np.ndarray | None = None  # (z, y, x) CT grid: the prior the dose channel corrects (dose_target "residual")
 
 
 def _centre(case: Case) -> np.ndarray:
@@ -193,10 +207,19 @@ class _Channels:
             level = np.maximum(level, to_crop(s.mask, self.case, self.inputs) * np.float32(s.prescription_gy / high))
         return level
 
-    def dose_channel(self, dose_gy: np.ndarray) -> np.ndarray:
-        """A dose (Gy, CT grid) on the crop as ``2 · dose / dose_reference_gy − 1``."""
+    @cached_property
+    def prior_gy(self) -> np.ndarray | None:
+        """The ray-traced prior dose (Gy, CT grid); None without beams or a prescribed PTV."""
+        if not self.case.beams or self.ptv_level is None:
+            return None
+        from dosediffusion.conditioning.prior_dose import prior_dose  # torch
+
+        return prior_dose(self.case)
+
+    def dose_channel(self, dose_gy: np.ndarray, offset: float = -1.0) -> np.ndarray:
+        """A dose (Gy, CT grid) on the crop as ``2 · dose / dose_reference_gy + offset``."""
         dose = to_crop(np.asarray(dose_gy, dtype=np.float32), self.case, self.inputs)
-        return (dose * np.float32(2.0 / self.inputs.dose_reference_gy) - 1.0).astype(np.float32)
+        return (dose * np.float32(2.0 / self.inputs.dose_reference_gy) + np.float32(offset)).astype(np.float32)
 
 
 def _ct(c: _Channels) -> np.ndarray:
@@ -222,7 +245,7 @@ def _beam_plate(c: _Channels) -> np.ndarray | None:
     if not c.case.beams or c.ptv_level is None or not c.ptv_level.any():
         return None
     plate = beam_plate(c.ptv_level > 0, c.inputs.crop_grid, c.case.beams, arc_stride=c.config.arc_stride,
-                       inverse_square=c.config.inverse_square, patient_position=c.case.patient_position)
+                       arc_step_deg=c.config.arc_step_deg, inverse_square=c.config.inverse_square, patient_position=c.case.patient_position)
     return _unit(plate / max(float(plate.max()), 1e-6))
 
 
@@ -233,15 +256,15 @@ def _angle_plate(c: _Channels) -> np.ndarray | None:
 
 
 def _dose(c: _Channels) -> np.ndarray | None:
-    return None if c.case.dose is None else c.dose_channel(c.case.dose)
+    if c.case.dose is None:
+        return None
+    if c.inputs.prior_gy is not None:  # dose_target "residual"
+        return c.dose_channel(np.asarray(c.case.dose, np.float32) - c.inputs.prior_gy, offset=0.0)
+    return c.dose_channel(c.case.dose)
 
 
 def _prior_dose(c: _Channels) -> np.ndarray | None:
-    if not c.case.beams or c.ptv_level is None:
-        return None
-    from dosediffusion.conditioning.prior_dose import prior_dose  # torch
-
-    return np.clip(c.dose_channel(prior_dose(c.case)), -1.0, 1.0)
+    return None if c.prior_gy is None else np.clip(c.dose_channel(c.prior_gy), -1.0, 1.0)
 
 
 #: Every modality a model may be trained with, in slot order, each with the one function that builds its
@@ -259,6 +282,11 @@ def prepare(case: Case, config: PrepareConfig, *, include_dose: bool = True) -> 
     grid, aligned, offset = crop_grid(case, config)
     inputs = ModelInputs({}, grid, _reference_dose(case, config), aligned, offset)
     context = _Channels(case, config, inputs)
+    if config.dose_target == "residual":
+        if context.prior_gy is None:
+            raise InputError("this model corrects the ray-traced prior dose, which needs the plan's beams and a PTV "
+                             "with a prescription: load the RT plan and set the prescription", case.case_id)
+        inputs.prior_gy = context.prior_gy
     for name in config.modalities:
         if name == "dose" and not include_dose:
             continue

@@ -69,16 +69,8 @@ def relative_electron_density(ct_hu: torch.Tensor) -> torch.Tensor:
 
 def beam_directions(beams: list[Beam], arc_step_deg: float) -> list[tuple[float, float, tuple, float]]:
     """(gantry °, couch °, isocentre (x, y, z) mm, SAD mm) of each static beam and of an arc's control
-    points, every k-th with k the smallest stride that puts them at least ``arc_step_deg`` apart."""
-    out = []
-    for beam in beams:
-        stride = 1
-        angles = beam.control_point_gantry_deg
-        if beam.is_arc and len(angles) > 1:
-            step = abs((angles[1] - angles[0] + 180.0) % 360.0 - 180.0)
-            stride = max(1, math.ceil(arc_step_deg / max(step, 1e-6) - 1e-9))
-        out += [(g, c, iso, beam.sad_mm) for g, c, iso in beam_angles([beam], stride)]
-    return out
+    points thinned to at least ``arc_step_deg`` apart (:func:`~dosediffusion.conditioning.plates.beam_angles`)."""
+    return [(g, c, iso, beam.sad_mm) for beam in beams for g, c, iso in beam_angles([beam], arc_step_deg=arc_step_deg)]
 
 
 @dataclass(frozen=True)
