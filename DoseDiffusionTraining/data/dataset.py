@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig, prepare
 from dosediffusion.errors import InputError
 from dosediffusion.io.compact import SUFFIX, read_compact, write_compact
 from dosediffusion.io.load import load_case
+from dosediffusion.metrics.evaluation import normalise_to_d97
+from dosediffusion.roles import high_ptv
 
 #: Default RAM budget of :class:`PreparedCases` (GiB, per process).
 RAM_CACHE_GIB = 4.0
@@ -115,15 +119,28 @@ class ChannelCache:
         self.nbytes += size
 
 
+def with_dose_rule(case: Case, rule: str) -> Case:
+    """``case`` with its reference dose as a data source's ``dose`` rule says (``as_given``, or ``d97_rx``:
+    scaled so that D97 of the high PTV is its prescription, :func:`~dosediffusion.metrics.evaluation.normalise_to_d97`)."""
+    if rule == "as_given":
+        return case
+    high = high_ptv(case)
+    if rule != "d97_rx" or high is None:
+        raise InputError(f"dose rule {rule!r} needs a prescribed high PTV" if high is None else
+                         f"unknown dose rule {rule!r}", case.case_id)
+    return replace(case, dose=normalise_to_d97(case.dose, high.mask, high.prescription_gy).astype(np.float32))
+
+
 class PreparedCases(Dataset):
-    """Item ``i``: ``{modality: tensor (1, D, H, W) float32}`` of case ``paths[i]`` (dose included);
-    the prepared channels of the most recently used cases are kept, up to ``ram_cache_gib`` GiB
-    (0: none)."""
+    """Item ``i``: ``{modality: tensor (1, D, H, W) float32}`` of case ``paths[i]`` (dose included, as
+    ``dose_rules`` — case name → rule, :func:`with_dose_rule` — say); the prepared channels of the most
+    recently used cases are kept, up to ``ram_cache_gib`` GiB (0: none)."""
 
     def __init__(self, paths: Sequence[Path], config: PrepareConfig, cache_dir: str | Path | None = None,
-                 ram_cache_gib: float = RAM_CACHE_GIB):
+                 ram_cache_gib: float = RAM_CACHE_GIB, dose_rules: Mapping[str, str] | None = None):
         self.paths, self.config = list(paths), config
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.dose_rules = dict(dose_rules or {})
         self._cache = ChannelCache(int(float(ram_cache_gib) * 2**30))
 
     def __len__(self) -> int:
@@ -135,12 +152,17 @@ class PreparedCases(Dataset):
             channels = self._cache[index] = self._prepare(index)
         return {m: torch.from_numpy(c)[None] for m, c in channels.items()}
 
-    def _prepare(self, index: int) -> dict[str, np.ndarray]:
-        """The prepared channels of case ``index``, read from disk."""
-        case = load_any(self.paths[index], self.cache_dir)
+    def case(self, index: int) -> Case:
+        """Case ``index`` read from disk, its dose as its source's rule says."""
+        path = self.paths[index]
+        case = load_any(path, self.cache_dir)
         if case.dose is None:
-            raise InputError("training case without a dose", self.paths[index])
-        return prepare(case, self.config).channels
+            raise InputError("training case without a dose", path)
+        return with_dose_rule(case, self.dose_rules.get(case_name(path), "as_given"))
+
+    def _prepare(self, index: int) -> dict[str, np.ndarray]:
+        """The prepared channels of case ``index``."""
+        return prepare(self.case(index), self.config).channels
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_write, atomic_write_bytes
 from dosediffusion.model.codecs import PatchCodec, WanVAECodec
 from dosediffusion_training.data.dataset import PreparedCases, case_name, collate
+from dosediffusion_training.data.sources import dose_rules
 from dosediffusion_training.training.config import RunConfig
 
 INDEX, FORMAT = "index.json", "dosediffusion-latent-cache-1"
@@ -60,9 +61,12 @@ def codec_identity(codec: PatchCodec | WanVAECodec) -> dict:
 
 
 def fingerprint(config: RunConfig, codec: PatchCodec | WanVAECodec, paths: Sequence[Path]) -> dict:
-    """What a cache must have been made with to serve the run: preprocessing, codec, case names in order."""
+    """What a cache must have been made with to serve the run: preprocessing, codec, case names in order
+    (a case whose source scales its dose, :func:`~dosediffusion_training.data.sources.dose_rules`, as
+    ``name@rule``: its latents differ)."""
+    rules = dose_rules(config.data)
     return {"preprocessing": json.loads(json.dumps(config.preprocessing.to_dict())), "codec": codec_identity(codec),
-            "cases": [case_name(p) for p in paths]}
+            "cases": [case_name(p) + (f"@{rules[case_name(p)]}" if case_name(p) in rules else "") for p in paths]}
 
 
 def _content_digest(found: dict, flipped: bool) -> str:
@@ -139,7 +143,8 @@ def build_latent_cache(config: RunConfig, codec: PatchCodec | WanVAECodec, paths
     entries = _finished_shards(out, digest)
     todo = [i for i, name in enumerate(found["cases"]) if name not in entries]
     number = max((int(p.stem[6:]) for p in out.glob("shard-*.safetensors")), default=-1) + 1
-    cases = PreparedCases(paths, config.preprocessing, config.data.get("cache_dir"), ram_cache_gib=0)  # each read once
+    cases = PreparedCases(paths, config.preprocessing, config.data.get("cache_dir"), ram_cache_gib=0,  # each read once
+                          dose_rules=dose_rules(config.data))
     device = torch.device(device)
     codec.to(device)
     tensors, held, size = {}, {}, 0  # the open shard: its tensors, its cases' entries, its bytes

@@ -13,6 +13,10 @@ with ``split_file`` the part ``split`` of that split JSON (``dosediffusion-train
         - folder: ../shared/data/openkbp/validation
         - {folder: ..., split_file: ..., split: test}   # split: test (default here)
 
+A source may say ``dose: d97_rx``: its reference doses are trained on scaled so that D97 of the high PTV
+is its prescription, the way the GDP-HMM MAE scores a dose (the default, ``as_given``, trains on the doses
+as the source gives them, the way OpenKBP's scores take them); :func:`dose_rules` says which cases.
+
 The older form ``data.folder`` (with an optional ``split_file``) is the one training source
 ``{folder, split_file, split: train}``; its held-out cases are the ``val`` and ``test`` parts of the
 split file (those it has; none without a split file) unless ``held_out`` names others. Relative
@@ -34,7 +38,9 @@ from dosediffusion.errors import InputError
 from dosediffusion_training.data.dataset import case_name, list_cases
 
 #: The keys of one source.
-SOURCE_KEYS = {"folder", "split_file", "split"}
+SOURCE_KEYS = {"folder", "split_file", "split", "dose"}
+#: How a source's reference doses are trained on (``dose``): as given, or scaled to D97(high PTV) = Rx.
+DOSE_RULES = ("as_given", "d97_rx")
 #: The split of a source with a split file but no ``split``, by the list it is in.
 DEFAULT_SPLIT = {"sources": "train", "held_out": "test"}
 
@@ -64,6 +70,7 @@ class Source:
     split_file: Path | None = None
     split: str | None = None
     listed: bool = True
+    dose: str = "as_given"
 
     def cases(self) -> list[Path]:
         """The source's case paths, sorted by name (or in the split file's order)."""
@@ -98,10 +105,14 @@ def _read_list(data: dict, key: str, where) -> list[Source]:
             raise InputError(f"data.{key}[{i}] has a split but no split_file: give the split JSON, or leave out "
                              "split to take the whole folder", where)
         if not all(isinstance(entry.get(k, ""), str) for k in SOURCE_KEYS):
-            raise InputError(f"data.{key}[{i}]: folder, split_file and split are strings", where)
+            raise InputError(f"data.{key}[{i}]: folder, split_file, split and dose are strings", where)
+        if entry.get("dose", "as_given") not in DOSE_RULES:
+            raise InputError(f"data.{key}[{i}]: dose must be one of {', '.join(DOSE_RULES)}, got {entry['dose']!r}",
+                             where)
         split_file = entry.get("split_file")
         found.append(Source(f"data.{key}[{i}]", Path(entry["folder"]), None if split_file is None else Path(split_file),
-                            entry.get("split", DEFAULT_SPLIT[key]) if split_file is not None else None))
+                            entry.get("split", DEFAULT_SPLIT[key]) if split_file is not None else None,
+                            dose=entry.get("dose", "as_given")))
     return found
 
 
@@ -168,3 +179,11 @@ def held_out_cases(data: dict) -> list[Path]:
     """The run's held-out case paths (``data.held_out``, or the ``val`` and ``test`` parts of
     ``data.split_file``; empty when neither is given), after every check of :func:`run_cases`."""
     return run_cases(data)[1]
+
+
+def dose_rules(data: dict) -> dict[str, str]:
+    """``{case name: rule}`` of the training and held-out cases whose source trains on a rule other than
+    ``as_given`` (see :data:`DOSE_RULES`)."""
+    train, held_out = read_sources(data)
+    return {case_name(p): source.dose for source in (*train, *held_out) if source.dose != "as_given"
+            for p in source.cases()}

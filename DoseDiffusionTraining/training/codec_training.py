@@ -42,7 +42,7 @@ from dosediffusion.errors import InputError
 from dosediffusion.io.atomic import atomic_folder
 from dosediffusion.model.codecs import WAN_CHUNK, WanVAECodec
 from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, load_any
-from dosediffusion_training.data.sources import run_cases
+from dosediffusion_training.data.sources import dose_rules, run_cases
 from dosediffusion_training.training.config import LoopSettings, check_data, read_mapping
 from dosediffusion_training.training.stage_loop import Piece, latest_checkpoint, make_accelerator, make_trainee, run
 
@@ -220,7 +220,7 @@ def fit_codec(config: CodecConfig, out: str | Path) -> Path:
     train_paths, held_out = run_cases(config.data)
     scored = held_out or train_paths
     dataset = PreparedCases(train_paths, config.preprocessing, config.data.get("cache_dir"),
-                            config.data.get("ram_cache_gib", RAM_CACHE_GIB))
+                            config.data.get("ram_cache_gib", RAM_CACHE_GIB), dose_rules(config.data))
     accelerator = make_accelerator(settings, out)
     if accelerator.num_processes > 1:
         raise InputError("fit-codec trains on one process: run it without accelerate launch")

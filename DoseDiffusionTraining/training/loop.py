@@ -228,7 +228,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
         dataset = open_latent_cache(config, pipeline.codec, paths)
     else:
         dataset = PreparedCases(paths, config.preprocessing, config.data.get("cache_dir"),
-                                config.data.get("ram_cache_gib", RAM_CACHE_GIB))
+                                config.data.get("ram_cache_gib", RAM_CACHE_GIB), sources.dose_rules(config.data))
     if settings.gradient_checkpointing and isinstance(pipeline.model, Any2AnyDiT):
         pipeline.model.enable_gradient_checkpointing()
     trainee = make_trainee(accelerator, pipeline.model.train(), list(pipeline.model.parameters()), settings)

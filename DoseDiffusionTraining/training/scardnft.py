@@ -60,7 +60,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import ModelInputs, PrepareConfig, prepare
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.errors import InputError
@@ -71,7 +70,8 @@ from dosediffusion.model.flow_matching import add_noise, flow_matching_loss, to_
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion.model.sampling import euler_sample
 from dosediffusion.prediction.scorecard import check_scorecard_option, choose_scorecard
-from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate, load_any
+from dosediffusion_training.data import sources
+from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, collate
 from dosediffusion_training.training.config import RunConfig, TrainSettings
 from dosediffusion_training.training.loop import (
     augment,
@@ -109,23 +109,18 @@ CANDIDATE_NOISE, NFT_NOISE = 1, 2
 
 class ScoredCases(PreparedCases):
     """:class:`PreparedCases` that also keeps, of each case it prepared, what ``restore`` needs (its
-    ``ModelInputs`` without the channels: the crop grid and the dose scale) and re-reads the
-    :class:`Case` (structures, CT grid, reference dose) when it is scored."""
+    ``ModelInputs`` without the channels: the crop grid, the dose scale, the prior of a residual model);
+    the :class:`Case` (structures, CT grid, reference dose) is re-read when it is scored."""
 
-    def __init__(self, paths, config: PrepareConfig, cache_dir=None, ram_cache_gib: float = RAM_CACHE_GIB):
-        super().__init__(paths, config, cache_dir, ram_cache_gib)
+    def __init__(self, paths, config: PrepareConfig, cache_dir=None, ram_cache_gib: float = RAM_CACHE_GIB,
+                 dose_rules=None):
+        super().__init__(paths, config, cache_dir, ram_cache_gib, dose_rules)
         self._inputs: dict[int, ModelInputs] = {}
 
     def _prepare(self, index: int) -> dict[str, np.ndarray]:
         inputs = prepare(self.case(index), self.config)
         self._inputs[index] = replace(inputs, channels={})
         return inputs.channels
-
-    def case(self, index: int) -> Case:
-        case = load_any(self.paths[index], self.cache_dir)
-        if case.dose is None:
-            raise InputError("training case without a dose", self.paths[index])
-        return case
 
     def inputs(self, index: int) -> ModelInputs:
         if index not in self._inputs:
@@ -406,7 +401,7 @@ def train_scardnft(config: RunConfig, out: str | Path, resume: bool = True) -> P
     if not isinstance(pipeline, DoseDiffusionPipeline):
         raise InputError("stage C post-trains the diffusion model; the configuration builds another kind")
     dataset = ScoredCases(paths, config.preprocessing, config.data.get("cache_dir"),
-                          config.data.get("ram_cache_gib", RAM_CACHE_GIB))
+                          config.data.get("ram_cache_gib", RAM_CACHE_GIB), sources.dose_rules(config.data))
     unwrapped = pipeline.model
     if settings.gradient_checkpointing:
         unwrapped.enable_gradient_checkpointing()

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from model_builders import tiny_pipeline
 from openkbp_data import OPENKBP, needs_openkbp
 from training_data import write_training_cases
 
+from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import InputError
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion_training.cli import main
@@ -238,3 +240,32 @@ def test_evaluate_scores_the_run_s_held_out_openkbp_and_synthetic_cases(tmp_path
     assert main(["evaluate", "--data", str(folder), "--split-file", str(tmp_path / "no.json"), "--model", str(model),
                  "--out", str(tmp_path / "again")]) == 2
     assert "no.json: cannot read the split file" in capsys.readouterr().err and not (tmp_path / "again").exists()
+
+
+def test_a_source_may_train_on_doses_scaled_as_its_metric_scores_them(tmp_path, synth):
+    """``dose: d97_rx``: the GDP-HMM MAE scales the reference to D97(high PTV) = Rx, so such a source's doses are
+    trained on that way; the other sources' as given."""
+    from dosediffusion.roles import high_ptv
+    from dosediffusion_training.data.sources import dose_rules
+
+    folder, split = synth
+    other = write_training_cases(tmp_path / "other", [7], (20, 40, 48))
+    data = {"sources": [{"folder": str(folder), "split_file": str(split), "dose": "d97_rx"}, {"folder": str(other)}]}
+    rules = dose_rules(data)
+    assert rules == {"synth_00000": "d97_rx", "synth_00001": "d97_rx"}
+    cases = PreparedCases(training_cases(data), PrepareConfig.from_dict(PREPROCESSING), dose_rules=rules)
+    for index, path in enumerate(cases.paths):
+        given, trained = load_any(path), cases.case(index)
+        high = high_ptv(given)
+        d97 = float(np.percentile(trained.dose[high.mask], 3))
+        if case_name(path) in rules:
+            assert d97 == pytest.approx(high.prescription_gy, rel=1e-4)
+            assert not np.isclose(float(np.percentile(given.dose[high.mask], 3)), high.prescription_gy, rtol=1e-3)
+        else:
+            np.testing.assert_array_equal(trained.dose, given.dose)
+    scaled = cases[0]["dose"]  # the prepared target is the scaled dose's channel
+    plain = PreparedCases(cases.paths, cases.config)[0]["dose"]
+    assert not torch.equal(scaled, plain)
+    path = _run_config(tmp_path, {"sources": [{"folder": str(folder), "dose": "relative"}]})
+    with pytest.raises(InputError, match=r"dose must be one of as_given, d97_rx, got 'relative'"):
+        RunConfig.from_yaml(path)
