@@ -29,6 +29,7 @@ from dosediffusion.conditioning.prepare import MODALITIES
 from dosediffusion.errors import InputError
 from dosediffusion.model.blocks import ROLE_CONDITION, ROLE_TARGET, Any2AnyBlock, TimestepRoleEmbedding
 from dosediffusion.model.rope import SlotRotaryEmbedding
+from dosediffusion.model.voxel_head import VoxelHead
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
 
@@ -52,6 +53,10 @@ class Any2AnyDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         rope_max_seq_len, rope_slot_dim, rope_slot_theta: the 4D RoPE (see :mod:`.rope`).
         prediction_type: what the head predicts: ``v_prediction`` (ε − x0), ``epsilon`` or ``sample``.
         num_train_timesteps: timesteps are s · this, s ∈ [0, 1].
+        voxel_head_factors: set (the patch codec's factors, whose product is ``in_channels``): each target's
+            prediction is refined at voxel resolution from the conditions ``voxel_head_conditions`` by a
+            :class:`~.voxel_head.VoxelHead` of ``voxel_head_width`` channels and ``voxel_head_depth``
+            convolutions (needs ``prediction_type`` ``sample``).
     """
 
     _supports_gradient_checkpointing = True
@@ -76,6 +81,10 @@ class Any2AnyDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         rope_slot_theta: float = 10.0,
         prediction_type: str = "v_prediction",
         num_train_timesteps: int = 1000,
+        voxel_head_factors: Sequence[int] | None = None,
+        voxel_head_conditions: Sequence[str] = (),
+        voxel_head_width: int = 8,
+        voxel_head_depth: int = 3,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -94,6 +103,16 @@ class Any2AnyDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, in_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.voxel_head = None
+        if voxel_head_factors is not None:
+            if prediction_type != "sample" or math.prod(voxel_head_factors) != in_channels:
+                raise InputError(f"a voxel head refines a predicted sample of a patch codec's latents: it needs "
+                                 f"prediction_type 'sample' and factors whose product is in_channels ({in_channels}); "
+                                 f"got {prediction_type!r} and {list(voxel_head_factors)}")
+            unknown = set(voxel_head_conditions) - set(modalities)
+            if unknown:
+                raise InputError(f"voxel head conditions {sorted(unknown)} are not among the modalities")
+            self.voxel_head = VoxelHead(voxel_head_factors, voxel_head_conditions, voxel_head_width, voxel_head_depth)
         self.gradient_checkpointing = False
 
     def _grid(self, latents: Mapping[str, torch.Tensor]) -> tuple[int, int, int, int, int]:
@@ -156,6 +175,9 @@ class Any2AnyDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         out_tokens = (self.norm_out(out_tokens.float()) * (1 + scale) + shift).type_as(out_tokens)
         out_tokens = self.proj_out(out_tokens)
         sample = {present[i]: self._unpatchify(out_tokens[:, k], (f, h, w)) for k, i in enumerate(index)}
+        if self.voxel_head is not None:
+            conditions = {m: latents[m] for m in present if m not in targets}
+            sample = {m: self.voxel_head(x, conditions) for m, x in sample.items()}
         if not return_dict:
             return (sample,)
         return Any2AnyOutput(sample=sample)

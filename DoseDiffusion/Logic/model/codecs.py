@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from dosediffusion.errors import InputError
+from dosediffusion.model.space_to_depth import depth_to_space, space_to_depth
 
 CODEC_CONFIG = "codec_config.json"
 
@@ -49,19 +50,13 @@ class PatchCodec:
         return tuple(n // f for n, f in zip(shape, self.factors, strict=True))
 
     def encode(self, volume: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) → (B, fz·fy·fx, D/fz, H/fy, W/fx)."""
-        b, _, d, h, w = volume.shape
-        self.check_shape((d, h, w))
-        fz, fy, fx = self.factors
-        x = volume.reshape(b, d // fz, fz, h // fy, fy, w // fx, fx)
-        return x.permute(0, 2, 4, 6, 1, 3, 5).reshape(b, fz * fy * fx, d // fz, h // fy, w // fx)
+        """(B, 1, D, H, W) → (B, fz·fy·fx, D/fz, H/fy, W/fx) (:func:`.space_to_depth.space_to_depth`)."""
+        self.check_shape(tuple(volume.shape[2:]))
+        return space_to_depth(volume, self.factors)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The exact inverse of :meth:`encode`."""
-        b, _, d, h, w = latents.shape
-        fz, fy, fx = self.factors
-        x = latents.reshape(b, fz, fy, fx, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)
-        return x.reshape(b, 1, d * fz, h * fy, w * fx)
+        return depth_to_space(latents, self.factors)
 
     def to(self, *args, **kwargs) -> PatchCodec:
         return self

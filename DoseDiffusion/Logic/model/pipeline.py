@@ -47,6 +47,10 @@ class DoseDiffusionPipeline(PipelineBase):
         patch = tuple(model.config.patch_size)
         if any(n % p for n, p in zip(grid, patch, strict=True)):
             raise InputError(f"the crop {crop} gives a latent grid {grid} that the DiT's patch {patch} does not divide")
+        head = model.config.get("voxel_head_factors")
+        if head is not None and not (isinstance(codec, PatchCodec) and tuple(codec.factors) == tuple(head)):
+            raise InputError(f"the DiT's voxel head reads latents as blocks of {list(head)} voxels: it needs a patch codec "
+                             f"with those factors")
         self.codec, self.model, self.scheduler = codec, model.eval(), scheduler
         self.preprocessing, self.target = preprocessing, target
 
