@@ -75,14 +75,15 @@ def test_a_pipeline_with_a_voxel_head_trains_loads_and_predicts(tmp_path, phanto
     raw = {"data": {"folder": str(data)}, "preprocessing": {"crop_shape": [9, 32, 32], "spacing_mm": [5.0, 5.0, 5.0]},
            "codec": {"type": "patch", "factors": [1, 2, 2]},
            "model": {"size": "tiny", "patch_size": [1, 2, 2], "prediction_type": "sample",
-                     "voxel_head_factors": [1, 2, 2], "voxel_head_conditions": ["ptv", "body", "ct"]},
+                     "voxel_head_factors": [1, 2, 2], "voxel_head_conditions": ["ptv", "body", "ct"],
+                     "voxel_head_kernel": 1},
            "train": {"steps": 3, "batch_size": 1, "learning_rate": 1e-2, "warmup_steps": 1, "checkpoint_every": 3,
                      "tensorboard": False}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     folder = train(RunConfig.from_yaml(tmp_path / "run.yaml"), tmp_path / "run")
     pipeline = DoseDiffusionPipeline.from_pretrained(folder)
     head = pipeline.model.voxel_head
-    assert head is not None and head.conditions == ("ptv", "body", "ct")
+    assert head is not None and head.conditions == ("ptv", "body", "ct") and head.conv_in.kernel_size == (1, 1, 1)
     assert float(head.conv_out.weight.abs().sum()) > 0  # trained: no longer the zero it started at
     case = load_case(phantom_dicom[0])
     dose = pipeline(case, steps=1).dose_gy

@@ -55,8 +55,8 @@ class Any2AnyDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         num_train_timesteps: timesteps are s · this, s ∈ [0, 1].
         voxel_head_factors: set (the patch codec's factors, whose product is ``in_channels``): each target's
             prediction is refined at voxel resolution from the conditions ``voxel_head_conditions`` by a
-            :class:`~.voxel_head.VoxelHead` of ``voxel_head_width`` channels and ``voxel_head_depth``
-            convolutions (needs ``prediction_type`` ``sample``).
+            :class:`~.voxel_head.VoxelHead` of ``voxel_head_width`` channels, ``voxel_head_depth``
+            convolutions and ``voxel_head_kernel``³ kernels (needs ``prediction_type`` ``sample``).
     """
 
     _supports_gradient_checkpointing = True
@@ -85,6 +85,7 @@ class Any2AnyDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         voxel_head_conditions: Sequence[str] = (),
         voxel_head_width: int = 8,
         voxel_head_depth: int = 3,
+        voxel_head_kernel: int = 3,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -112,7 +113,8 @@ class Any2AnyDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
             unknown = set(voxel_head_conditions) - set(modalities)
             if unknown:
                 raise InputError(f"voxel head conditions {sorted(unknown)} are not among the modalities")
-            self.voxel_head = VoxelHead(voxel_head_factors, voxel_head_conditions, voxel_head_width, voxel_head_depth)
+            self.voxel_head = VoxelHead(voxel_head_factors, voxel_head_conditions, voxel_head_width, voxel_head_depth,
+                                        voxel_head_kernel)
         self.gradient_checkpointing = False
 
     def _grid(self, latents: Mapping[str, torch.Tensor]) -> tuple[int, int, int, int, int]:

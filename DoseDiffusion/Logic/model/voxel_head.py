@@ -8,7 +8,8 @@ background, −1), and adds to the target ``out(h)`` with
 
     h = SiLU(conv_in([target, conditions])),  h ← h + SiLU(conv(h))  (``depth`` times)
 
-(3 × 3 × 3 convolutions of ``width`` channels; ``out`` starts at zero, so a new head passes the DiT's
+(``kernel``³ convolutions of ``width`` channels, 3 by default; 1 makes the head a per-voxel network over the
+target and the conditions, which still draws every edge a condition has; ``out`` starts at zero, so a new head passes the DiT's
 prediction through unchanged). It refines a predicted sample (the clean target), so a DiT with a voxel
 head predicts ``sample``.
 """
@@ -27,12 +28,16 @@ from dosediffusion.model.space_to_depth import depth_to_space, space_to_depth
 class VoxelHead(nn.Module):
     """Refines a predicted target (B, fz·fy·fx, d, h, w) at voxel resolution from ``conditions`` (names)."""
 
-    def __init__(self, factors: Sequence[int], conditions: Sequence[str], width: int = 8, depth: int = 3):
+    def __init__(self, factors: Sequence[int], conditions: Sequence[str], width: int = 8, depth: int = 3,
+                 kernel: int = 3):
         super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"the voxel head's kernel must be an odd size, got {kernel}")
         self.factors, self.conditions = tuple(int(f) for f in factors), tuple(conditions)
-        self.conv_in = nn.Conv3d(1 + len(self.conditions), width, 3, padding=1)
-        self.convs = nn.ModuleList(nn.Conv3d(width, width, 3, padding=1) for _ in range(depth))
-        self.conv_out = nn.Conv3d(width, 1, 3, padding=1)
+        pad = kernel // 2
+        self.conv_in = nn.Conv3d(1 + len(self.conditions), width, kernel, padding=pad)
+        self.convs = nn.ModuleList(nn.Conv3d(width, width, kernel, padding=pad) for _ in range(depth))
+        self.conv_out = nn.Conv3d(width, 1, kernel, padding=pad)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
