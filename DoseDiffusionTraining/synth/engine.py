@@ -19,6 +19,11 @@ onto the CT grid, so on a CT grid that is not that grid the PTV edge voxels get 
 fall-off outside the PTV (e.g. PTV D95 ≈ 85-91 % instead of ≈ 99 % for a 4 cm PTV at 2.5 mm or
 5 × 4.5 × 6 mm); pass ``dose_resolution_mm=spacing_mm`` to compute on the CT grid itself (exact,
 costlier: ≈ 8× the voxels of a 5 mm grid at 2.5 mm).
+
+``compute_dose(..., open_field=True)`` skips the optimisation: every bixel pyRadPlan places on the
+targets' projection gets weight 1 (the dose influence matrix times a ones vector), the open-field
+dose of the same beams, a reference for the shape of the ray-traced prior
+(``dosediffusion.conditioning.prior_dose``; ``Testing/benchmarks/prior_vs_pyradplan.py``).
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ def _vector3(value, what: str) -> np.ndarray:
 def build_request(ct_hu: np.ndarray, spacing_mm: Sequence[float], origin_mm: Sequence[float],
                   structures: Sequence[Structure], num_fractions: int, beams: Sequence[tuple[float, float]],
                   isocenter_mm: Sequence[float], *, bixel_width_mm: float, max_iterations: int,
-                  dose_resolution_mm: Sequence[float] | None) -> dict[str, np.ndarray]:
+                  dose_resolution_mm: Sequence[float] | None, open_field: bool = False,
+                  target_margin: bool = True) -> dict[str, np.ndarray]:
     """The IN.npz arrays of a plan request, checked (:class:`InputError` for a bad one)."""
     ct = np.asarray(ct_hu, dtype=np.float32)
     if ct.ndim != 3 or min(ct.shape) < 1:
@@ -126,6 +132,8 @@ def build_request(ct_hu: np.ndarray, spacing_mm: Sequence[float], origin_mm: Seq
         "isocenter_mm": _vector3(isocenter_mm, "isocenter_mm"),
         "bixel_width_mm": np.float64(bixel_width_mm),
         "max_iterations": np.int64(max_iterations),
+        "open_field": np.bool_(open_field),
+        "target_margin": np.bool_(target_margin),
     }
     if dose_resolution_mm is not None:
         resolution = _vector3(dose_resolution_mm, "dose_resolution_mm")
@@ -138,9 +146,9 @@ def build_request(ct_hu: np.ndarray, spacing_mm: Sequence[float], origin_mm: Seq
 def compute_dose(ct_hu: np.ndarray, spacing_mm: Sequence[float], origin_mm: Sequence[float],
                  structures: Sequence[Structure], num_fractions: int, beams: Sequence[tuple[float, float]],
                  isocenter_mm: Sequence[float], *, timeout_s: float = 600.0, bixel_width_mm: float = 5.0,
-                 max_iterations: int = 300,
-                 dose_resolution_mm: Sequence[float] | None = None) -> tuple[np.ndarray, dict]:
-    """An optimised photon IMRT dose (6 MV, pyRadPlan's SVD pencil beam) on the CT grid.
+                 max_iterations: int = 300, dose_resolution_mm: Sequence[float] | None = None,
+                 open_field: bool = False, target_margin: bool = True) -> tuple[np.ndarray, dict]:
+    """An optimised photon IMRT dose (6 MV, pyRadPlan's SVD pencil beam) on the CT grid, or the beams' open field.
 
     Args:
         ct_hu: CT in HU, ``(z, y, x)``.
@@ -155,6 +163,11 @@ def compute_dose(ct_hu: np.ndarray, spacing_mm: Sequence[float], origin_mm: Sequ
         max_iterations: iteration cap of the fluence optimisation (L-BFGS-B).
         dose_resolution_mm: ``(x, y, z)`` of the dose-calculation grid (pyRadPlan's default, 5 mm
             isotropic, when None); the dose is resampled (linearly) onto the CT grid.
+        open_field: no optimisation: every bixel weight 1 in every fraction (``max_iterations`` unused);
+            the dose is then in pyRadPlan's units (num_fractions × dose influence matrix · ones), a shape
+            to normalise, not a planned dose.
+        target_margin: pyRadPlan's stf rule (bixels on the projection of the targets dilated by
+            max(bixel width, voxel size) per axis); False: on the projection of the targets themselves.
 
     Returns:
         ``(dose_gy, info)``: total dose ``(z, y, x)`` float32 on the CT grid, and ``info`` with
@@ -172,7 +185,8 @@ def compute_dose(ct_hu: np.ndarray, spacing_mm: Sequence[float], origin_mm: Sequ
 
     request = build_request(ct_hu, spacing_mm, origin_mm, structures, num_fractions, beams, isocenter_mm,
                             bixel_width_mm=bixel_width_mm, max_iterations=max_iterations,
-                            dose_resolution_mm=dose_resolution_mm)
+                            dose_resolution_mm=dose_resolution_mm, open_field=open_field,
+                            target_margin=target_margin)
     python = engine_python()
     with tempfile.TemporaryDirectory(prefix="dosediffusion-engine-") as folder:
         in_path, out_path = Path(folder) / "IN.npz", Path(folder) / "OUT.npz"

@@ -19,7 +19,11 @@ IN.npz (plain arrays, loaded without pickle):
   image's SimpleITK physical space, which is ours: no conversion).
 - optional: ``bixel_width_mm`` (default 5), ``max_iterations`` (L-BFGS-B iterations, default
   300), ``dose_resolution_mm`` (x, y, z; the dose-calculation grid, default 5 mm isotropic, the
-  pyRadPlan default; the result is resampled onto the CT grid).
+  pyRadPlan default; the result is resampled onto the CT grid); ``open_field`` (default false: see
+  "Open field" below); ``target_margin`` (default true: pyRadPlan's own stf rule, the bixels cover
+  the projection of the targets dilated by max(bixel width, voxel size) per axis, rounded up to whole
+  voxels; false: the projection of the targets themselves, each bixel centre on the bixel grid point
+  nearest a projected target voxel).
 
 OUT.npz: ``dose_gy`` (z, y, x) float32: total dose (all fractions) on the CT grid;
 ``bixel_weights`` (per fraction, in pyRadPlan's units); ``seconds_dose``, ``seconds_opt``;
@@ -38,6 +42,12 @@ multiplied by the number of fractions; pyRadPlan itself does not use ``num_of_fr
   (maximum over the PTVs), rounded up to steps of 10 % of the highest prescription; each shell
   gets ``SquaredOverdosing(d_max = its allowed dose)``, priority 100. The body VOI itself (EXTERNAL,
   which limits the voxels that get any dose) has no objective of its own.
+
+Open field (``open_field`` true): no objectives, no optimisation: every bixel of the stf (the rays
+that pyRadPlan places on the targets' projection, see ``target_margin``) has weight 1 in every
+fraction, so ``dose_gy`` is ``num_fractions`` × the dose influence matrix times a ones vector (in
+pyRadPlan's units: a shape to be normalised, not a planned dose); ``bixel_weights`` are those ones,
+``num_iterations`` 0 and ``seconds_opt`` the time of that product and the resampling.
 
 Overlaps: a voxel shared by several structures belongs, for optimisation, only to the one of
 lowest overlap priority: PTVs first, the highest prescription first (so nested SIB targets work),
@@ -102,6 +112,15 @@ def _vector(data, key, length=None, default=None):
     return value
 
 
+def _flag(data, key, default: bool) -> bool:
+    if key not in data.files:
+        return default
+    value = np.asarray(data[key])
+    if value.size != 1 or value.dtype.kind not in "biu":
+        raise WorkerError(f"'{key}' must be a single boolean, got {value.dtype} of shape {value.shape}")
+    return bool(value.reshape(()))
+
+
 def read_input(path: str) -> dict:
     """The plan request of IN.npz, checked."""
     try:
@@ -145,6 +164,8 @@ def read_input(path: str) -> dict:
             "bixel_width": _scalar(data, "bixel_width_mm", DEFAULT_BIXEL_MM),
             "max_iterations": _scalar(data, "max_iterations", DEFAULT_MAX_ITERATIONS, kind=int),
             "dose_resolution": _vector(data, "dose_resolution_mm", 3, DEFAULT_DOSE_RESOLUTION_MM),
+            "open_field": _flag(data, "open_field", False),
+            "target_margin": _flag(data, "target_margin", True),
         }
     check_request(request)
     return request
@@ -241,7 +262,7 @@ def owned_voxels(masks: list[np.ndarray], priorities: list[int]) -> list[int]:
 
 
 def plan(r: dict) -> dict:
-    """Dose influence, fluence optimisation and the total dose on the CT grid."""
+    """Dose influence, fluence optimisation (or, for an open field, unit weights) and the total dose on the CT grid."""
     from importlib.metadata import version
 
     import SimpleITK as sitk
@@ -253,8 +274,9 @@ def plan(r: dict) -> dict:
     ct = validate_ct(cube_hu=r["ct_hu"].astype(np.float32), resolution=_xyz(r["spacing"]),
                      origin=tuple(float(v) for v in r["origin"]))
     rx_max = float(np.max(r["prescriptions"]))
+    open_field = r["open_field"]
     priorities, shell_priority = overlap_priorities(r)
-    shells = falloff_shells(r)
+    shells = [] if open_field else falloff_shells(r)
     owned = owned_voxels([*r["masks"], *(mask for _, mask, _ in shells)],
                          [*priorities, *[shell_priority] * len(shells)])
     vois = []
@@ -268,7 +290,7 @@ def plan(r: dict) -> dict:
         else:
             objectives = []
         vois.append(validate_voi(name=name, voi_type=ROLES[role], mask=mask.astype(np.uint8), ct_image=ct,
-                                 overlap_priority=priority, objectives=objectives if kept else []))
+                                 overlap_priority=priority, objectives=objectives if kept and not open_field else []))
     for (name, mask, d_max), kept in zip(shells, owned[len(priorities):], strict=True):
         if kept:  # an objective over no voxels is 0/0
             vois.append(validate_voi(name=name, voi_type="HELPER", mask=mask.astype(np.uint8), ct_image=ct,
@@ -282,6 +304,7 @@ def plan(r: dict) -> dict:
         "couch_angles": [float(v) for v in r["couch"]],
         "iso_center": [float(v) for v in r["isocenter"]],
         "bixel_width": float(r["bixel_width"]),
+        "add_margin": bool(r["target_margin"]),
     }
     pln.prop_dose_calc = {"dose_grid": {"resolution": _xyz(r["dose_resolution"])}}
     pln.prop_opt = {"solver": "scipy", "max_iter": int(r["max_iterations"]), "display": False}
@@ -292,7 +315,11 @@ def plan(r: dict) -> dict:
     seconds_dose = time.perf_counter() - start
     start = time.perf_counter()
     opt_info = {}
-    weights = fluence_optimization(ct, cst, stf, dij, pln, opt_info=opt_info)
+    if open_field:
+        weights = np.ones(int(dij.total_num_of_bixels), dtype=np.float64)
+        opt_info = {"num_iter": 0, "result_info": {"message": "open field: every bixel weight 1, no optimisation"}}
+    else:
+        weights = fluence_optimization(ct, cst, stf, dij, pln, opt_info=opt_info)
     result = dij.compute_result_ct_grid(weights)
     seconds_opt = time.perf_counter() - start
     dose = sitk.GetArrayFromImage(result["physical_dose"]).astype(np.float64) * n_fx
