@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dosediffusion.io.compact import read_compact
 from dosediffusion.io.load import load_case
 from dosediffusion.metrics.dose_metrics import case_dvhs
-from dosediffusion.io.compact import read_compact
 from dosediffusion_training.data.dataset import list_cases
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "synth"

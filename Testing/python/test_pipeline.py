@@ -11,9 +11,9 @@ from model_builders import tiny_pipeline
 from phantoms import make_phantom_case
 
 from dosediffusion.errors import Cancelled, InputError
+from dosediffusion.model.case_prediction import predict_case
 from dosediffusion.model.codecs import PatchCodec
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
-from dosediffusion.model.case_prediction import predict_case
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from dosediffusion.errors import InputError
+from dosediffusion.io.compact import read_compact, write_compact
 from dosediffusion.io.dicom_case import read_dicom_case
 from dosediffusion.io.dicom_write import write_case_dicom
-from dosediffusion.io.compact import read_compact, write_compact
 from dosediffusion_training.synth.generate import engine_beams
 from dosediffusion_training.synth.phantom import make_phantom
 

@@ -11,12 +11,12 @@ import pytest
 from scipy.spatial import ConvexHull, Delaunay
 
 from dosediffusion.errors import InputError
+from dosediffusion.io.compact import read_compact
 from dosediffusion.io.dicom_write import write_case_dicom
 from dosediffusion.io.load import load_case
 from dosediffusion.metrics.scorecard import PAIRED_ORGANS, load_template
 from dosediffusion.prediction.scorecard import choose_scorecard
 from dosediffusion_training import cli
-from dosediffusion.io.compact import read_compact
 from dosediffusion_training.synth import generate as generate_module
 from dosediffusion_training.synth.phantom import SITES, make_phantom
 

@@ -12,8 +12,8 @@ truth here. About 0.2 MB for a 5 mm thorax phantom.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from collections.abc import Mapping
+from dataclasses import asdict
 from os import PathLike
 from pathlib import Path
 
