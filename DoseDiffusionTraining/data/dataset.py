@@ -124,10 +124,11 @@ def with_dose_rule(case: Case, rule: str) -> Case:
     scaled so that D97 of the high PTV is its prescription, :func:`~dosediffusion.metrics.evaluation.normalise_to_d97`)."""
     if rule == "as_given":
         return case
+    if rule != "d97_rx":
+        raise InputError(f"unknown dose rule {rule!r}", case.case_id)
     high = high_ptv(case)
-    if rule != "d97_rx" or high is None:
-        raise InputError(f"dose rule {rule!r} needs a prescribed high PTV" if high is None else
-                         f"unknown dose rule {rule!r}", case.case_id)
+    if high is None:
+        raise InputError(f"dose rule {rule!r} needs a prescribed high PTV", case.case_id)
     return replace(case, dose=normalise_to_d97(case.dose, high.mask, high.prescription_gy).astype(np.float32))
 
 
