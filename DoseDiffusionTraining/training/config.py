@@ -108,6 +108,7 @@ class TrainSettings(LoopSettings):
     flip_lr_probability: float = 0.0  # mirror every channel of a batch left-right (geometry stays consistent)
     gradient_checkpointing: bool = False  # recompute each transformer block in the backward pass (less memory)
     gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step
+    prior_correction_cases: int = 0  # > 0: fit the prior's correction on this many training cases first
 
 
 @dataclass
@@ -140,7 +141,14 @@ class RunConfig:
         if train.gradient_accumulation_steps < 1 or train.candidate_micro_batch < 0 or not 0 <= train.flip_lr_probability <= 1:
             raise InputError("train.gradient_accumulation_steps must be at least 1, train.candidate_micro_batch at "
                              "least 0, train.flip_lr_probability in [0, 1]", path)
-        return cls(data=raw["data"], preprocessing=PrepareConfig.from_dict(raw["preprocessing"]),
+        preprocessing = PrepareConfig.from_dict(raw["preprocessing"])
+        if train.prior_correction_cases and ("prior_dose" not in preprocessing.modalities
+                                             or preprocessing.prior_correction is not None):
+            raise InputError("train.prior_correction_cases fits the prior dose's correction: it needs 'prior_dose' "
+                             "among the modalities and no preprocessing.prior_correction already", path)
+        if train.prior_correction_cases < 0:
+            raise InputError("train.prior_correction_cases must be 0 (none) or a number of cases", path)
+        return cls(data=raw["data"], preprocessing=preprocessing,
                    codec=raw.get("codec") or cls.__dataclass_fields__["codec"].default_factory(),
                    model=raw.get("model") or {}, scheduler=raw.get("scheduler") or {"shift": 3.0},
                    train=train)

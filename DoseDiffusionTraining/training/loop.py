@@ -34,6 +34,7 @@ from dosediffusion_training.data.dataset import RAM_CACHE_GIB, PreparedCases, co
 from dosediffusion_training.data.latent_cache import LatentBatch, LatentCases, check_latent_model, open_latent_cache
 from dosediffusion_training.training.config import RunConfig, TrainSettings
 from dosediffusion_training.training.memory_plan import check_fits
+from dosediffusion_training.training.prior_correction_fit import with_prior_correction
 from dosediffusion_training.training.stage_loop import Piece, make_accelerator, make_trainee, run
 
 
@@ -219,6 +220,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = True) -> Path:
     settings = config.train
     paths = training_cases(config)  # bad data sources before anything is written or built
     accelerator = make_accelerator(settings, out)
+    config = with_prior_correction(config, paths, out)
     if torch.cuda.is_available() and config.model.get("type", "any2any") == "any2any":  # the DiT, on a GPU
         check_fits(config, torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30)
     torch.manual_seed(settings.seed)

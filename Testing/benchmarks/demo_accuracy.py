@@ -15,7 +15,9 @@ dose; the shipped scorecard that fits the case, or ``--scorecard``) and the seco
 - each regression comparator (``--regression NAME=DIR``, a pipeline folder of a ``model.type: mednext`` run);
 - the trivial distance fall-off baseline fitted on the ``train`` split;
 - the ray-traced prior dose alone (:func:`~dosediffusion.conditioning.prior_dose.prior_dose`: the beams'
-  PTV apertures, attenuated, normalised to D97 of the high PTV = its prescription; no network).
+  PTV apertures, attenuated, normalised to D97 of the high PTV = its prescription; no network);
+- the corrected prior alone, once for each distinct correction a compared pipeline was trained with
+  (:mod:`~dosediffusion.conditioning.prior_correction`: a lookup fitted on training cases; no network).
 
 Every prediction goes through the prediction layer (:class:`~dosediffusion.prediction.predictors.LocalPredictor`).
 Prints a table of means per data set and writes the means and the per-case rows as JSON (``--out``).
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from dosediffusion.conditioning.prepare import prepare
+from dosediffusion.conditioning.prior_correction import PriorCorrection
 from dosediffusion.conditioning.prior_dose import prior_dose
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.metrics.case_evaluation import evaluate_dose
@@ -103,6 +106,14 @@ def methods(models: dict[str, str], regressions: dict[str, str], baseline: Dista
         out[name] = lambda case, p=predictor: p(case)
     out["trivial baseline"] = baseline.predict
     out["ray-traced prior"] = lambda case: prior_dose(case, device=device)
+    fitted: list[dict] = []
+    for name, folder in {**models, **regressions}.items():
+        settings = LocalPredictor(folder, device).load().preprocessing.prior_correction
+        if settings is not None and settings not in fitted:
+            fitted.append(settings)
+            correction = PriorCorrection.from_dict(settings)
+            out[f"corrected prior ({name}'s fit, no network)"] = (
+                lambda case, c=correction: c.apply(case, prior_dose(case, device=device)))
     return out
 
 

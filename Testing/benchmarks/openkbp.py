@@ -10,7 +10,8 @@ structure (Gy) and the seconds per patient (the prediction alone). The methods:
 - each regression pipeline (``--regression NAME=DIR``);
 - the trivial distance fall-off baseline, fitted on the first ``--fit-cases`` patients of ``--fit-data``
   (default the challenge's ``train`` folder);
-- the ray-traced prior dose alone (no network, no fit).
+- the ray-traced prior dose alone (no network, no fit), and corrected by each distinct correction a
+  compared pipeline was trained with (a lookup fitted on training cases, no network).
 
 Every prediction goes through the prediction layer and every figure through
 :func:`~dosediffusion.metrics.case_evaluation.evaluate_dose` (as ``dosediffusion evaluate`` computes it).

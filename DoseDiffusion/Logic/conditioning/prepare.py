@@ -31,7 +31,9 @@ Channels, each float32 (D, H, W) in [−1, 1] (background −1):
   on the CT grid at full resolution (:attr:`ModelInputs.prior_gy`): what the model draws is a correction
   to a dose that covers the whole patient, inside its field of view or not;
 - ``prior_dose`` (not among the paper's seven): the ray-traced prior dose of the case's beams
-  (:func:`~dosediffusion.conditioning.prior_dose.prior_dose`) scaled as the dose, clipped to [−1, 1].
+  (:func:`~dosediffusion.conditioning.prior_dose.prior_dose`) scaled as the dose, clipped to [−1, 1];
+  with ``prior_correction`` (a fitted :class:`~dosediffusion.conditioning.prior_correction.PriorCorrection`,
+  saved in the settings) the corrected prior, here and as the residual's reference.
 
 Each modality is one entry of :data:`MODALITY_BUILDERS` (its slot and the function that builds it).
 """
@@ -46,6 +48,7 @@ import numpy as np
 
 from dosediffusion.case import Case
 from dosediffusion.conditioning.plates import angle_plate, beam_plate
+from dosediffusion.conditioning.prior_correction import PriorCorrection
 from dosediffusion.errors import InputError
 from dosediffusion.geometry import Grid, resample
 
@@ -76,6 +79,7 @@ class PrepareConfig:
     inverse_square: bool = True
     modalities: tuple[str, ...] = field(default=MODALITIES)
     dose_target: str = "dose"  # "dose", or "residual": the dose channel is the dose minus the prior dose
+    prior_correction: dict | None = None  # a fitted PriorCorrection (to_dict) applied to the prior dose
 
     def __post_init__(self):
         if len(self.crop_shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in self.crop_shape):
@@ -87,6 +91,10 @@ class PrepareConfig:
             raise InputError(f"dose_target must be one of {', '.join(DOSE_TARGETS)}, got {self.dose_target!r}")
         if self.dose_target == "residual" and "prior_dose" not in self.modalities:
             raise InputError("dose_target 'residual' is a correction to the prior dose: add 'prior_dose' to the modalities")
+        if self.prior_correction is not None:
+            if "prior_dose" not in self.modalities:
+                raise InputError("prior_correction corrects the prior dose: add 'prior_dose' to the modalities")
+            PriorCorrection.from_dict(self.prior_correction)  # malformed: refused here, not at the first case
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,12 +217,16 @@ class _Channels:
 
     @cached_property
     def prior_gy(self) -> np.ndarray | None:
-        """The ray-traced prior dose (Gy, CT grid); None without beams or a prescribed PTV."""
+        """The ray-traced prior dose (Gy, CT grid), corrected when the settings hold a correction; None
+        without beams or a prescribed PTV."""
         if not self.case.beams or self.ptv_level is None:
             return None
         from dosediffusion.conditioning.prior_dose import prior_dose  # torch
 
-        return prior_dose(self.case)
+        prior = prior_dose(self.case)
+        if self.config.prior_correction is None:
+            return prior
+        return PriorCorrection.from_dict(self.config.prior_correction).apply(self.case, prior)
 
     def dose_channel(self, dose_gy: np.ndarray, offset: float = -1.0) -> np.ndarray:
         """A dose (Gy, CT grid) on the crop as ``2 · dose / dose_reference_gy + offset``."""
