@@ -149,25 +149,27 @@ def model_label(spec: str) -> tuple[str, str]:
     return (path.parent.name if path.name == "pipeline" and path.parent.name else path.name) or spec, spec
 
 
-def evaluation_cases(args: argparse.Namespace) -> list[Path]:
+def evaluation_cases(args: argparse.Namespace) -> tuple[list[Path], dict[str, str]]:
     """The cases ``evaluate`` scores: ``--data`` (``--split`` of ``--split-file``, default test), or the
-    held-out cases of the run configuration ``--config``."""
+    held-out cases of the run configuration ``--config``; and the dose rule of each held-out case whose
+    source names one (``dose: d97_rx``: its reference scaled as the run trained on it)."""
     from dosediffusion_training.data.dataset import list_cases
-    from dosediffusion_training.data.sources import held_out_cases
+    from dosediffusion_training.data.sources import dose_rules, held_out_cases
     from dosediffusion_training.training.config import RunConfig
 
     if args.data is not None:
         if args.split and not args.split_file:
             raise InputError("--split names a part of a --split-file; give the split file, or leave out --split")
-        return list_cases(args.data, args.split_file, (args.split or "test") if args.split_file else None)
+        return list_cases(args.data, args.split_file, (args.split or "test") if args.split_file else None), {}
     if args.split_file or args.split:
         raise InputError("--split-file and --split go with --data; with --config the run's data.held_out "
                          "names the held-out cases")
-    paths = held_out_cases(RunConfig.from_yaml(args.config).data)
+    data = RunConfig.from_yaml(args.config).data
+    paths = held_out_cases(data)
     if not paths:
         raise InputError("the run has no held-out cases: give it data.held_out (or a split_file with val and test)",
                          args.config)
-    return paths
+    return paths, dose_rules(data)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -175,11 +177,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dosediffusion_training.evaluation import evaluate_model, write_report
 
     check_sampling_options(args.steps, args.candidates)
-    paths = evaluation_cases(args)[: args.max_cases]
+    paths, rules = evaluation_cases(args)
+    paths = paths[: args.max_cases]
     models = dict(model_label(m) for m in args.model)
     if len(models) < len(args.model):
         raise InputError("two --model entries have the same name: give them names as NAME=DIR")
-    results = {name: evaluate_model(folder, paths, args.steps, args.seed, args.scorecard, args.device, args.candidates)
+    results = {name: evaluate_model(folder, paths, args.steps, args.seed, args.scorecard, args.device, args.candidates,
+                                    rules)
                for name, folder in models.items()}
     summary = write_report(Path(args.out), results)
     print((Path(args.out) / "table.md").read_text(), end="")

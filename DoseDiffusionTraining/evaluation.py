@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from dosediffusion.metrics.uncertainty import candidate_std, std_error_correlati
 from dosediffusion.prediction.checks import check_predictable
 from dosediffusion.prediction.predictors import LocalPredictor
 from dosediffusion.prediction.scorecard import choose_scorecard
-from dosediffusion_training.data.dataset import load_any
+from dosediffusion_training.data.dataset import case_name, load_any, with_dose_rule
 
 COLUMNS = ("mae_body_gy", "gdp_hmm_mae_gy", "score_pred", "score_ref", "score_diff", "psnr_db", "ssim", "seconds")
 #: Added with two or more candidates (None where a correlation is undefined: a constant std or error).
@@ -60,16 +60,22 @@ def uncertainty_metrics(case, candidates_gy: Sequence[np.ndarray], pred: np.ndar
 
 
 def evaluate_model(model: str, paths: Sequence[Path], steps: int, seed: int, scorecard: str | None,
-                   device: str = "cpu", candidates: int = 1) -> list[dict]:
+                   device: str = "cpu", candidates: int = 1, dose_rules: Mapping[str, str] | None = None) -> list[dict]:
     """Per-case rows of ``model`` (a pipeline folder or ``demo``) on the cases at ``paths``, through the
     prediction layer (the same checks and scorecard choice as ``dosediffusion predict``, and the same
     best-of-``candidates`` selection by that scorecard); a case no scorecard fits is an error naming
-    it, not scored with another site's. With ``candidates`` ≥ 2 the rows add :data:`UNCERTAINTY_COLUMNS`."""
+    it, not scored with another site's. Each reference dose is as its case's ``dose_rules`` entry says
+    (:func:`~dosediffusion_training.data.dataset.with_dose_rule`; as given without one). With
+    ``candidates`` ≥ 2 the rows add :data:`UNCERTAINTY_COLUMNS`."""
     predictor = LocalPredictor(model, device)
+    rules = dict(dose_rules or {})
     rows = []
     for path in tqdm(paths, desc=Path(model).name, unit="case"):
         case = load_any(path)
         check_predictable(case)
+        if case.dose is None:
+            raise InputError("the case has no dose to score a prediction against", path)
+        case = with_dose_rule(case, rules.get(case_name(path), "as_given"))
         choice = choose_scorecard(scorecard, case)
         if choice.template is None:
             raise InputError(f"no scorecard for this case: {choice.reason}", path)

@@ -22,7 +22,7 @@ from dosediffusion.conditioning.prepare import PrepareConfig
 from dosediffusion.errors import InputError
 from dosediffusion.model.pipeline import DoseDiffusionPipeline
 from dosediffusion_training.cli import main
-from dosediffusion_training.data.dataset import PreparedCases, case_name, load_any
+from dosediffusion_training.data.dataset import PreparedCases, case_name, load_any, with_dose_rule
 from dosediffusion_training.data.sources import held_out_cases, training_cases
 from dosediffusion_training.training.config import RunConfig
 from dosediffusion_training.training.loop import train
@@ -240,6 +240,24 @@ def test_evaluate_scores_the_run_s_held_out_openkbp_and_synthetic_cases(tmp_path
     assert main(["evaluate", "--data", str(folder), "--split-file", str(tmp_path / "no.json"), "--model", str(model),
                  "--out", str(tmp_path / "again")]) == 2
     assert "no.json: cannot read the split file" in capsys.readouterr().err and not (tmp_path / "again").exists()
+
+
+def test_evaluate_scores_a_held_out_source_against_its_dose_rule(tmp_path, synth):
+    """A held-out source with ``dose: d97_rx`` is scored against its doses scaled as the run trained on them."""
+    folder, split = synth
+    data = {"sources": [{"folder": str(folder), "split_file": str(split)}],
+            "held_out": [{"folder": str(folder), "split_file": str(split), "dose": "d97_rx"}]}
+    model = tiny_pipeline(seed=1).save_pretrained(tmp_path / "m1")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--config", str(_run_config(tmp_path, data)), "--model", str(model), "--out", str(out),
+                 "--steps", "1", "--scorecard", "lung_60"]) == 0
+    (row,) = csv.DictReader((out / "cases.csv").open())
+    given = load_any(folder / f"{row['case']}.case.npz")
+    scaled = with_dose_rule(given, "d97_rx")
+    prediction = DoseDiffusionPipeline.from_pretrained(model)(given, steps=1, seed=0, device="cpu").dose_gy
+    body = given.body.mask
+    assert float(row["mae_body_gy"]) == pytest.approx(np.abs(prediction - scaled.dose)[body].mean(), abs=1e-4)
+    assert abs(np.abs(prediction - given.dose)[body].mean() - float(row["mae_body_gy"])) > 1e-3
 
 
 def test_a_source_may_train_on_doses_scaled_as_its_metric_scores_them(tmp_path, synth):
