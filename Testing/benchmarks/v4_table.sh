@@ -9,6 +9,11 @@ cd "$(dirname "$0")/../.."
 dit="${1:-demo}"
 mednext="${2:-runs/v4-mednext/pipeline}"
 results=Testing/benchmarks/results
+if [ ! -f "$mednext/model_index.json" ]; then
+    echo "no MedNeXt comparator at $mednext: train it first (75 minutes on one core):" >&2
+    echo "  OMP_NUM_THREADS=1 dosediffusion-train fit --config DoseDiffusionTraining/configs/v4-mednext-cpu.yaml --out runs/v4-mednext" >&2
+    exit 2
+fi
 export OMP_NUM_THREADS=1
 python Testing/benchmarks/openkbp.py --model "v4=$dit" --regression "MedNeXt=$mednext" --steps 1 10 \
     --out "$results/openkbp_v4.json" > "${TMPDIR:-/tmp}/openkbp_v4.log" 2>&1 &
