@@ -21,7 +21,8 @@ reference doses' normalisation (issue 28: measurements that decide the design of
    percentage of body voxels and of counted voxels (OpenKBP: the possible-dose mask; GDP-HMM: body
    voxels with reference > 5 Gy) outside the field of view.
 
-   The settings: the shipped demo's own preprocessing (``Resources/Models/demo/preprocessing.json``);
+   The settings: the shipped demo's own preprocessing in full (``Resources/Models/demo/preprocessing.json``;
+   for a residual model the true dose's residual over its corrected prior, restored onto that prior);
    isotropic 4, 3 and 2.5 mm with a crop that holds every held-out case's whole body around the plan
    isocentre (the crop centre ``prepare`` uses), rounded up to multiples of 16 on every axis; the
    OpenKBP native grid (128³ on each CT's own lattice: exact copies, no interpolation) and 128³ at
@@ -163,7 +164,8 @@ def whole_body_crop(half_extent_mm: np.ndarray, spacing_mm: float, multiple: int
 def settings(half_extent_mm: np.ndarray) -> dict[str, tuple[PrepareConfig | None, str]]:
     """The candidate grids by name: (config, interpolation); config None is the CT grid itself (no model
     grid); interpolation ``linear`` is the repository's prepare/restore, ``bspline`` the same grid with the
-    cubic B-spline stand-in (:func:`bspline_round_trip`). Dose channel only."""
+    cubic B-spline stand-in (:func:`bspline_round_trip`). Dose channel only, but for the shipped demo's own
+    settings (all of them, so a residual model's floor includes its prior)."""
     demo = PrepareConfig.from_dict(json.loads(DEMO_PREPROCESSING.read_text()))
     out: dict[str, tuple[PrepareConfig | None, str]] = {"CT grid (no model grid)": (None, "linear")}
 
@@ -173,8 +175,9 @@ def settings(half_extent_mm: np.ndarray) -> dict[str, tuple[PrepareConfig | None
         if bspline:
             out[f"{name} [B-spline]"] = (config, "bspline")
 
-    add(f"demo {'x'.join(map(str, demo.crop_shape))} @ {demo.spacing_mm[0]:g} mm", demo.crop_shape, demo.spacing_mm,
-        bspline=False)
+    # the demo's settings in full: with a residual target, the true dose's residual restored onto its prior
+    spacing = "CT lattice" if demo.spacing_mm is None else f"{demo.spacing_mm[0]:g} mm"
+    out[f"demo {'x'.join(map(str, demo.crop_shape))} @ {spacing}"] = (demo, "linear")
     for mm in FINE_MM:
         add(f"iso {mm:g} mm, whole body", whole_body_crop(half_extent_mm, mm), (mm, mm, mm))
     add("native 128^3 (CT lattice)", (128, 128, 128), None, bspline=False)
