@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from dosediffusion.conditioning.prepare import prepare
-from dosediffusion.conditioning.prior_correction import PriorCorrection
 from dosediffusion.conditioning.prior_dose import prior_dose
 from dosediffusion.conditioning.restore import restore
 from dosediffusion.metrics.case_evaluation import evaluate_dose
@@ -91,8 +90,9 @@ def methods(models: dict[str, str], regressions: dict[str, str], baseline: Dista
             candidates: int, device: str, scorecard: str | None, codec_floor: bool = False) -> dict[str, Callable]:
     """Name → predict(case) for every compared method."""
     out: dict[str, Callable] = {}
-    for name, folder in models.items():
-        predictor = LocalPredictor(folder, device)
+    predictors = {name: LocalPredictor(folder, device) for name, folder in {**models, **regressions}.items()}
+    for name in models:
+        predictor = predictors[name]
         if codec_floor:
             out[f"{name}, codec round trip"] = codec_round_trip(predictor, device)
         for n in steps:
@@ -101,19 +101,17 @@ def methods(models: dict[str, str], regressions: dict[str, str], baseline: Dista
             out[f"{name}, best of {candidates} ({max(steps)} steps)"] = (
                 lambda case, p=predictor: p(case, steps=max(steps), seed=0, num_candidates=candidates,
                                             scorecard=scorecard_template(case, scorecard)))
-    for name, folder in regressions.items():
-        predictor = LocalPredictor(folder, device)
-        out[name] = lambda case, p=predictor: p(case)
+    for name in regressions:
+        out[name] = lambda case, p=predictors[name]: p(case)
     out["trivial baseline"] = baseline.predict
     out["ray-traced prior"] = lambda case: prior_dose(case, device=device)
     fitted: list[dict] = []
-    for name, folder in {**models, **regressions}.items():
-        settings = LocalPredictor(folder, device).load().preprocessing.prior_correction
-        if settings is not None and settings not in fitted:
-            fitted.append(settings)
-            correction = PriorCorrection.from_dict(settings)
+    for name, predictor in predictors.items():
+        preprocessing = predictor.load().preprocessing
+        if preprocessing.correction is not None and preprocessing.prior_correction not in fitted:
+            fitted.append(preprocessing.prior_correction)
             out[f"corrected prior ({name}'s fit, no network)"] = (
-                lambda case, c=correction: c.apply(case, prior_dose(case, device=device)))
+                lambda case, c=preprocessing.correction: c.apply(case, prior_dose(case, device=device)))
     return out
 
 

@@ -94,7 +94,12 @@ class PrepareConfig:
         if self.prior_correction is not None:
             if "prior_dose" not in self.modalities:
                 raise InputError("prior_correction corrects the prior dose: add 'prior_dose' to the modalities")
-            PriorCorrection.from_dict(self.prior_correction)  # malformed: refused here, not at the first case
+            _ = self.correction  # read once here: a malformed one is refused now, not at the first case
+
+    @cached_property
+    def correction(self) -> PriorCorrection | None:
+        """:attr:`prior_correction` read once (None without one)."""
+        return None if self.prior_correction is None else PriorCorrection.from_dict(self.prior_correction)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,9 +229,8 @@ class _Channels:
         from dosediffusion.conditioning.prior_dose import prior_dose  # torch
 
         prior = prior_dose(self.case)
-        if self.config.prior_correction is None:
-            return prior
-        return PriorCorrection.from_dict(self.config.prior_correction).apply(self.case, prior)
+        correction = self.config.correction
+        return prior if correction is None else correction.apply(self.case, prior)
 
     def dose_channel(self, dose_gy: np.ndarray, offset: float = -1.0) -> np.ndarray:
         """A dose (Gy, CT grid) on the crop as ``2 · dose / dose_reference_gy + offset``."""

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from dosediffusion.case import Case, Structure
 from dosediffusion.errors import InputError
+from dosediffusion.roles import high_ptv
 
 #: Bin edges of ``prior / Rx`` (the last bin is open above).
 RATIO_EDGES = np.round(np.arange(0.0, 1.30001, 0.05), 4)
@@ -45,11 +46,11 @@ class Features:
 
 def features(case: Case, prior_gy: np.ndarray) -> Features:
     """The correction's features of ``case`` and its prior dose (Gy on ``case.grid``)."""
-    ptvs = [s for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()]
-    if not ptvs:
+    high = high_ptv(case)
+    if high is None:
         raise InputError("the prior's correction needs a PTV with a prescription and voxels", case.case_id)
-    rx = float(max(s.prescription_gy for s in ptvs))
-    union = np.any([s.mask for s in ptvs], axis=0)
+    rx = float(high.prescription_gy)
+    union = np.any([s.mask for s in case.with_role("ptv") if s.prescription_gy and s.mask.any()], axis=0)
     image = sitk.GetImageFromArray(union.astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in case.grid.spacing))
     distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
