@@ -41,7 +41,7 @@ def test_the_table_and_the_organ_factor_learn_the_plans_from_the_prior():
     case = box_case()
     prior = prior_dose(case)
     planned = _planned(case, prior)
-    correction = PriorCorrection.fit([(planned, prior)])
+    correction = PriorCorrection.fit([(planned, prior)], organ_smoothing_mm=0.0)  # the box's cord: one voxel wide
     assert correction.organ_factors["SpinalCord"] == pytest.approx(0.5, abs=0.1)
     corrected = correction.apply(planned, prior)
     support = case.dose_support()
@@ -150,3 +150,55 @@ def test_a_pipeline_trained_with_a_correction_predicts_the_corrected_prior_where
     beyond = ~view & (corrected > 0)
     assert beyond.any() and not np.allclose(corrected[beyond], prior[beyond])
     np.testing.assert_allclose(dose[beyond], corrected[beyond], rtol=1e-5, atol=1e-3)
+
+
+def test_a_correction_fitted_now_is_smooth_where_a_saved_one_keeps_its_steps():
+    case = box_case()
+    prior = prior_dose(case)
+    planned = _planned(case, prior)
+    assert (PriorCorrection.fit([(planned, prior)]).interpolation,
+            PriorCorrection.fit([(planned, prior)]).organ_smoothing_mm) == ("linear", 5.0)
+    smooth = PriorCorrection.fit([(planned, prior)], organ_smoothing_mm=1.0)  # the box's cord: one 2.5 mm voxel
+    stepped = PriorCorrection.fit([(planned, prior)], interpolation="nearest", organ_smoothing_mm=0.0)
+    np.testing.assert_array_equal(smooth.table, stepped.table)  # the same bins, read differently
+    # a saved correction without the settings reads as it was trained: nearest bins, sharp organ factors
+    old = {k: v for k, v in stepped.to_dict().items() if k not in ("interpolation", "organ_smoothing_mm")}
+    np.testing.assert_array_equal(PriorCorrection.from_dict(old).apply(case, prior),
+                                  PriorCorrection.from_dict(stepped.to_dict()).apply(case, prior))
+    again = PriorCorrection.from_dict(json.loads(json.dumps(smooth.to_dict())))
+    np.testing.assert_allclose(again.apply(case, prior), smooth.apply(case, prior), atol=1e-3)  # 5 decimals saved
+    # the blurred sparing reaches the cord's neighbours; fitted as it is applied, it still gives the cord its dose
+    cord = case.structures["SpinalCord"].mask & features(case, prior).outside
+    beside = np.roll(cord, 1, axis=2) & ~cord & features(case, prior).outside
+    sharp_dose = PriorCorrection.fit([(planned, prior)], organ_smoothing_mm=0.0).apply(case, prior)
+    smooth_dose = smooth.apply(case, prior)
+    assert smooth_dose[beside].mean() < 0.99 * sharp_dose[beside].mean()
+    assert smooth.organ_factors["SpinalCord"] < stepped.organ_factors["SpinalCord"]
+    assert smooth_dose[cord].mean() == pytest.approx(planned.dose[cord].mean(), rel=0.1)
+    assert not smooth_dose[~case.dose_support()].any()
+
+
+def test_the_linear_table_is_the_bins_value_at_their_centres_and_the_identity_in_empty_bins():
+    case = box_case()
+    prior = prior_dose(case)
+    correction = PriorCorrection.fit([(_planned(case, prior), prior)], organ_smoothing_mm=0.0)
+    f = features(case, prior)
+    i, j = np.nonzero(~np.isnan(correction.table))
+    ratio_centres = (correction.ratio_edges[:-1] + correction.ratio_edges[1:]) / 2
+    distance_centres = (correction.distance_edges_mm[:-1] + correction.distance_edges_mm[1:]) / 2
+    keep = (i < len(ratio_centres)) & (j < len(distance_centres))
+    probe = dataclasses.replace(f, ratio=ratio_centres[i[keep]], distance_mm=distance_centres[j[keep]],
+                                rx_gy=np.float32(1.0))
+    np.testing.assert_allclose(correction._table_dose(probe), correction.table[i[keep], j[keep]], atol=1e-5)
+    empty = np.argwhere(np.isnan(correction.table[:-1, :-1]))[0]
+    probe = dataclasses.replace(f, ratio=ratio_centres[empty[:1]], distance_mm=distance_centres[empty[1:]],
+                                rx_gy=np.float32(1.0))
+    np.testing.assert_allclose(correction._table_dose(probe), ratio_centres[empty[0]], atol=1e-5)
+
+
+def test_a_correction_with_unknown_settings_is_refused():
+    correction = PriorCorrection.fit([(box_case(), prior_dose(box_case()))]).to_dict()
+    with pytest.raises(InputError, match="interpolation must be one of nearest, linear"):
+        PriorCorrection.from_dict({**correction, "interpolation": "cubic"})
+    with pytest.raises(InputError, match="organ_smoothing_mm must be ≥ 0"):
+        PriorCorrection.from_dict({**correction, "organ_smoothing_mm": -1})
