@@ -156,8 +156,8 @@ def test_a_correction_fitted_now_is_smooth_where_a_saved_one_keeps_its_steps():
     case = box_case()
     prior = prior_dose(case)
     planned = _planned(case, prior)
-    assert (PriorCorrection.fit([(planned, prior)]).interpolation,
-            PriorCorrection.fit([(planned, prior)]).organ_smoothing_mm) == ("linear", 5.0)
+    default = PriorCorrection.fit([(planned, prior)])
+    assert (default.interpolation, default.organ_smoothing_mm) == ("linear", 5.0)
     smooth = PriorCorrection.fit([(planned, prior)], organ_smoothing_mm=1.0)  # the box's cord: one 2.5 mm voxel
     stepped = PriorCorrection.fit([(planned, prior)], interpolation="nearest", organ_smoothing_mm=0.0)
     np.testing.assert_array_equal(smooth.table, stepped.table)  # the same bins, read differently

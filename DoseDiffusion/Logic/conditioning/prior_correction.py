@@ -29,7 +29,7 @@ every caller that prepares a case for that model gets the same corrected prior.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -153,8 +153,7 @@ class PriorCorrection:
             raise InputError("no cases to fit the prior's correction on")
         table = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
         lookup = cls(table, {}, RATIO_EDGES, DISTANCE_EDGES_MM, interpolation, organ_smoothing_mm)
-        return cls(table, lookup._fitted_factors(kept), RATIO_EDGES, DISTANCE_EDGES_MM, interpolation,
-                   organ_smoothing_mm)
+        return replace(lookup, organ_factors=lookup._fitted_factors(kept))
 
     def _fitted_factors(self, kept: list[tuple[Case, Features, np.ndarray]]) -> dict[str, float]:
         """The organ factors as :meth:`apply` uses them: the least squares over the supports' voxels outside the
@@ -171,7 +170,8 @@ class PriorCorrection:
             right += basis @ (case.dose[region] - corrected[region])
         seen = np.diag(normal) > 0
         gains = np.linalg.lstsq(normal[np.ix_(seen, seen)], right[seen], rcond=None)[0]
-        return {str(name): max(0.0, 1.0 + float(g)) for name, g in zip(np.asarray(names)[seen], gains, strict=True)}
+        fitted = [name for name, kept_name in zip(names, seen, strict=True) if kept_name]
+        return {name: max(0.0, 1.0 + float(g)) for name, g in zip(fitted, gains, strict=True)}
 
     @staticmethod
     def _organ_labels(case: Case, f: Features, names: list[str]) -> np.ndarray:
