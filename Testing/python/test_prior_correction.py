@@ -157,12 +157,15 @@ def test_a_correction_fitted_now_is_smooth_where_a_saved_one_keeps_its_steps():
     prior = prior_dose(case)
     planned = _planned(case, prior)
     default = PriorCorrection.fit([(planned, prior)])
-    assert (default.interpolation, default.organ_smoothing_mm) == ("linear", 5.0)
+    assert (default.interpolation, default.organ_smoothing_mm, default.keep_ptvs) == ("linear", 5.0, True)
     smooth = PriorCorrection.fit([(planned, prior)], organ_smoothing_mm=1.0)  # the box's cord: one 2.5 mm voxel
-    stepped = PriorCorrection.fit([(planned, prior)], interpolation="nearest", organ_smoothing_mm=0.0)
+    stepped = PriorCorrection.fit([(planned, prior)], interpolation="nearest", organ_smoothing_mm=0.0,
+                                  keep_ptvs=False)
     np.testing.assert_array_equal(smooth.table, stepped.table)  # the same bins, read differently
-    # a saved correction without the settings reads as it was trained: nearest bins, sharp organ factors
-    old = {k: v for k, v in stepped.to_dict().items() if k not in ("interpolation", "organ_smoothing_mm")}
+    # a saved correction without the settings reads as it was trained: nearest bins, sharp organ factors, also in
+    # the PTVs
+    old = {k: v for k, v in stepped.to_dict().items() if k not in ("interpolation", "organ_smoothing_mm", "keep_ptvs")}
+    assert PriorCorrection.from_dict(old).keep_ptvs is False
     np.testing.assert_array_equal(PriorCorrection.from_dict(old).apply(case, prior),
                                   PriorCorrection.from_dict(stepped.to_dict()).apply(case, prior))
     again = PriorCorrection.from_dict(json.loads(json.dumps(smooth.to_dict())))
@@ -176,6 +179,23 @@ def test_a_correction_fitted_now_is_smooth_where_a_saved_one_keeps_its_steps():
     assert smooth.organ_factors["SpinalCord"] < stepped.organ_factors["SpinalCord"]
     assert smooth_dose[cord].mean() == pytest.approx(planned.dose[cord].mean(), rel=0.1)
     assert not smooth_dose[~case.dose_support()].any()
+
+
+def test_a_correction_that_keeps_the_ptvs_gives_them_the_tables_dose_and_spares_only_outside():
+    case = box_case()
+    prior = prior_dose(case)
+    planned = _planned(case, prior)
+    # blurred, the sparing of the cord (5 mm from the PTV) reaches into the PTV unless the PTVs are kept
+    kept = PriorCorrection.fit([(planned, prior)])
+    spilled = PriorCorrection.fit([(planned, prior)], keep_ptvs=False)
+    assert kept.organ_factors == spilled.organ_factors  # fitted outside the PTVs: the same fit
+    f = features(case, prior)
+    inside = ~f.outside & case.dose_support()
+    kept_dose, spilled_dose = kept.apply(case, prior), spilled.apply(case, prior)
+    np.testing.assert_array_equal(kept_dose[inside], kept._table_dose(f)[inside])
+    assert (spilled_dose[inside] / kept_dose[inside]).min() < 0.99
+    np.testing.assert_array_equal(kept_dose[f.outside], spilled_dose[f.outside])
+    assert PriorCorrection.from_dict(json.loads(json.dumps(kept.to_dict()))).keep_ptvs is True
 
 
 def test_the_linear_table_is_the_bins_value_at_their_centres_and_the_identity_in_empty_bins():
@@ -202,3 +222,5 @@ def test_a_correction_with_unknown_settings_is_refused():
         PriorCorrection.from_dict({**correction, "interpolation": "cubic"})
     with pytest.raises(InputError, match="organ_smoothing_mm must be ≥ 0"):
         PriorCorrection.from_dict({**correction, "organ_smoothing_mm": -1})
+    with pytest.raises(InputError, match="keep_ptvs must be true or false"):
+        PriorCorrection.from_dict({**correction, "keep_ptvs": "yes"})
