@@ -21,6 +21,9 @@ except ImportError:  # resample() then uses resample_scipy(); Grid.from_image/to
 
 from dosediffusion.errors import GeometryError
 
+#: How :func:`resample` interpolates.
+INTERPOLATIONS = ("linear", "nearest", "bspline")
+
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -122,23 +125,27 @@ def resample(
 
     Args:
         array: values on ``source``, shape ``source.shape`` (z, y, x).
-        interpolation: ``"linear"`` for doses and CT, ``"nearest"`` for labels; boolean masks
-            are resampled linearly as fractions and thresholded at 0.5.
+        interpolation: ``"linear"`` for doses and CT, ``"nearest"`` for labels, ``"bspline"`` the cubic
+            B-spline (prefiltered, so it interpolates the source's values; smoother than linear between
+            them, and may overshoot beside a step); boolean masks are resampled linearly as fractions
+            and thresholded at 0.5.
         default: value for target voxels outside the source grid.
 
     Returns:
-        An array of shape ``target.shape``: float32 for linear, the input dtype for nearest,
-        bool for boolean input.
+        An array of shape ``target.shape``: float32 for linear and bspline, the input dtype for
+        nearest, bool for boolean input.
     """
     if source.same_as(target):
         return np.array(array, copy=True)
-    if interpolation not in ("linear", "nearest"):
-        raise ValueError(f"interpolation must be one of ['linear', 'nearest'], got {interpolation!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
     if sitk is None:
         return resample_scipy(array, source, target, interpolation, default)
     is_mask = np.asarray(array).dtype == bool
-    kinds = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
-    values = np.asarray(array, dtype=np.float32) if (is_mask or interpolation == "linear") else array
+    if is_mask:
+        interpolation = "linear"
+    kinds = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+    values = array if interpolation == "nearest" else np.asarray(array, dtype=np.float32)
     reference = sitk.Image(target.size_xyz, sitk.sitkUInt8)
     reference.SetSpacing(target.spacing)
     reference.SetOrigin(target.origin)
@@ -152,11 +159,14 @@ def resample_scipy(array: np.ndarray, source: Grid, target: Grid, interpolation:
                    default: float = 0.0) -> np.ndarray:
     """:func:`resample` with scipy, to SimpleITK's rules: a target voxel takes ``default`` unless its
     continuous index ``c`` in ``source`` has −0.5 ≤ c < n − 0.5 on every axis; inside, linear
-    interpolation clamps at the border voxels, nearest rounds halves up. Same arguments and result."""
+    interpolation clamps at the border voxels, nearest rounds halves up, the B-spline mirrors the source
+    about its border voxels. Same arguments and result."""
     from scipy import ndimage  # here: scipy is a training dependency, not the core's
 
     is_mask = np.asarray(array).dtype == bool
-    values = np.asarray(array, dtype=np.float32) if (is_mask or interpolation == "linear") else np.asarray(array)
+    if is_mask:
+        interpolation = "linear"
+    values = np.asarray(array) if interpolation == "nearest" else np.asarray(array, dtype=np.float32)
     # the continuous source index (x, y, z) of target index i (x, y, z): (Ds Ss)⁻¹ (ot + Dt St i − os)
     to_source = np.linalg.inv(source.matrix @ np.diag(source.spacing))
     matrix = to_source @ target.matrix @ np.diag(target.spacing)
@@ -172,6 +182,9 @@ def resample_scipy(array: np.ndarray, source: Grid, target: Grid, interpolation:
     zyx = np.stack(xyz[::-1])
     if interpolation == "nearest":
         zyx = np.floor(zyx + 0.5)
-    out = ndimage.map_coordinates(values, zyx, order=1 if interpolation == "linear" else 0, mode="nearest")
+    if interpolation == "bspline":
+        out = ndimage.map_coordinates(values, zyx, order=3, mode="mirror")
+    else:
+        out = ndimage.map_coordinates(values, zyx, order=1 if interpolation == "linear" else 0, mode="nearest")
     out = np.where(inside, out, default).astype(values.dtype)
     return out >= 0.5 if is_mask else out

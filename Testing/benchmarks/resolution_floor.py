@@ -33,9 +33,9 @@ reference doses' normalisation (issue 28: measurements that decide the design of
 
 Every setting is a :class:`~dosediffusion.conditioning.prepare.PrepareConfig`: the repository's
 preprocessing expresses each of them, and its rows are the real prepare/restore path (linear resampling
-both ways where the grid is off the CT lattice). Each resampled setting has a second row,
-``[B-spline]``: the same grid with SimpleITK's cubic B-spline both ways instead (a stand-in, not what
-``prepare``/``restore`` do today): how much of the floor is the linear kernel's rather than the grid's.
+both ways where the grid is off the CT lattice). Each resampled setting, the demo's included, has a second
+row, ``[B-spline]``: the same grid with ``dose_interpolation: bspline`` (the cubic B-spline both ways): how
+much of the floor is the linear kernel's rather than the grid's.
 Prints the tables and writes the means and the per-case rows as JSON.
 
 Run: ``python Testing/benchmarks/resolution_floor.py [--max-cases N] [--out FILE]`` (a few minutes on
@@ -49,6 +49,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,6 @@ import numpy as np
 from dosediffusion.case import Case
 from dosediffusion.conditioning.prepare import PrepareConfig, crop_grid, from_crop, prepare
 from dosediffusion.conditioning.restore import restore
-from dosediffusion.geometry import Grid, resample
 from dosediffusion.metrics.evaluation import gdp_hmm_mae
 from dosediffusion.metrics.openkbp import dvh_score, openkbp_scores
 from dosediffusion.roles import high_ptv
@@ -161,50 +161,30 @@ def whole_body_crop(half_extent_mm: np.ndarray, spacing_mm: float, multiple: int
     return tuple(int(multiple * math.ceil(n / multiple)) for n in need)
 
 
-def settings(half_extent_mm: np.ndarray) -> dict[str, tuple[PrepareConfig | None, str]]:
-    """The candidate grids by name: (config, interpolation); config None is the CT grid itself (no model
-    grid); interpolation ``linear`` is the repository's prepare/restore, ``bspline`` the same grid with the
-    cubic B-spline stand-in (:func:`bspline_round_trip`). Dose channel only, but for the shipped demo's own
-    settings (all of them, so a residual model's floor includes its prior)."""
+def settings(half_extent_mm: np.ndarray) -> dict[str, PrepareConfig | None]:
+    """The candidate grids by name; None is the CT grid itself (no model grid). Dose channel only, but for
+    the shipped demo's own settings (all of them, so a residual model's floor includes its prior)."""
     demo = PrepareConfig.from_dict(json.loads(DEMO_PREPROCESSING.read_text()))
-    out: dict[str, tuple[PrepareConfig | None, str]] = {"CT grid (no model grid)": (None, "linear")}
+    out: dict[str, PrepareConfig | None] = {"CT grid (no model grid)": None}
 
-    def add(name, crop, spacing, bspline=True):
-        config = PrepareConfig(crop_shape=tuple(int(n) for n in crop), spacing_mm=spacing, modalities=("dose",))
-        out[name] = (config, "linear")
+    def add(name, config, bspline=True):
+        out[name] = config
         if bspline:
-            out[f"{name} [B-spline]"] = (config, "bspline")
+            out[f"{name} [B-spline]"] = replace(config, dose_interpolation="bspline")
+
+    def dose_only(crop, spacing):
+        return PrepareConfig(crop_shape=tuple(int(n) for n in crop), spacing_mm=spacing, modalities=("dose",))
 
     # the demo's settings in full: with a residual target, the true dose's residual restored onto its prior
     spacing = "CT lattice" if demo.spacing_mm is None else f"{demo.spacing_mm[0]:g} mm"
-    out[f"demo {'x'.join(map(str, demo.crop_shape))} @ {spacing}"] = (demo, "linear")
+    add(f"demo {'x'.join(map(str, demo.crop_shape))} @ {spacing}", demo, bspline=demo.spacing_mm is not None)
     for mm in FINE_MM:
-        add(f"iso {mm:g} mm, whole body", whole_body_crop(half_extent_mm, mm), (mm, mm, mm))
-    add("native 128^3 (CT lattice)", (128, 128, 128), None, bspline=False)
-    add("128^3 @ 3.906x3.906x2.5 mm", (128, 128, 128), OPENKBP_SPACING)
+        add(f"iso {mm:g} mm, whole body", dose_only(whole_body_crop(half_extent_mm, mm), (mm, mm, mm)))
+    add("native 128^3 (CT lattice)", dose_only((128, 128, 128), None), bspline=False)
+    add("128^3 @ 3.906x3.906x2.5 mm", dose_only((128, 128, 128), OPENKBP_SPACING))
     for mm in LOW_PASS_MM:
-        add(f"low-pass iso {mm:g} mm, whole body", whole_body_crop(half_extent_mm, mm), (mm, mm, mm))
+        add(f"low-pass iso {mm:g} mm, whole body", dose_only(whole_body_crop(half_extent_mm, mm), (mm, mm, mm)))
     return out
-
-
-def _bspline(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
-    import SimpleITK as sitk
-
-    reference = sitk.Image(target.size_xyz, sitk.sitkUInt8)
-    reference.SetSpacing(target.spacing)
-    reference.SetOrigin(target.origin)
-    reference.SetDirection(target.direction)
-    image = source.to_image(np.asarray(array, dtype=np.float32))
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkBSpline, 0.0))
-
-
-def bspline_round_trip(case: Case, grid: Grid) -> np.ndarray:
-    """The stand-in for a restore with a better kernel: ``case``'s dose (Gy) onto ``grid`` and back with
-    SimpleITK's cubic B-spline (prefiltered, so it interpolates), then as :func:`restore` (negative doses
-    to zero, zero outside the dose support)."""
-    dose = np.clip(_bspline(_bspline(case.dose, case.grid, grid), grid, case.grid), 0.0, None)
-    dose[~case.dose_support()] = 0.0
-    return dose
 
 
 def counted_mask(case: Case, dataset: str) -> np.ndarray:
@@ -217,18 +197,13 @@ def counted_mask(case: Case, dataset: str) -> np.ndarray:
     return case.body.mask & (case.dose * scale > GDP_HMM_THRESHOLD_GY)
 
 
-def floor_row(case: Case, dataset: str, config: PrepareConfig | None, interpolation: str = "linear") -> dict:
-    """``case``'s reference dose through ``config``'s grid and back (``interpolation`` of :func:`settings`),
-    scored against itself."""
+def floor_row(case: Case, dataset: str, config: PrepareConfig | None) -> dict:
+    """``case``'s reference dose through ``config``'s grid and back, scored against itself."""
     ref = np.asarray(case.dose, dtype=np.float32)
     body, counted = case.body.mask, counted_mask(case, dataset)
     if config is None:
         pred, inside = ref, np.ones(ref.shape, bool)
         grid = case.grid
-    elif interpolation == "bspline":
-        grid = crop_grid(case, config)[0]
-        pred = bspline_round_trip(case, grid)
-        inside = resample(np.ones(grid.shape, np.float32), grid, case.grid) > 0.5
     else:
         inputs = prepare(case, config)
         pred = restore(inputs.channels["dose"], case, inputs)
@@ -257,19 +232,18 @@ def summarise(rows: list[dict]) -> dict:
     return means
 
 
-def grid_floor(cases: dict[str, list[Case]], configs: dict[str, tuple[PrepareConfig | None, str]]) -> dict:
+def grid_floor(cases: dict[str, list[Case]], configs: dict[str, PrepareConfig | None]) -> dict:
     """Part 2 and 3: per data set and setting, the per-case rows and their summary."""
     out: dict = {}
     for dataset, items in cases.items():
         out[dataset] = {}
-        for name, (config, interpolation) in configs.items():
+        for name, config in configs.items():
             start = time.perf_counter()
-            rows = [floor_row(case, dataset, config, interpolation) for case in items]
+            rows = [floor_row(case, dataset, config) for case in items]
             summary = summarise(rows)
             for row in rows:  # the points are in the pooled DVH score; the JSON keeps each case's scores
                 del row["dvh_points"]
-            out[dataset][name] = {"mean": summary, "rows": rows, "interpolation": interpolation,
-                                  "config": None if config is None else config.to_dict()}
+            out[dataset][name] = {"mean": summary, "rows": rows, "config": None if config is None else config.to_dict()}
             m = out[dataset][name]["mean"]
             print(f"  {dataset} | {name}: dose score {m['dose_score_gy']:.3f}, DVH {m['dvh_score_gy']:.3f}, MAE "
                   f"{m['gdp_hmm_mae_gy']:.3f} (norm. {m['gdp_hmm_mae_norm_gy']:.3f}) Gy; "

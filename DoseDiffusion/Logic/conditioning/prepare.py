@@ -10,7 +10,8 @@ DiT's patches: checked when a pipeline is built). Where the patient is smaller t
 (−1000 HU) and every other channel with its background. With the CT's spacing (``spacing_mm`` None,
 or equal to the CT's) the box sits on the CT's voxel lattice, centred on the voxel nearest the
 isocenter, so crop and paste-back are exact copies; with another spacing both resample
-(linear for CT and dose, fractions thresholded at 0.5 for masks).
+(linear for CT, fractions thresholded at 0.5 for masks, the dose channels as ``dose_interpolation`` says:
+linear, or a cubic B-spline both ways).
 
 Channels, each float32 (D, H, W) in [−1, 1] (background −1):
 
@@ -59,6 +60,12 @@ MODALITIES: tuple[str, ...] = ("ct", "ptv", "oar", "body", "beam_plate", "angle_
 
 #: What the ``dose`` channel holds: the dose itself, or its difference from the prior dose.
 DOSE_TARGETS = ("dose", "residual")
+#: How the dose channels (``dose``, ``prior_dose``) are resampled to a crop off the CT lattice and the
+#: dose back: ``"linear"``, or ``"bspline"`` (cubic B-spline both ways, :func:`~dosediffusion.geometry.resample`).
+#: Measured on 6 OpenKBP validation patients and 6 synthetic test cases, the true residual over v4.3's corrected
+#: prior through a 6 × 6 × 5 mm grid and back: OpenKBP dose / DVH score 0.79 / 1.09 Gy linear, 0.55 / 0.68
+#: B-spline; synthetic GDP-HMM MAE 1.58 / 0.80 Gy. Folders saved before the setting read ``"linear"``.
+DOSE_INTERPOLATIONS = ("linear", "bspline")
 
 #: Settings older pipeline folders carry and that are no longer the model's: ``patient_position`` is
 #: the case's own (:attr:`~dosediffusion.case.Case.patient_position`), read from its source.
@@ -80,6 +87,7 @@ class PrepareConfig:
     modalities: tuple[str, ...] = field(default=MODALITIES)
     dose_target: str = "dose"  # "dose", or "residual": the dose channel is the dose minus the prior dose
     prior_correction: dict | None = None  # a fitted PriorCorrection (to_dict) applied to the prior dose
+    dose_interpolation: str = "linear"  # how dose channels go to the crop and back (DOSE_INTERPOLATIONS)
 
     def __post_init__(self):
         if len(self.crop_shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in self.crop_shape):
@@ -89,6 +97,9 @@ class PrepareConfig:
             raise InputError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITY_BUILDERS)}")
         if self.dose_target not in DOSE_TARGETS:
             raise InputError(f"dose_target must be one of {', '.join(DOSE_TARGETS)}, got {self.dose_target!r}")
+        if self.dose_interpolation not in DOSE_INTERPOLATIONS:
+            raise InputError(f"dose_interpolation must be one of {', '.join(DOSE_INTERPOLATIONS)}, "
+                             f"got {self.dose_interpolation!r}")
         if self.dose_target == "residual" and "prior_dose" not in self.modalities:
             raise InputError("dose_target 'residual' is a correction to the prior dose: add 'prior_dose' to the modalities")
         if self.prior_correction is not None:
@@ -125,6 +136,7 @@ class ModelInputs:
     aligned: bool  # the crop grid lies on the CT lattice (exact copies both ways)
     offset: tuple[int, int, int] = (0, 0, 0)  # CT index of crop voxel [0, 0, 0] when aligned
     prior_gy: np.ndarray | None = None  # (z, y, x) CT grid: the prior the dose channel corrects (dose_target "residual")
+    dose_interpolation: str = "linear"  # how the dose channel goes back to the CT grid (PrepareConfig's)
 
 
 def _centre(case: Case) -> np.ndarray:
@@ -166,24 +178,25 @@ def _window(offset, crop_shape, full_shape):
     return tuple(src), tuple(dst)
 
 
-def to_crop(array: np.ndarray, case: Case, inputs: ModelInputs, fill: float = 0.0) -> np.ndarray:
-    """``array`` on the CT grid → the crop grid (booleans stay boolean)."""
+def to_crop(array: np.ndarray, case: Case, inputs: ModelInputs, fill: float = 0.0,
+            interpolation: str = "linear") -> np.ndarray:
+    """``array`` on the CT grid → the crop grid (booleans stay boolean; ``interpolation`` off the lattice)."""
     if inputs.aligned:
         out = np.full(inputs.crop_grid.shape, fill, dtype=array.dtype)
         src, dst = _window(inputs.offset, inputs.crop_grid.shape, case.grid.shape)
         out[dst] = array[src]
         return out
-    return resample(array, case.grid, inputs.crop_grid, default=fill)
+    return resample(array, case.grid, inputs.crop_grid, interpolation, default=fill)
 
 
-def from_crop(array: np.ndarray, case: Case, inputs: ModelInputs) -> np.ndarray:
-    """``array`` on the crop grid → the CT grid, zero outside the crop."""
+def from_crop(array: np.ndarray, case: Case, inputs: ModelInputs, interpolation: str = "linear") -> np.ndarray:
+    """``array`` on the crop grid → the CT grid, zero outside the crop (``interpolation`` off the lattice)."""
     if inputs.aligned:
         out = np.zeros(case.grid.shape, dtype=np.float32)
         src, dst = _window(inputs.offset, inputs.crop_grid.shape, case.grid.shape)
         out[src] = array[dst]
         return out
-    return resample(array.astype(np.float32), inputs.crop_grid, case.grid, default=0.0)
+    return resample(array.astype(np.float32), inputs.crop_grid, case.grid, interpolation, default=0.0)
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
@@ -234,7 +247,8 @@ class _Channels:
 
     def dose_channel(self, dose_gy: np.ndarray, offset: float = -1.0) -> np.ndarray:
         """A dose (Gy, CT grid) on the crop as ``2 · dose / dose_reference_gy + offset``."""
-        dose = to_crop(np.asarray(dose_gy, dtype=np.float32), self.case, self.inputs)
+        dose = to_crop(np.asarray(dose_gy, dtype=np.float32), self.case, self.inputs,
+                       interpolation=self.config.dose_interpolation)
         return (dose * np.float32(2.0 / self.inputs.dose_reference_gy) + np.float32(offset)).astype(np.float32)
 
 
@@ -296,7 +310,8 @@ def prepare(case: Case, config: PrepareConfig, *, include_dose: bool = True) -> 
     """The model inputs of ``case``: every modality of ``config.modalities`` that the case has (the
     target ``dose`` only with ``include_dose``)."""
     grid, aligned, offset = crop_grid(case, config)
-    inputs = ModelInputs({}, grid, _reference_dose(case, config), aligned, offset)
+    inputs = ModelInputs({}, grid, _reference_dose(case, config), aligned, offset,
+                         dose_interpolation=config.dose_interpolation)
     context = _Channels(case, config, inputs)
     if config.dose_target == "residual":
         if context.prior_gy is None:
