@@ -38,8 +38,9 @@ row, ``[B-spline]``: the same grid with ``dose_interpolation: bspline`` (the cub
 much of the floor is the linear kernel's rather than the grid's.
 Prints the tables and writes the means and the per-case rows as JSON.
 
-Run: ``python Testing/benchmarks/resolution_floor.py [--max-cases N] [--out FILE]`` (a few minutes on
-two cores; ``--max-cases`` limits every data set's held-out cases, for a quick look).
+Run: ``python Testing/benchmarks/resolution_floor.py [--max-cases N] [--skip-normalisation] [--demo-only]
+[--out FILE]`` (a few minutes on two cores; ``--max-cases`` limits every data set's held-out cases, for a quick
+look; ``--demo-only`` measures only the shipped demo's grid, for a new demo model).
 """
 
 from __future__ import annotations
@@ -274,6 +275,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-cases", type=int, default=None, help="at most this many held-out cases per data set")
     parser.add_argument("--skip-normalisation", action="store_true", help="part 2 and 3 only")
+    parser.add_argument("--demo-only", action="store_true",
+                        help="of part 2, only the CT grid and the shipped demo's rows (a new demo model's floor)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "resolution_floor.json"))
     args = parser.parse_args()
     start = time.perf_counter()
@@ -291,7 +294,10 @@ def main() -> None:
         for mm in (*FINE_MM, *LOW_PASS_MM)}
     print("   largest body half-extent from the isocentre (x, y, z mm): "
           + "; ".join(f"{n} {e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f}" for n, e in per_set.items()), flush=True)
-    result["floor"] = grid_floor(cases, settings(half))
+    configs = settings(half)
+    if args.demo_only:
+        configs = {name: config for name, config in configs.items() if config is None or name.startswith("demo ")}
+    result["floor"] = grid_floor(cases, configs)
     result["seconds"] = time.perf_counter() - start
     if "normalisation" in result:
         print_normalisation(result["normalisation"])
