@@ -40,7 +40,7 @@ class ModelDescription:
     demo: bool
 
     def __str__(self) -> str:
-        what = "the bundled demo model (synthetic training data; not for clinical use)" if self.demo else self.kind
+        what = "the bundled demo model (trained on OpenKBP and synthetic cases for 75 CPU minutes; not for clinical use)" if self.demo else self.kind
         return f"{what}, written by dosediffusion {self.version}, at {self.folder}"
 
 
