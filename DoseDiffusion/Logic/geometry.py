@@ -127,8 +127,8 @@ def resample(
         array: values on ``source``, shape ``source.shape`` (z, y, x).
         interpolation: ``"linear"`` for doses and CT, ``"nearest"`` for labels, ``"bspline"`` the cubic
             B-spline (prefiltered, so it interpolates the source's values; smoother than linear between
-            them, and may overshoot beside a step); boolean masks are resampled linearly as fractions
-            and thresholded at 0.5.
+            them, and may overshoot beside a step); boolean masks are resampled as fractions (linearly
+            when the B-spline is asked for) and thresholded at 0.5.
         default: value for target voxels outside the source grid.
 
     Returns:
@@ -142,10 +142,10 @@ def resample(
     if sitk is None:
         return resample_scipy(array, source, target, interpolation, default)
     is_mask = np.asarray(array).dtype == bool
-    if is_mask:
+    if is_mask and interpolation == "bspline":  # a mask's fractions, not a spline's overshoot
         interpolation = "linear"
     kinds = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
-    values = array if interpolation == "nearest" else np.asarray(array, dtype=np.float32)
+    values = np.asarray(array, dtype=np.float32) if (is_mask or interpolation != "nearest") else array
     reference = sitk.Image(target.size_xyz, sitk.sitkUInt8)
     reference.SetSpacing(target.spacing)
     reference.SetOrigin(target.origin)
@@ -164,9 +164,9 @@ def resample_scipy(array: np.ndarray, source: Grid, target: Grid, interpolation:
     from scipy import ndimage  # here: scipy is a training dependency, not the core's
 
     is_mask = np.asarray(array).dtype == bool
-    if is_mask:
+    if is_mask and interpolation == "bspline":
         interpolation = "linear"
-    values = np.asarray(array) if interpolation == "nearest" else np.asarray(array, dtype=np.float32)
+    values = np.asarray(array, dtype=np.float32) if (is_mask or interpolation != "nearest") else np.asarray(array)
     # the continuous source index (x, y, z) of target index i (x, y, z): (Ds Ss)⁻¹ (ot + Dt St i − os)
     to_source = np.linalg.inv(source.matrix @ np.diag(source.spacing))
     matrix = to_source @ target.matrix @ np.diag(target.spacing)

@@ -62,9 +62,10 @@ MODALITIES: tuple[str, ...] = ("ct", "ptv", "oar", "body", "beam_plate", "angle_
 DOSE_TARGETS = ("dose", "residual")
 #: How the dose channels (``dose``, ``prior_dose``) are resampled to a crop off the CT lattice and the
 #: dose back: ``"linear"``, or ``"bspline"`` (cubic B-spline both ways, :func:`~dosediffusion.geometry.resample`).
-#: Measured on 6 OpenKBP validation patients and 6 synthetic test cases, the true residual over v4.3's corrected
-#: prior through a 6 × 6 × 5 mm grid and back: OpenKBP dose / DVH score 0.79 / 1.09 Gy linear, 0.55 / 0.68
-#: B-spline; synthetic GDP-HMM MAE 1.58 / 0.80 Gy. Folders saved before the setting read ``"linear"``.
+#: Measured on every held-out case (``Testing/benchmarks/resolution_floor.py --demo-only``), the true residual over
+#: demo v4.3's corrected prior through its 6 × 6 × 5 mm grid and back: OpenKBP dose / DVH score 0.82 / 0.96 Gy
+#: linear, 0.55 / 0.62 B-spline; synthetic GDP-HMM MAE (normalised) 1.72 / 0.85 Gy. Folders saved before the
+#: setting read ``"linear"``.
 DOSE_INTERPOLATIONS = ("linear", "bspline")
 
 #: Settings older pipeline folders carry and that are no longer the model's: ``patient_position`` is
